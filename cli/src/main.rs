@@ -1,0 +1,200 @@
+//! `pushdown`: run SQL over Parquet and CSV files, with projection, predicates and partial
+//! aggregates pushed into WebAssembly sandboxes next to the data.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use pushdown_intermediary::{Engine, Progress};
+use pushdown_storage_node::NodeOptions;
+
+mod output;
+
+#[derive(Parser)]
+#[command(name = "pushdown", version, about = "SQL over Parquet and CSV, evaluated in Wasm sandboxes where the data lives")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a SQL query over a folder of Parquet and CSV files (embedded mode: no servers).
+    ///
+    /// Every DIR/<t>.parquet, DIR/<t>.csv and folder DIR/<t>/ of such files is table <t>.
+    Query(QueryArgs),
+    /// Generate datasets.
+    #[command(subcommand)]
+    Datasets(DatasetsCommand),
+}
+
+#[derive(Parser)]
+struct QueryArgs {
+    /// Folder whose Parquet and CSV files are the tables.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// Print the pushdown split before the result, and tasks, bytes and rows after it (on stderr).
+    #[arg(long)]
+    explain: bool,
+    /// Target size of a CSV chunk (one task each), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    csv_chunk_size: u64,
+    /// Tasks run in parallel (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Deadline of one plugin call, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    task_deadline: u64,
+    /// The SQL query.
+    sql: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    /// An aligned text table.
+    Table,
+    /// A header row and RFC 4180 rows.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// TPC-H tables (from the tpchgen crates) as DIR/parquet/<table>.parquet and DIR/csv/<table>.csv.
+    Tpch {
+        /// TPC-H scale factor (1 ≈ 6 million lineitem rows).
+        #[arg(long, default_value_t = 0.1)]
+        scale: f64,
+        /// Output folder.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Rows per Parquet row group.
+        #[arg(long, default_value_t = 122_880)]
+        row_group_size: usize,
+        /// Comma-separated tables to write.
+        #[arg(long, value_delimiter = ',', default_value = "lineitem")]
+        tables: Vec<String>,
+    },
+}
+
+/// A progress bar on stderr, shown only when stderr is a terminal.
+#[derive(Debug)]
+struct TaskProgress(ProgressBar);
+
+impl Progress for TaskProgress {
+    fn add_tasks(&self, n: u64) {
+        self.0.inc_length(n);
+    }
+
+    fn task_done(&self) {
+        self.0.inc(1);
+    }
+}
+
+fn progress_bar(len: u64, template: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn query(args: QueryArgs) -> Result<()> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("starting the task pool")?;
+    let options = NodeOptions {
+        csv_chunk_size: args.csv_chunk_size,
+        sandbox: pushdown_storage_node::SandboxConfig {
+            deadline: Duration::from_secs(args.task_deadline),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let bar = progress_bar(0, "{spinner} scanning {pos}/{len} tasks {wide_bar} {elapsed}");
+    let progress: Arc<dyn Progress> = Arc::new(TaskProgress(bar.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    let result = runtime.block_on(async {
+        let engine = Engine::embedded(&args.data, options, Some(progress))?;
+        let query = engine.plan(&args.sql).await?;
+        if args.explain {
+            eprintln!("{}", query.explain_split());
+        }
+        let batches = query.collect().await?;
+        Ok::<_, pushdown_intermediary::Error>((query, batches))
+    });
+    bar.finish_and_clear();
+    let (query, batches) = result?;
+    let mut stdout = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Table => output::table(&mut stdout, query.plan().schema(), &batches)?,
+        OutputFormat::Csv => output::csv(&mut stdout, query.plan().schema(), &batches)?,
+        OutputFormat::Json => output::json(&mut stdout, &batches)?,
+    }
+    stdout.flush()?;
+    if args.explain {
+        eprint!("{}", query.run_report());
+    }
+    Ok(())
+}
+
+fn datasets(command: DatasetsCommand) -> Result<()> {
+    match command {
+        DatasetsCommand::Tpch { scale, out, row_group_size, tables } => {
+            let total: u64 = tables.iter().map(|t| pushdown_datasets::tpch_rows(t, scale)).sum();
+            let bar = progress_bar(total, "{spinner} {msg} {pos}/{len} rows {wide_bar} {elapsed}");
+            let options = pushdown_datasets::TpchOptions { scale, out, row_group_size, tables, ..Default::default() };
+            let mut done_before = 0u64;
+            let mut current = String::new();
+            let mut last_rows = 0u64;
+            let files = pushdown_datasets::generate_tpch(&options, |table, rows| {
+                if table != current {
+                    done_before += last_rows;
+                    current = table.to_string();
+                    bar.set_message(format!("writing {table}"));
+                }
+                last_rows = rows;
+                bar.set_position(done_before + rows);
+            })?;
+            bar.finish_and_clear();
+            for f in files {
+                let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+                eprintln!("wrote {} ({:.1} MiB)", f.display(), size as f64 / (1 << 20) as f64);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Query(args) => {
+            if args.sql.trim().is_empty() {
+                Err(anyhow::anyhow!("the SQL query is empty"))
+            } else {
+                query(args)
+            }
+        }
+        Command::Datasets(c) => datasets(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("error: {}", message.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+

@@ -1,0 +1,274 @@
+//! [`PushdownScanExec`]: the leaf of every plan over a pushdown table. It sends one task per
+//! row group or CSV chunk to the storage node, in parallel, and streams the partial results
+//! into DataFusion, which merges them (final aggregate, ORDER BY, LIMIT, joins).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use pushdown_protocol::{Expr, PartialAggregate, Pushdown, Task};
+use pushdown_storage_node::{TableInfo, TaskMetrics};
+use rayon::prelude::*;
+
+use crate::client::StorageClient;
+
+/// Counters of one scan, summed over its tasks.
+#[derive(Debug, Default)]
+pub struct ScanMetrics {
+    /// Tasks planned.
+    pub tasks: AtomicU64,
+    /// Tasks finished (scanned or pruned).
+    pub tasks_done: AtomicU64,
+    /// Tasks skipped by row-group statistics.
+    pub tasks_pruned: AtomicU64,
+    /// Bytes read from storage.
+    pub bytes_read: AtomicU64,
+    /// Bytes of Arrow IPC the storage node returned.
+    pub bytes_returned: AtomicU64,
+    /// Rows parsed.
+    pub rows_in: AtomicU64,
+    /// Rows that passed the predicate.
+    pub rows_selected: AtomicU64,
+    /// Rows returned to the intermediary.
+    pub rows_out: AtomicU64,
+}
+
+impl ScanMetrics {
+    fn add(&self, m: &TaskMetrics) {
+        self.tasks_done.fetch_add(1, Ordering::Relaxed);
+        self.tasks_pruned.fetch_add(u64::from(m.pruned), Ordering::Relaxed);
+        self.bytes_read.fetch_add(m.bytes_read, Ordering::Relaxed);
+        self.bytes_returned.fetch_add(m.bytes_returned, Ordering::Relaxed);
+        self.rows_in.fetch_add(m.rows_in, Ordering::Relaxed);
+        self.rows_selected.fetch_add(m.rows_selected, Ordering::Relaxed);
+        self.rows_out.fetch_add(m.rows_out, Ordering::Relaxed);
+    }
+}
+
+/// Called as tasks finish, for progress reporting.
+pub trait Progress: Send + Sync + fmt::Debug {
+    /// `n` more tasks were planned.
+    fn add_tasks(&self, n: u64);
+    /// One task finished.
+    fn task_done(&self);
+}
+
+/// Scans a pushdown table through the storage node; see the module doc.
+#[derive(Debug, Clone)]
+pub struct PushdownScanExec {
+    table: Arc<TableInfo>,
+    node: Arc<dyn StorageClient>,
+    predicate: Option<Expr>,
+    pushdown: Pushdown,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: Arc<ScanMetrics>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+fn properties(schema: &SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema.clone()),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+impl PushdownScanExec {
+    /// A scan returning the table's columns `projection` (all when `None`).
+    pub fn new(
+        table: Arc<TableInfo>,
+        node: Arc<dyn StorageClient>,
+        projection: Option<&Vec<usize>>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<Self> {
+        let schema = match projection {
+            Some(p) => Arc::new(table.schema.project(p)?),
+            None => table.schema.clone(),
+        };
+        let exprs = schema.fields().iter().map(|f| (f.name().clone(), Expr::Column(f.name().clone()))).collect();
+        Ok(Self {
+            table,
+            node,
+            predicate: None,
+            pushdown: Pushdown::Project(exprs),
+            properties: properties(&schema),
+            schema,
+            metrics: Arc::default(),
+            progress,
+        })
+    }
+
+    /// The table scanned.
+    pub fn table(&self) -> &TableInfo {
+        &self.table
+    }
+
+    /// The predicate evaluated in the sandbox.
+    pub fn predicate(&self) -> Option<&Expr> {
+        self.predicate.as_ref()
+    }
+
+    /// What the sandbox computes per task.
+    pub fn pushdown(&self) -> &Pushdown {
+        &self.pushdown
+    }
+
+    /// The scan's counters (shared by clones).
+    pub fn metrics(&self) -> &ScanMetrics {
+        &self.metrics
+    }
+
+    /// The output columns as expressions over the file, while no aggregate is pushed.
+    pub fn output_exprs(&self) -> Option<Vec<Expr>> {
+        match &self.pushdown {
+            Pushdown::Project(exprs) => Some(exprs.iter().map(|(_, e)| e.clone()).collect()),
+            Pushdown::PartialAggregate { .. } => None,
+        }
+    }
+
+    /// Adds a conjunct to the predicate.
+    pub fn with_predicate(&self, predicate: Expr) -> Self {
+        let predicate = match self.predicate.clone() {
+            None => predicate,
+            Some(Expr::And(mut items)) => {
+                items.push(predicate);
+                Expr::And(items)
+            }
+            Some(p) => Expr::And(vec![p, predicate]),
+        };
+        Self { predicate: Some(predicate), ..self.clone() }
+    }
+
+    /// Replaces the output with `exprs` (over the file's columns), of `schema`.
+    pub fn with_projection(&self, exprs: Vec<Expr>, schema: SchemaRef) -> Self {
+        let named = schema.fields().iter().map(|f| f.name().clone()).zip(exprs).collect();
+        Self { pushdown: Pushdown::Project(named), properties: properties(&schema), schema, ..self.clone() }
+    }
+
+    /// Makes the scan return partial aggregate states of `schema` (group columns first).
+    pub fn with_partial_aggregate(&self, group_by: Vec<Expr>, aggregates: Vec<PartialAggregate>, schema: SchemaRef) -> Self {
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let (group_names, state_names) = names.split_at(group_by.len());
+        let pushdown = Pushdown::PartialAggregate {
+            group_by: group_names.iter().cloned().zip(group_by).collect(),
+            aggregates: state_names.iter().cloned().zip(aggregates).collect(),
+        };
+        Self { pushdown, properties: properties(&schema), schema, metrics: Arc::default(), ..self.clone() }
+    }
+
+    fn tasks(&self) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        for file in &self.table.files {
+            for unit in &file.units {
+                tasks.push(Task {
+                    file: file.path.clone(),
+                    format: file.format,
+                    unit: unit.clone(),
+                    predicate: self.predicate.clone(),
+                    pushdown: self.pushdown.clone(),
+                    output_schema: self.schema.as_ref().clone(),
+                });
+            }
+        }
+        tasks
+    }
+}
+
+impl DisplayAs for PushdownScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units: usize = self.table.files.iter().map(|f| f.units.len()).sum();
+        write!(f, "PushdownScanExec: table={}, format={:?}, files={}, tasks={units}", self.table.name, self.table.format, self.table.files.len())?;
+        if let Some(p) = &self.predicate {
+            write!(f, ", predicate={p}")?;
+        }
+        match &self.pushdown {
+            Pushdown::Project(exprs) => {
+                let list: Vec<String> = exprs
+                    .iter()
+                    .map(|(n, e)| if matches!(e, Expr::Column(c) if c == n) { n.clone() } else { format!("{e} AS {n}") })
+                    .collect();
+                write!(f, ", projection=[{}]", list.join(", "))
+            }
+            Pushdown::PartialAggregate { group_by, aggregates } => {
+                let g: Vec<String> = group_by.iter().map(|(_, e)| e.to_string()).collect();
+                let a: Vec<String> = aggregates.iter().map(|(_, a)| a.to_string()).collect();
+                write!(f, ", partial_aggregate=[group_by=[{}], states=[{}]]", g.join(", "), a.join(", "))
+            }
+        }
+    }
+}
+
+impl ExecutionPlan for PushdownScanExec {
+    fn name(&self) -> &str {
+        "PushdownScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("PushdownScanExec has no children".into()))
+        }
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!("PushdownScanExec has one partition, not {partition}")));
+        }
+        let tasks = self.tasks();
+        self.metrics.tasks.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.add_tasks(tasks.len() as u64);
+        }
+        // A few batches in flight: the storage node waits when the intermediary is slower.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(8);
+        let (node, metrics, progress) = (self.node.clone(), self.metrics.clone(), self.progress.clone());
+        std::thread::Builder::new()
+            .name("pushdown-scan".into())
+            .spawn(move || {
+                let _ = tasks.par_iter().try_for_each(|task| {
+                    if tx.is_closed() {
+                        return Err(());
+                    }
+                    let result = node.run_task(task);
+                    if let Some(p) = &progress {
+                        p.task_done();
+                    }
+                    match result {
+                        Ok(out) => {
+                            metrics.add(&out.metrics);
+                            for batch in out.batches {
+                                tx.blocking_send(Ok(batch)).map_err(|_| ())?;
+                            }
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(DataFusionError::External(Box::new(e))));
+                            Err(())
+                        }
+                    }
+                });
+            })
+            .map_err(|e| DataFusionError::Execution(format!("cannot start the scan thread: {e}")))?;
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+    }
+}

@@ -1,0 +1,265 @@
+//! Scalar expressions and partial aggregates evaluated inside the sandbox.
+
+use std::fmt;
+
+use arrow_schema::DataType;
+use serde::{Deserialize, Serialize};
+
+/// A scalar expression over the columns of one file, evaluated per row with SQL
+/// three-valued logic. Column references are by name in the file's schema.
+///
+/// The operators follow the Arrow compute kernels (`arrow-ord`, `arrow-arith`,
+/// `arrow-string`) so that an expression evaluated in the sandbox gives the same
+/// answer as DataFusion evaluating it in the intermediary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Expr {
+    /// A column of the file, by name.
+    Column(String),
+    /// A constant of a given Arrow type.
+    Literal(Literal),
+    /// `left <op> right`, a comparison returning Boolean.
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    /// `left <op> right`, wrapping arithmetic (as DataFusion's default).
+    Arithmetic(ArithmeticOp, Box<Expr>, Box<Expr>),
+    /// Kleene conjunction of the operands.
+    And(Vec<Expr>),
+    /// Kleene disjunction of the operands.
+    Or(Vec<Expr>),
+    /// Boolean negation.
+    Not(Box<Expr>),
+    /// `expr IS NULL` (or `IS NOT NULL` when `negated`).
+    IsNull {
+        /// The operand.
+        expr: Box<Expr>,
+        /// `IS NOT NULL` when true.
+        negated: bool,
+    },
+    /// `expr [NOT] IN (list)`.
+    InList {
+        /// The operand.
+        expr: Box<Expr>,
+        /// The values; each has the operand's type.
+        list: Vec<Expr>,
+        /// `NOT IN` when true.
+        negated: bool,
+    },
+    /// `expr [NOT] [I]LIKE pattern` with SQL `%` and `_` wildcards.
+    Like {
+        /// The string operand.
+        expr: Box<Expr>,
+        /// The pattern, usually a literal.
+        pattern: Box<Expr>,
+        /// `NOT LIKE` when true.
+        negated: bool,
+        /// `ILIKE` (case-insensitive) when true.
+        case_insensitive: bool,
+    },
+    /// `CAST(expr AS data_type)`; an unrepresentable value is an error, as in DataFusion.
+    Cast(Box<Expr>, DataType),
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    /// `=`
+    Eq,
+    /// `<>`
+    NotEq,
+    /// `<`
+    Lt,
+    /// `<=`
+    LtEq,
+    /// `>`
+    Gt,
+    /// `>=`
+    GtEq,
+}
+
+/// An arithmetic operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArithmeticOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Rem,
+}
+
+/// A constant. `value` is interpreted in `data_type`:
+/// integers, dates (days since the epoch), timestamps (in the type's unit) and
+/// decimals (the unscaled value, as a decimal string so that `i128` survives JSON)
+/// are [`Literal::Int`] / [`Literal::Decimal`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Literal {
+    /// NULL of the given type.
+    Null(DataType),
+    /// A Boolean.
+    Bool(bool),
+    /// A signed integer stored in `data_type` (any integer, date, time, timestamp or duration type).
+    Int(i64, DataType),
+    /// An unsigned integer stored in `data_type`.
+    UInt(u64, DataType),
+    /// A float stored in `data_type` (Float32 or Float64).
+    Float(f64, DataType),
+    /// An unscaled decimal value (decimal digits) of the given `Decimal128(precision, scale)` type.
+    Decimal(String, DataType),
+    /// A string stored in `data_type` (Utf8, LargeUtf8 or Utf8View).
+    Utf8(String, DataType),
+}
+
+impl Literal {
+    /// The Arrow type of the constant.
+    pub fn data_type(&self) -> DataType {
+        match self {
+            Literal::Null(t)
+            | Literal::Int(_, t)
+            | Literal::UInt(_, t)
+            | Literal::Float(_, t)
+            | Literal::Decimal(_, t)
+            | Literal::Utf8(_, t) => t.clone(),
+            Literal::Bool(_) => DataType::Boolean,
+        }
+    }
+}
+
+/// An aggregate function whose partial state the storage node computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregateFunction {
+    /// Number of non-null values (or of rows, when the argument is a literal).
+    Count,
+    /// Sum of non-null values; NULL when there are none.
+    Sum,
+    /// Smallest non-null value; NULL when there are none.
+    Min,
+    /// Largest non-null value; NULL when there are none.
+    Max,
+}
+
+/// One column of a partial aggregate state: `function(argument)` per group,
+/// returned as `state_type`. AVG travels as a `Count` and a `Sum` column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialAggregate {
+    /// The function whose state this column carries.
+    pub function: AggregateFunction,
+    /// The argument, evaluated per row.
+    pub argument: Expr,
+    /// The Arrow type of the state column; the argument is cast to it before a `Sum`.
+    pub state_type: DataType,
+}
+
+impl Expr {
+    /// Adds the names of the columns the expression reads to `out`.
+    pub fn collect_columns(&self, out: &mut std::collections::BTreeSet<String>) {
+        match self {
+            Expr::Column(c) => {
+                out.insert(c.clone());
+            }
+            Expr::Literal(_) => {}
+            Expr::Cmp(_, l, r) | Expr::Arithmetic(_, l, r) => {
+                l.collect_columns(out);
+                r.collect_columns(out);
+            }
+            Expr::And(items) | Expr::Or(items) => items.iter().for_each(|e| e.collect_columns(out)),
+            Expr::Not(e) | Expr::Cast(e, _) | Expr::IsNull { expr: e, .. } => e.collect_columns(out),
+            Expr::InList { expr, list, .. } => {
+                expr.collect_columns(out);
+                list.iter().for_each(|e| e.collect_columns(out));
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.collect_columns(out);
+                pattern.collect_columns(out);
+            }
+        }
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn join(f: &mut fmt::Formatter<'_>, items: &[Expr], sep: &str) -> fmt::Result {
+            write!(f, "(")?;
+            for (i, e) in items.iter().enumerate() {
+                if i > 0 {
+                    write!(f, " {sep} ")?;
+                }
+                write!(f, "{e}")?;
+            }
+            write!(f, ")")
+        }
+        match self {
+            Expr::Column(c) => write!(f, "{c}"),
+            Expr::Literal(l) => write!(f, "{l}"),
+            Expr::Cmp(op, l, r) => {
+                let s = match op {
+                    CmpOp::Eq => "=",
+                    CmpOp::NotEq => "<>",
+                    CmpOp::Lt => "<",
+                    CmpOp::LtEq => "<=",
+                    CmpOp::Gt => ">",
+                    CmpOp::GtEq => ">=",
+                };
+                write!(f, "{l} {s} {r}")
+            }
+            Expr::Arithmetic(op, l, r) => {
+                let s = match op {
+                    ArithmeticOp::Add => "+",
+                    ArithmeticOp::Sub => "-",
+                    ArithmeticOp::Mul => "*",
+                    ArithmeticOp::Div => "/",
+                    ArithmeticOp::Rem => "%",
+                };
+                write!(f, "({l} {s} {r})")
+            }
+            Expr::And(items) => join(f, items, "AND"),
+            Expr::Or(items) => join(f, items, "OR"),
+            Expr::Not(e) => write!(f, "NOT {e}"),
+            Expr::IsNull { expr, negated } => {
+                write!(f, "{expr} IS {}NULL", if *negated { "NOT " } else { "" })
+            }
+            Expr::InList { expr, list, negated } => {
+                write!(f, "{expr} {}IN ", if *negated { "NOT " } else { "" })?;
+                join(f, list, ",")
+            }
+            Expr::Like { expr, pattern, negated, case_insensitive } => write!(
+                f,
+                "{expr} {}{} {pattern}",
+                if *negated { "NOT " } else { "" },
+                if *case_insensitive { "ILIKE" } else { "LIKE" }
+            ),
+            Expr::Cast(e, t) => write!(f, "CAST({e} AS {t})"),
+        }
+    }
+}
+
+impl fmt::Display for Literal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Literal::Null(_) => write!(f, "NULL"),
+            Literal::Bool(b) => write!(f, "{b}"),
+            Literal::Int(v, t) => match t {
+                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => write!(f, "{v}"),
+                _ => write!(f, "{v}::{t}"),
+            },
+            Literal::UInt(v, _) => write!(f, "{v}"),
+            Literal::Float(v, _) => write!(f, "{v}"),
+            Literal::Decimal(v, t) => write!(f, "{v}::{t}"),
+            Literal::Utf8(s, _) => write!(f, "'{}'", s.replace('\'', "''")),
+        }
+    }
+}
+
+impl fmt::Display for PartialAggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.function {
+            AggregateFunction::Count => "count",
+            AggregateFunction::Sum => "sum",
+            AggregateFunction::Min => "min",
+            AggregateFunction::Max => "max",
+        };
+        write!(f, "{name}({}) -> {}", self.argument, self.state_type)
+    }
+}

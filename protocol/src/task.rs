@@ -1,0 +1,157 @@
+//! The task: one row group or CSV chunk, and what to compute over it.
+
+use arrow_schema::Schema;
+use serde::{Deserialize, Serialize};
+
+use crate::expr::{Expr, PartialAggregate};
+
+/// Version of the JSON encoding of [`Task`] and [`GuestRequest`]. A guest refuses a
+/// request whose version differs.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The on-disk format of a table's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileFormat {
+    /// Apache Parquet; one task per row group.
+    Parquet,
+    /// RFC 4180 CSV with a header row; one task per chunk of whole records.
+    Csv,
+}
+
+/// A half-open byte range `[start, end)` of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte, counted from the start of the file.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// True when the range holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one task reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskUnit {
+    /// One row group of a Parquet file, by index in the footer.
+    RowGroup(usize),
+    /// One chunk of a CSV file: whole records, starting after the header.
+    CsvChunk(ByteRange),
+}
+
+/// What the sandboxed pipeline computes over the rows that pass the predicate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Pushdown {
+    /// Evaluate these named expressions per row (a projection).
+    Project(Vec<(String, Expr)>),
+    /// Group by the named expressions and return one row per group holding the
+    /// group values followed by the partial aggregate states.
+    PartialAggregate {
+        /// Named group-by expressions; empty for a global aggregate (one output row).
+        group_by: Vec<(String, Expr)>,
+        /// The state columns, in output order after the group columns.
+        aggregates: Vec<(String, PartialAggregate)>,
+    },
+}
+
+/// One pushdown task, the unit the intermediary sends to a storage node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Path of the file on the storage node, relative to its data directory.
+    pub file: String,
+    /// The file's format.
+    pub format: FileFormat,
+    /// The row group or byte range.
+    pub unit: TaskUnit,
+    /// Rows for which this is not true are dropped before [`Task::pushdown`].
+    pub predicate: Option<Expr>,
+    /// What to compute.
+    pub pushdown: Pushdown,
+    /// The schema of the record batches the task returns.
+    pub output_schema: Schema,
+}
+
+impl Task {
+    /// The file columns the task reads (its projection), in `file_schema` order; see
+    /// [`needed_columns`].
+    pub fn needed_columns(&self, file_schema: &Schema) -> Vec<String> {
+        needed_columns(self.predicate.as_ref(), &self.pushdown, file_schema)
+    }
+}
+
+/// The file columns that `predicate` and `pushdown` read, in `file_schema` order.
+///
+/// When they need no column (e.g. `COUNT(*)`), the first column is read for its row count,
+/// so the result is empty only for a schema without columns.
+pub fn needed_columns(predicate: Option<&Expr>, pushdown: &Pushdown, file_schema: &Schema) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(p) = predicate {
+        p.collect_columns(&mut names);
+    }
+    match pushdown {
+        Pushdown::Project(exprs) => exprs.iter().for_each(|(_, e)| e.collect_columns(&mut names)),
+        Pushdown::PartialAggregate { group_by, aggregates } => {
+            group_by.iter().for_each(|(_, e)| e.collect_columns(&mut names));
+            aggregates.iter().for_each(|(_, a)| a.argument.collect_columns(&mut names));
+        }
+    }
+    let mut ordered: Vec<String> =
+        file_schema.fields().iter().map(|f| f.name().clone()).filter(|n| names.contains(n)).collect();
+    if ordered.is_empty() {
+        if let Some(first) = file_schema.fields().first() {
+            ordered.push(first.name().clone());
+        }
+    }
+    ordered
+}
+
+/// The request the storage node hands to the Wasm pipeline together with the input bytes.
+///
+/// The input bytes are the concatenation of `segments`, in order: for Parquet the file's
+/// footer (metadata, without the trailing length and magic) followed by the needed column
+/// chunks; for CSV the chunk itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestRequest {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The task.
+    pub task: Task,
+    /// The schema the file is read with (CSV: the inferred schema; Parquet: derived from the footer).
+    pub file_schema: Schema,
+    /// Where each segment of the input bytes sits in the file.
+    pub segments: Vec<ByteRange>,
+    /// Total length of the file in bytes.
+    pub file_len: u64,
+    /// Rows per record batch the parser produces.
+    pub batch_size: usize,
+}
+
+/// Encodes a request as JSON bytes.
+pub fn encode_request(request: &GuestRequest) -> Vec<u8> {
+    serde_json::to_vec(request).expect("a GuestRequest always serializes")
+}
+
+/// Decodes a request from JSON bytes.
+///
+/// # Errors
+/// A message naming the problem when the bytes are not a request of [`PROTOCOL_VERSION`].
+pub fn decode_request(bytes: &[u8]) -> Result<GuestRequest, String> {
+    let request: GuestRequest =
+        serde_json::from_slice(bytes).map_err(|e| format!("malformed pushdown request: {e}"))?;
+    if request.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "pushdown request version {} is not the supported version {PROTOCOL_VERSION}",
+            request.version
+        ));
+    }
+    Ok(request)
+}

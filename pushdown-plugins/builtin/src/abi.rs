@@ -1,0 +1,54 @@
+//! The Wasm exports (ABI version [`crate::ABI_VERSION`]); see `pushdown-plugins/ABI.md`.
+//!
+//! The host calls `pushdown_alloc` twice to place the request and the input bytes in
+//! linear memory, then `pushdown_run`, which returns `(ptr << 32) | len` of a result
+//! buffer: a status byte (0 ok, 1 error) followed by the payload ([`crate::run_task`]'s
+//! output, or a UTF-8 message). The instance is discarded after one task.
+
+/// The ABI version; the host refuses a module whose version differs.
+#[no_mangle]
+pub extern "C" fn pushdown_abi_version() -> u32 {
+    crate::ABI_VERSION
+}
+
+/// Allocates `len` bytes in linear memory for the host to fill; returns the pointer.
+#[no_mangle]
+pub extern "C" fn pushdown_alloc(len: u32) -> u32 {
+    let mut buf = Vec::<u8>::with_capacity(len as usize);
+    let ptr = buf.as_mut_ptr();
+    std::mem::forget(buf);
+    ptr as u32
+}
+
+/// Runs one task. Takes ownership of both buffers, which must come from `pushdown_alloc`.
+///
+/// # Safety
+/// `request_ptr`/`input_ptr` must be buffers returned by `pushdown_alloc` with the given
+/// lengths, fully written by the host.
+#[no_mangle]
+pub unsafe extern "C" fn pushdown_run(request_ptr: u32, request_len: u32, input_ptr: u32, input_len: u32) -> u64 {
+    // SAFETY: the host hands back the buffers it got from `pushdown_alloc`, written in full.
+    let (request, input) = unsafe {
+        (
+            Vec::from_raw_parts(request_ptr as *mut u8, request_len as usize, request_len as usize),
+            Vec::from_raw_parts(input_ptr as *mut u8, input_len as usize, input_len as usize),
+        )
+    };
+    let mut out = match crate::run_task(&request, input) {
+        Ok(payload) => {
+            let mut out = Vec::with_capacity(payload.len() + 1);
+            out.push(0u8);
+            out.extend_from_slice(&payload);
+            out
+        }
+        Err(message) => {
+            let mut out = vec![1u8];
+            out.extend_from_slice(message.as_bytes());
+            out
+        }
+    };
+    out.shrink_to_fit();
+    let (ptr, len) = (out.as_ptr() as u64, out.len() as u64);
+    std::mem::forget(out);
+    (ptr << 32) | len
+}

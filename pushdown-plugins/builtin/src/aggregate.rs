@@ -1,0 +1,342 @@
+//! Partial aggregation with GROUP BY: group values are encoded with `arrow-row` and
+//! hashed; each state column keeps one slot per group.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, StringArray};
+use arrow_array::ArrowNativeTypeOp;
+use arrow_buffer::NullBuffer;
+use arrow_row::{RowConverter, Rows, SortField};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use hashbrown::HashMap;
+use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate};
+
+use crate::eval::{cast_checked, evaluate, Value};
+
+/// One state column, updated batch by batch.
+trait Accumulator {
+    /// Folds `values` (already of the state type) into the groups `groups[i]`.
+    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String>;
+    /// The state, one row per group.
+    fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String>;
+}
+
+struct Count {
+    counts: Vec<i64>,
+}
+
+impl Accumulator for Count {
+    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String> {
+        self.counts.resize(num_groups, 0);
+        match values.logical_nulls() {
+            None => {
+                for &g in groups {
+                    self.counts[g as usize] += 1;
+                }
+            }
+            Some(nulls) => {
+                for (i, &g) in groups.iter().enumerate() {
+                    if nulls.is_valid(i) {
+                        self.counts[g as usize] += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String> {
+        self.counts.resize(num_groups, 0);
+        Ok(Arc::new(Int64Array::from(std::mem::take(&mut self.counts))))
+    }
+}
+
+/// SUM, MIN or MAX over a primitive type (integers, floats, decimals, dates, timestamps).
+struct Primitive<T: ArrowPrimitiveType> {
+    function: AggregateFunction,
+    values: Vec<T::Native>,
+    seen: Vec<bool>,
+    data_type: DataType,
+}
+
+impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
+    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String> {
+        self.values.resize(num_groups, T::Native::default());
+        self.seen.resize(num_groups, false);
+        let array = values
+            .as_primitive_opt::<T>()
+            .ok_or_else(|| format!("state column expected {}, got {}", self.data_type, values.data_type()))?;
+        let data = array.values();
+        let nulls = array.nulls();
+        for (i, &g) in groups.iter().enumerate() {
+            if nulls.is_some_and(|n| n.is_null(i)) {
+                continue;
+            }
+            let (slot, v) = (g as usize, data[i]);
+            if !self.seen[slot] {
+                self.values[slot] = v;
+                self.seen[slot] = true;
+                continue;
+            }
+            let current = self.values[slot];
+            self.values[slot] = match self.function {
+                AggregateFunction::Sum => current.add_wrapping(v),
+                AggregateFunction::Min if v.is_lt(current) => v,
+                AggregateFunction::Max if v.is_gt(current) => v,
+                _ => current,
+            };
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String> {
+        self.values.resize(num_groups, T::Native::default());
+        self.seen.resize(num_groups, false);
+        let nulls = NullBuffer::from(std::mem::take(&mut self.seen));
+        let array = PrimitiveArray::<T>::new(std::mem::take(&mut self.values).into(), Some(nulls))
+            .with_data_type(self.data_type.clone());
+        Ok(Arc::new(array))
+    }
+}
+
+
+/// MIN or MAX over strings (compared as UTF-8 bytes) or Booleans (false < true).
+struct Ordered {
+    is_min: bool,
+    strings: Vec<Option<String>>,
+    bools: Vec<Option<bool>>,
+    data_type: DataType,
+}
+
+impl Ordered {
+    fn better<V: PartialOrd>(&self, new: &V, current: &V) -> bool {
+        if self.is_min {
+            new < current
+        } else {
+            new > current
+        }
+    }
+}
+
+impl Accumulator for Ordered {
+    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String> {
+        if self.data_type == DataType::Boolean {
+            self.bools.resize(num_groups, None);
+            let array = values.as_boolean();
+            for (i, &g) in groups.iter().enumerate() {
+                if array.is_valid(i) {
+                    let v = array.value(i);
+                    let slot = &self.bools[g as usize];
+                    if slot.is_none_or(|c| self.better(&v, &c)) {
+                        self.bools[g as usize] = Some(v);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        self.strings.resize(num_groups, None);
+        let utf8 = cast_checked(values, &DataType::Utf8)?;
+        let array = utf8.as_string::<i32>();
+        for (i, &g) in groups.iter().enumerate() {
+            if array.is_valid(i) {
+                let v = array.value(i);
+                let replace = match &self.strings[g as usize] {
+                    None => true,
+                    Some(c) => self.better(&v, &c.as_str()),
+                };
+                if replace {
+                    self.strings[g as usize] = Some(v.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String> {
+        if self.data_type == DataType::Boolean {
+            self.bools.resize(num_groups, None);
+            return Ok(Arc::new(BooleanArray::from(std::mem::take(&mut self.bools))));
+        }
+        self.strings.resize(num_groups, None);
+        let array: ArrayRef = Arc::new(StringArray::from(std::mem::take(&mut self.strings)));
+        cast_checked(&array, &self.data_type)
+    }
+}
+
+fn accumulator(aggregate: &PartialAggregate) -> Result<Box<dyn Accumulator>, String> {
+    let f = aggregate.function;
+    let t = aggregate.state_type.clone();
+    macro_rules! primitive {
+        ($ty:ty) => {
+            Box::new(Primitive::<$ty> { function: f, values: Vec::new(), seen: Vec::new(), data_type: t.clone() })
+        };
+    }
+    if f == AggregateFunction::Count {
+        return Ok(Box::new(Count { counts: Vec::new() }));
+    }
+    Ok(match &t {
+        DataType::Int8 => primitive!(Int8Type),
+        DataType::Int16 => primitive!(Int16Type),
+        DataType::Int32 => primitive!(Int32Type),
+        DataType::Int64 => primitive!(Int64Type),
+        DataType::UInt8 => primitive!(UInt8Type),
+        DataType::UInt16 => primitive!(UInt16Type),
+        DataType::UInt32 => primitive!(UInt32Type),
+        DataType::UInt64 => primitive!(UInt64Type),
+        DataType::Float32 => primitive!(Float32Type),
+        DataType::Float64 => primitive!(Float64Type),
+        DataType::Decimal128(_, _) => primitive!(Decimal128Type),
+        DataType::Date32 => primitive!(Date32Type),
+        DataType::Date64 => primitive!(Date64Type),
+        DataType::Timestamp(TimeUnit::Second, _) => primitive!(TimestampSecondType),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => primitive!(TimestampMillisecondType),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => primitive!(TimestampMicrosecondType),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => primitive!(TimestampNanosecondType),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+            if f != AggregateFunction::Sum =>
+        {
+            Box::new(Ordered { is_min: f == AggregateFunction::Min, strings: Vec::new(), bools: Vec::new(), data_type: t.clone() })
+        }
+        other => return Err(format!("{f:?} over {other} is not supported in the sandbox")),
+    })
+}
+
+/// Accumulates partial aggregate states over record batches.
+///
+/// Output: one row per group; the group columns (in `group_by` order) followed by one
+/// column per aggregate, cast to `output_schema`. Without GROUP BY there is exactly one
+/// row, even for no input rows (COUNT 0, other states NULL), as DataFusion's partial
+/// aggregate produces.
+pub struct GroupedAggregator {
+    group_by: Vec<(String, Expr)>,
+    aggregates: Vec<(String, PartialAggregate)>,
+    accumulators: Vec<Box<dyn Accumulator>>,
+    output_schema: SchemaRef,
+    converter: Option<RowConverter>,
+    group_rows: Option<Rows>,
+    index: HashMap<Box<[u8]>, u32>,
+    num_groups: usize,
+    group_ids: Vec<u32>,
+}
+
+impl GroupedAggregator {
+    /// Creates the accumulators.
+    ///
+    /// # Errors
+    /// A message when an aggregate's state type is not supported.
+    pub fn try_new(
+        group_by: Vec<(String, Expr)>,
+        aggregates: Vec<(String, PartialAggregate)>,
+        output_schema: SchemaRef,
+    ) -> Result<Self, String> {
+        let accumulators = aggregates.iter().map(|(_, a)| accumulator(a)).collect::<Result<_, _>>()?;
+        let num_groups = if group_by.is_empty() { 1 } else { 0 };
+        Ok(Self {
+            group_by,
+            aggregates,
+            accumulators,
+            output_schema,
+            converter: None,
+            group_rows: None,
+            index: HashMap::new(),
+            num_groups,
+            group_ids: Vec::new(),
+        })
+    }
+
+    /// Folds one (already filtered) batch into the states.
+    ///
+    /// # Errors
+    /// A message when an expression fails to evaluate.
+    pub fn update(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        self.assign_groups(batch)?;
+        for ((_, aggregate), acc) in self.aggregates.iter().zip(self.accumulators.iter_mut()) {
+            let value = evaluate(&aggregate.argument, batch)?;
+            match (&aggregate.function, value) {
+                (AggregateFunction::Count, Value::Scalar(s)) => {
+                    if s.is_valid(0) {
+                        // COUNT(<constant>): every row counts.
+                        let values: ArrayRef =
+                            Arc::new(BooleanArray::new(arrow_buffer::BooleanBuffer::new_set(n), None));
+                        acc.update(&values, &self.group_ids, self.num_groups)?;
+                    }
+                }
+                (AggregateFunction::Count, Value::Array(a)) => acc.update(&a, &self.group_ids, self.num_groups)?,
+                (_, value) => {
+                    let values = cast_checked(&value.into_array(n)?, &aggregate.state_type)?;
+                    acc.update(&values, &self.group_ids, self.num_groups)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn assign_groups(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let n = batch.num_rows();
+        self.group_ids.clear();
+        if self.group_by.is_empty() {
+            self.group_ids.resize(n, 0);
+            return Ok(());
+        }
+        let columns: Vec<ArrayRef> = self
+            .group_by
+            .iter()
+            .map(|(_, e)| evaluate(e, batch)?.into_array(n))
+            .collect::<Result<_, _>>()?;
+        if self.converter.is_none() {
+            let fields = columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+            let converter = RowConverter::new(fields).map_err(|e| e.to_string())?;
+            self.group_rows = Some(converter.empty_rows(0, 0));
+            self.converter = Some(converter);
+        }
+        let converter = self.converter.as_ref().expect("set above");
+        let group_rows = self.group_rows.as_mut().expect("set above");
+        let rows = converter.convert_columns(&columns).map_err(|e| e.to_string())?;
+        for row in rows.iter() {
+            let key: &[u8] = row.as_ref();
+            let id = match self.index.get(key) {
+                Some(&id) => id,
+                None => {
+                    let id = self.num_groups as u32;
+                    self.index.insert(key.into(), id);
+                    group_rows.push(row);
+                    self.num_groups += 1;
+                    id
+                }
+            };
+            self.group_ids.push(id);
+        }
+        Ok(())
+    }
+
+    /// The states as one record batch of `output_schema`.
+    ///
+    /// # Errors
+    /// A message when a state does not cast to its declared output type.
+    pub fn finish(mut self) -> Result<RecordBatch, String> {
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if let (Some(converter), Some(rows)) = (&self.converter, &self.group_rows) {
+            columns.extend(converter.convert_rows(rows).map_err(|e| e.to_string())?);
+        } else if !self.group_by.is_empty() {
+            // No input row: no group. Build empty group columns of the declared types.
+            for field in self.output_schema.fields().iter().take(self.group_by.len()) {
+                columns.push(arrow_array::new_empty_array(field.data_type()));
+            }
+        }
+        for acc in &mut self.accumulators {
+            columns.push(acc.finish(self.num_groups)?);
+        }
+        let columns = columns
+            .iter()
+            .zip(self.output_schema.fields())
+            .map(|(c, f)| cast_checked(c, f.data_type()))
+            .collect::<Result<Vec<_>, _>>()?;
+        RecordBatch::try_new(self.output_schema.clone(), columns).map_err(|e| e.to_string())
+    }
+}

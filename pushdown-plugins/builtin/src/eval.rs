@@ -1,0 +1,252 @@
+//! Evaluation of [`Expr`] over Arrow record batches with the Arrow compute kernels.
+
+use std::sync::Arc;
+
+use arrow_arith::boolean::{and_kleene, is_not_null, is_null, not, or_kleene};
+use arrow_arith::numeric;
+use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar, StringArray};
+use arrow_buffer::Buffer;
+use arrow_cast::cast::{cast_with_options, CastOptions};
+use arrow_schema::DataType;
+use arrow_select::take::take;
+use pushdown_protocol::{ArithmeticOp, CmpOp, Expr, Literal};
+
+/// The value of an expression: a column of the batch's length, or one constant.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// One value per row.
+    Array(ArrayRef),
+    /// A constant, held as an array of length 1.
+    Scalar(ArrayRef),
+}
+
+impl Value {
+    fn data_type(&self) -> &DataType {
+        match self {
+            Value::Array(a) | Value::Scalar(a) => a.data_type(),
+        }
+    }
+
+    fn datum(&self) -> Box<dyn Datum + '_> {
+        match self {
+            Value::Array(a) => Box::new(a),
+            Value::Scalar(a) => Box::new(Scalar::new(a)),
+        }
+    }
+
+    /// The value as an array of `num_rows` rows (a constant is repeated).
+    pub fn into_array(self, num_rows: usize) -> Result<ArrayRef, String> {
+        match self {
+            Value::Array(a) => Ok(a),
+            Value::Scalar(a) => {
+                let indices = arrow_array::UInt32Array::from(vec![0u32; num_rows]);
+                take(a.as_ref(), &indices, None).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    fn map(self, f: impl FnOnce(&ArrayRef) -> Result<ArrayRef, String>) -> Result<Value, String> {
+        Ok(match self {
+            Value::Array(a) => Value::Array(f(&a)?),
+            Value::Scalar(a) => Value::Scalar(f(&a)?),
+        })
+    }
+}
+
+fn binary(
+    l: Value,
+    r: Value,
+    f: impl FnOnce(&dyn Datum, &dyn Datum) -> Result<ArrayRef, String>,
+) -> Result<Value, String> {
+    let scalar = matches!((&l, &r), (Value::Scalar(_), Value::Scalar(_)));
+    let out = f(l.datum().as_ref(), r.datum().as_ref())?;
+    Ok(if scalar { Value::Scalar(out) } else { Value::Array(out) })
+}
+
+fn boolean(
+    l: Value,
+    r: Value,
+    num_rows: usize,
+    f: impl Fn(&BooleanArray, &BooleanArray) -> Result<BooleanArray, arrow_schema::ArrowError>,
+) -> Result<Value, String> {
+    if let (Value::Scalar(a), Value::Scalar(b)) = (&l, &r) {
+        let out = f(as_bool(a)?, as_bool(b)?).map_err(|e| e.to_string())?;
+        return Ok(Value::Scalar(Arc::new(out)));
+    }
+    let a = l.into_array(num_rows)?;
+    let b = r.into_array(num_rows)?;
+    let out = f(as_bool(&a)?, as_bool(&b)?).map_err(|e| e.to_string())?;
+    Ok(Value::Array(Arc::new(out)))
+}
+
+fn as_bool(a: &ArrayRef) -> Result<&BooleanArray, String> {
+    a.as_any()
+        .downcast_ref::<BooleanArray>()
+        .ok_or_else(|| format!("expected a Boolean operand, found {}", a.data_type()))
+}
+
+/// Evaluates `expr` over `batch`.
+///
+/// # Errors
+/// A message when a column is missing, types do not fit a kernel, or a cast or
+/// arithmetic operation fails (overflow in a cast, division by zero).
+pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
+    let n = batch.num_rows();
+    Ok(match expr {
+        Expr::Column(name) => Value::Array(
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("column {name} is not in the batch"))?
+                .clone(),
+        ),
+        Expr::Literal(l) => Value::Scalar(literal_array(l)?),
+        Expr::Cmp(op, l, r) => {
+            let (l, r) = (evaluate(l, batch)?, evaluate(r, batch)?);
+            binary(l, r, |a, b| {
+                use arrow_ord::cmp;
+                let out = match op {
+                    CmpOp::Eq => cmp::eq(a, b),
+                    CmpOp::NotEq => cmp::neq(a, b),
+                    CmpOp::Lt => cmp::lt(a, b),
+                    CmpOp::LtEq => cmp::lt_eq(a, b),
+                    CmpOp::Gt => cmp::gt(a, b),
+                    CmpOp::GtEq => cmp::gt_eq(a, b),
+                };
+                out.map(|b| Arc::new(b) as ArrayRef).map_err(|e| e.to_string())
+            })?
+        }
+        Expr::Arithmetic(op, l, r) => {
+            let (l, r) = (evaluate(l, batch)?, evaluate(r, batch)?);
+            binary(l, r, |a, b| {
+                match op {
+                    ArithmeticOp::Add => numeric::add_wrapping(a, b),
+                    ArithmeticOp::Sub => numeric::sub_wrapping(a, b),
+                    ArithmeticOp::Mul => numeric::mul_wrapping(a, b),
+                    ArithmeticOp::Div => numeric::div(a, b),
+                    ArithmeticOp::Rem => numeric::rem(a, b),
+                }
+                .map_err(|e| e.to_string())
+            })?
+        }
+        Expr::And(items) | Expr::Or(items) => {
+            let is_and = matches!(expr, Expr::And(_));
+            let mut acc = Value::Scalar(Arc::new(BooleanArray::from(vec![is_and])));
+            for item in items {
+                let v = evaluate(item, batch)?;
+                acc = if is_and { boolean(acc, v, n, and_kleene)? } else { boolean(acc, v, n, or_kleene)? };
+            }
+            acc
+        }
+        Expr::Not(e) => evaluate(e, batch)?.map(|a| Ok(Arc::new(not(as_bool(a)?).map_err(|e| e.to_string())?)))?,
+        Expr::IsNull { expr, negated } => evaluate(expr, batch)?.map(|a| {
+            let out = if *negated { is_not_null(a.as_ref()) } else { is_null(a.as_ref()) };
+            Ok(Arc::new(out.map_err(|e| e.to_string())?))
+        })?,
+        Expr::InList { expr, list, negated } => {
+            let value = evaluate(expr, batch)?;
+            let mut acc = Value::Scalar(Arc::new(BooleanArray::from(vec![false])));
+            for item in list {
+                let item = evaluate(item, batch)?;
+                let eq = binary(value.clone(), item, |a, b| {
+                    arrow_ord::cmp::eq(a, b).map(|b| Arc::new(b) as ArrayRef).map_err(|e| e.to_string())
+                })?;
+                acc = boolean(acc, eq, n, or_kleene)?;
+            }
+            if *negated {
+                acc.map(|a| Ok(Arc::new(not(as_bool(a)?).map_err(|e| e.to_string())?)))?
+            } else {
+                acc
+            }
+        }
+        Expr::Like { expr, pattern, negated, case_insensitive } => {
+            let (l, r) = (evaluate(expr, batch)?, evaluate(pattern, batch)?);
+            binary(l, r, |a, b| {
+                use arrow_string::like;
+                let out = match (negated, case_insensitive) {
+                    (false, false) => like::like(a, b),
+                    (true, false) => like::nlike(a, b),
+                    (false, true) => like::ilike(a, b),
+                    (true, true) => like::nilike(a, b),
+                };
+                out.map(|b| Arc::new(b) as ArrayRef).map_err(|e| e.to_string())
+            })?
+        }
+        Expr::Cast(e, to) => {
+            let v = evaluate(e, batch)?;
+            if v.data_type() == to {
+                v
+            } else {
+                v.map(|a| cast_checked(a, to))?
+            }
+        }
+    })
+}
+
+/// Casts with DataFusion's default semantics: a value that does not fit is an error.
+pub(crate) fn cast_checked(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, String> {
+    if a.data_type() == to {
+        return Ok(a.clone());
+    }
+    let options = CastOptions { safe: false, ..Default::default() };
+    cast_with_options(a.as_ref(), to, &options).map_err(|e| e.to_string())
+}
+
+/// Evaluates `expr` over `batch` into an array of `batch.num_rows()` rows.
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn evaluate_to_array(expr: &Expr, batch: &RecordBatch) -> Result<ArrayRef, String> {
+    evaluate(expr, batch)?.into_array(batch.num_rows())
+}
+
+/// Builds an array of length 1 holding the literal.
+///
+/// # Errors
+/// A message when the value does not fit the literal's declared type.
+pub fn literal_array(literal: &Literal) -> Result<ArrayRef, String> {
+    fn primitive(bytes: &[u8], data_type: &DataType) -> Result<ArrayRef, String> {
+        let width = data_type
+            .primitive_width()
+            .ok_or_else(|| format!("literal of type {data_type} is not a primitive"))?;
+        if width > bytes.len() {
+            return Err(format!("literal does not fit type {data_type}"));
+        }
+        let data = arrow_data::ArrayData::builder(data_type.clone())
+            .len(1)
+            .add_buffer(Buffer::from_slice_ref(&bytes[..width]))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(arrow_array::make_array(data))
+    }
+    match literal {
+        Literal::Null(t) => Ok(new_null_array(t, 1)),
+        Literal::Bool(b) => Ok(Arc::new(BooleanArray::from(vec![*b]))),
+        Literal::Int(v, t) => primitive(&v.to_le_bytes(), t),
+        Literal::UInt(v, t) => primitive(&v.to_le_bytes(), t),
+        Literal::Float(v, t) => match t {
+            DataType::Float32 => primitive(&(*v as f32).to_le_bytes(), t),
+            DataType::Float16 => Err("Float16 literals are not supported".into()),
+            _ => primitive(&v.to_le_bytes(), t),
+        },
+        Literal::Decimal(v, t) => {
+            let v: i128 = v.parse().map_err(|e| format!("decimal literal {v}: {e}"))?;
+            match t {
+                DataType::Decimal128(_, _) => primitive(&v.to_le_bytes(), t),
+                _ => Err(format!("decimal literal of type {t} is not supported")),
+            }
+        }
+        Literal::Utf8(s, t) => cast_checked(&(Arc::new(StringArray::from(vec![s.as_str()])) as ArrayRef), t),
+    }
+}
+
+/// Evaluates a predicate into a selection mask: NULL counts as false.
+pub(crate) fn predicate_mask(expr: &Expr, batch: &RecordBatch) -> Result<BooleanArray, String> {
+    let v = evaluate_to_array(expr, batch)?;
+    let mask = as_bool(&v)?;
+    Ok(match mask.nulls() {
+        Some(nulls) if nulls.null_count() > 0 => {
+            BooleanArray::new(mask.values() & nulls.inner(), None)
+        }
+        _ => mask.clone(),
+    })
+}

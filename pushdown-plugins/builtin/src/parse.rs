@@ -1,0 +1,145 @@
+//! Parsers: one Parquet row group or one CSV chunk into Arrow record batches.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::Schema;
+use bytes::{Buf, Bytes};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::file::reader::{ChunkReader, Length};
+use pushdown_protocol::ByteRange;
+
+/// The bytes of a file that a task was handed: a few segments at known offsets.
+/// Reading outside them is an error, not a read of the file.
+struct Segments {
+    file_len: u64,
+    parts: Vec<(u64, Bytes)>,
+}
+
+impl Segments {
+    fn find(&self, start: u64, len: u64) -> parquet::errors::Result<Bytes> {
+        for (offset, bytes) in &self.parts {
+            let end = offset + bytes.len() as u64;
+            if start >= *offset && start.saturating_add(len) <= end {
+                let from = (start - offset) as usize;
+                return Ok(bytes.slice(from..from + len as usize));
+            }
+        }
+        Err(ParquetError::General(format!(
+            "bytes {start}..{} were not handed to the task (a column chunk outside its row group?)",
+            start.saturating_add(len)
+        )))
+    }
+}
+
+impl Length for Segments {
+    fn len(&self) -> u64 {
+        self.file_len
+    }
+}
+
+impl ChunkReader for Segments {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        for (offset, bytes) in &self.parts {
+            let end = offset + bytes.len() as u64;
+            if start >= *offset && start < end {
+                return Ok(bytes.slice((start - offset) as usize..).reader());
+            }
+        }
+        Err(ParquetError::General(format!("byte {start} was not handed to the task")))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.find(start, length as u64)
+    }
+}
+
+/// Decodes one row group.
+///
+/// `input` is the concatenation of `segments`: the first is the footer's metadata
+/// (the Thrift `FileMetaData`, without the 8-byte length and magic trailer), the others
+/// column chunks at their file offsets. `columns` are the names of the root columns to
+/// read (the projection). Batches hold at most `batch_size` rows.
+///
+/// # Errors
+/// A message when the metadata or a page is malformed, the row group does not exist,
+/// or a needed column chunk is not among the segments.
+pub fn parse_parquet(
+    input: Bytes,
+    segments: &[ByteRange],
+    file_len: u64,
+    row_group: usize,
+    columns: &[String],
+    batch_size: usize,
+) -> Result<Vec<RecordBatch>, String> {
+    let mut parts = Vec::with_capacity(segments.len());
+    let mut at = 0usize;
+    for s in segments {
+        let len = usize::try_from(s.len()).map_err(|_| "segment too large".to_string())?;
+        if at + len > input.len() {
+            return Err(format!("input holds {} bytes, segments need more", input.len()));
+        }
+        parts.push((s.start, input.slice(at..at + len)));
+        at += len;
+    }
+    let Some((_, footer)) = parts.first().cloned() else {
+        return Err("no footer segment".into());
+    };
+    let metadata = ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| format!("footer: {e}"))?;
+    if row_group >= metadata.num_row_groups() {
+        return Err(format!("row group {row_group} does not exist ({} row groups)", metadata.num_row_groups()));
+    }
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let reader_metadata =
+        ArrowReaderMetadata::try_new(Arc::new(metadata), options).map_err(|e| format!("schema: {e}"))?;
+    let roots: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            reader_metadata
+                .schema()
+                .index_of(c)
+                .map_err(|_| format!("column {c} is not in the file"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mask = ProjectionMask::roots(reader_metadata.parquet_schema(), roots);
+    let source = Segments { file_len, parts: parts.split_off(1) };
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(source, reader_metadata)
+        .with_row_groups(vec![row_group])
+        .with_projection(mask)
+        .with_batch_size(batch_size.max(1))
+        .build()
+        .map_err(|e| e.to_string())?;
+    reader.map(|b| b.map_err(|e| e.to_string())).collect()
+}
+
+/// Parses one CSV chunk of whole RFC 4180 records (no header) with the given file schema.
+///
+/// Only the named `columns` are materialised. Batches hold at most `batch_size` rows.
+///
+/// # Errors
+/// A message naming the line (counted from 1 at the start of the chunk) when a field
+/// does not parse as its column's type or a record has the wrong number of fields.
+pub fn parse_csv(
+    input: Bytes,
+    file_schema: &Schema,
+    columns: &[String],
+    batch_size: usize,
+) -> Result<Vec<RecordBatch>, String> {
+    let projection: Vec<usize> = columns
+        .iter()
+        .map(|c| file_schema.index_of(c).map_err(|_| format!("column {c} is not in the file")))
+        .collect::<Result<_, _>>()?;
+    let reader = arrow_csv::ReaderBuilder::new(Arc::new(file_schema.clone()))
+        .with_header(false)
+        .with_batch_size(batch_size.max(1))
+        .with_projection(projection)
+        .build_buffered(Cursor::new(input))
+        .map_err(|e| e.to_string())?;
+    reader.map(|b| b.map_err(|e| e.to_string())).collect()
+}

@@ -1,0 +1,316 @@
+//! Local storage: which tables a data directory holds, their schemas, and the units
+//! (row groups, CSV chunks) a scan of each file is cut into.
+//!
+//! Every `DIR/<t>.parquet`, `DIR/<t>.csv` and folder `DIR/<t>/` of such files is table `<t>`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_schema::{Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::parquet_to_arrow_schema;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use pushdown_protocol::{ByteRange, FileFormat, TaskUnit};
+
+use crate::error::{Error, Result};
+
+/// Rows sampled to infer a CSV file's schema.
+const CSV_INFER_RECORDS: usize = 10_000;
+
+/// Where a table's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSource {
+    /// The table's name.
+    pub name: String,
+    /// The file format.
+    pub format: FileFormat,
+    /// Paths relative to the data directory, sorted.
+    pub files: Vec<String>,
+    /// What the user sees: `lineitem.parquet` or `lineitem/`.
+    pub origin: String,
+}
+
+/// A Parquet file's footer, read and decoded once.
+#[derive(Debug)]
+pub struct ParquetFooter {
+    /// The decoded metadata (schema, row groups, column chunk statistics).
+    pub metadata: Arc<ParquetMetaData>,
+    /// The raw Thrift `FileMetaData` bytes, handed to the sandbox with every task.
+    pub raw: Bytes,
+    /// Where `raw` sits in the file.
+    pub range: ByteRange,
+}
+
+/// One file of a table.
+#[derive(Debug)]
+pub struct FileInfo {
+    /// Path relative to the data directory.
+    pub path: String,
+    /// Absolute path.
+    pub abs_path: PathBuf,
+    /// Size in bytes.
+    pub len: u64,
+    /// Its format.
+    pub format: FileFormat,
+    /// The units a scan is cut into: one per row group, or one per CSV chunk.
+    pub units: Vec<TaskUnit>,
+    /// The footer, for Parquet files.
+    pub footer: Option<ParquetFooter>,
+    /// The schema the file is read with.
+    pub schema: SchemaRef,
+}
+
+/// A table: its schema and files.
+#[derive(Debug)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// The format of all its files.
+    pub format: FileFormat,
+    /// The schema of the first file; every other file must have the same.
+    pub schema: SchemaRef,
+    /// The files, sorted by path.
+    pub files: Vec<Arc<FileInfo>>,
+}
+
+fn format_of(path: &Path) -> Option<FileFormat> {
+    match path.extension()?.to_str()? {
+        "parquet" => Some(FileFormat::Parquet),
+        "csv" => Some(FileFormat::Csv),
+        _ => None,
+    }
+}
+
+/// Lists the tables of `root`.
+///
+/// # Errors
+/// [`Error::NotFound`] when `root` is not a readable directory; [`Error::DuplicateTable`]
+/// when two sources claim one name; [`Error::BadData`] for a folder that mixes formats.
+pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
+    let not_found = |message: String| Error::NotFound { path: root.display().to_string(), message };
+    let meta = std::fs::metadata(root).map_err(|e| not_found(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(not_found("not a directory".into()));
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(root)
+        .map_err(|e| not_found(e.to_string()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    let mut tables: BTreeMap<String, TableSource> = BTreeMap::new();
+    for path in entries {
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        let source = if path.is_dir() {
+            let mut files: Vec<(String, FileFormat)> = std::fs::read_dir(&path)
+                .map_err(|e| Error::NotFound { path: path.display().to_string(), message: e.to_string() })?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .filter_map(|p| Some((format!("{file_name}/{}", p.file_name()?.to_str()?), format_of(&p)?)))
+                .collect();
+            files.sort();
+            let Some((_, format)) = files.first().cloned() else { continue };
+            if let Some((other, _)) = files.iter().find(|(_, f)| *f != format) {
+                return Err(Error::BadData {
+                    file: format!("{file_name}/"),
+                    message: format!("mixes Parquet and CSV files ({other}); a table has one format"),
+                });
+            }
+            TableSource {
+                name: file_name.clone(),
+                format,
+                files: files.into_iter().map(|(p, _)| p).collect(),
+                origin: format!("{file_name}/"),
+            }
+        } else if let Some(format) = format_of(&path) {
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            TableSource { name: stem.to_string(), format, files: vec![file_name.clone()], origin: file_name.clone() }
+        } else {
+            continue;
+        };
+        if let Some(existing) = tables.get(&source.name) {
+            return Err(Error::DuplicateTable {
+                table: source.name.clone(),
+                first: root.join(&existing.origin).display().to_string(),
+                second: root.join(&source.origin).display().to_string(),
+            });
+        }
+        tables.insert(source.name.clone(), source);
+    }
+    Ok(tables)
+}
+
+/// Reads and decodes a Parquet footer. A panic inside the decoder (a known hazard with
+/// hostile footers) is caught and reported as bad data.
+///
+/// # Errors
+/// [`Error::BadData`] naming the file when it is too short, lacks the `PAR1` magic, or its
+/// metadata does not decode; [`Error::Io`] when it cannot be read.
+pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetFooter, Schema)> {
+    let bad = |message: String| Error::BadData { file: path.to_string(), message };
+    let io = |source| Error::Io { path: path.to_string(), source };
+    let file = File::open(abs_path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < 12 {
+        return Err(bad(format!("not a Parquet file: {len} bytes, too short for a footer")));
+    }
+    let mut tail = [0u8; 8];
+    file.read_exact_at(&mut tail, len - 8).map_err(io)?;
+    let mut head = [0u8; 4];
+    file.read_exact_at(&mut head, 0).map_err(io)?;
+    if &tail[4..] == b"PARE" {
+        return Err(bad("encrypted Parquet footers are not supported".into()));
+    }
+    if &tail[4..] != b"PAR1" || &head != b"PAR1" {
+        return Err(bad("not a Parquet file: the PAR1 magic bytes are missing".into()));
+    }
+    let metadata_len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
+    if metadata_len + 12 > len {
+        return Err(bad(format!("footer length {metadata_len} exceeds the file's {len} bytes (truncated file?)")));
+    }
+    let start = len - 8 - metadata_len;
+    let mut raw = vec![0u8; metadata_len as usize];
+    file.read_exact_at(&mut raw, start).map_err(io)?;
+    let decoded = std::panic::catch_unwind(|| ParquetMetaDataReader::decode_metadata(&raw));
+    let metadata = match decoded {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return Err(bad(format!("invalid footer: {e}"))),
+        Err(_) => return Err(bad("invalid footer: the decoder gave up on it".into())),
+    };
+    for (i, rg) in metadata.row_groups().iter().enumerate() {
+        for col in rg.columns() {
+            let (s, l) = col.byte_range();
+            if s.checked_add(l).is_none_or(|end| end > start) {
+                return Err(bad(format!(
+                    "row group {i}: column chunk {} claims bytes {s}..{} beyond the data section (truncated or corrupt file)",
+                    col.column_path(),
+                    s.saturating_add(l)
+                )));
+            }
+        }
+    }
+    let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), None)
+        .map_err(|e| bad(format!("schema not representable in Arrow: {e}")))?;
+    let footer = ParquetFooter { metadata: Arc::new(metadata), raw: Bytes::from(raw), range: ByteRange { start, end: len - 8 } };
+    Ok((len, footer, schema))
+}
+
+/// Infers a CSV file's schema from its header and first records (types as arrow-csv infers
+/// them: Int64, Float64, Boolean, Date32, Timestamp or Utf8).
+///
+/// # Errors
+/// [`Error::BadData`] for an empty file or one that does not parse as CSV.
+pub fn infer_csv_schema(path: &str, abs_path: &Path) -> Result<Schema> {
+    let bad = |message: String| Error::BadData { file: path.to_string(), message };
+    let file = File::open(abs_path).map_err(|source| Error::Io { path: path.to_string(), source })?;
+    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(bad("empty CSV file: there is no header row".into()));
+    }
+    let format = arrow_csv::reader::Format::default().with_header(true);
+    let (schema, _) = format
+        .infer_schema(std::io::BufReader::new(file), Some(CSV_INFER_RECORDS))
+        .map_err(|e| bad(format!("CSV schema inference: {e}")))?;
+    Ok(schema)
+}
+
+/// Cuts a CSV file into chunks of whole records of about `chunk_size` bytes, after the
+/// header line. Record boundaries are newlines outside quotes (RFC 4180: a quote toggles
+/// quoting, `""` toggles twice), found by one pass over the file.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read.
+pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<ByteRange>> {
+    let io = |source| Error::Io { path: path.to_string(), source };
+    let mut file = File::open(abs_path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let chunk_size = chunk_size.max(1);
+    let mut chunks = Vec::new();
+    let mut in_quotes = false;
+    let mut header_end: Option<u64> = None;
+    let mut chunk_start = 0u64;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        for i in memchr::memchr2_iter(b'"', b'\n', &buf[..n]) {
+            if buf[i] == b'"' {
+                in_quotes = !in_quotes;
+                continue;
+            }
+            if in_quotes {
+                continue;
+            }
+            let boundary = offset + i as u64 + 1;
+            match header_end {
+                None => {
+                    header_end = Some(boundary);
+                    chunk_start = boundary;
+                }
+                Some(_) if boundary - chunk_start >= chunk_size => {
+                    chunks.push(ByteRange { start: chunk_start, end: boundary });
+                    chunk_start = boundary;
+                }
+                Some(_) => {}
+            }
+        }
+        offset += n as u64;
+    }
+    if header_end.is_some() && chunk_start < len {
+        chunks.push(ByteRange { start: chunk_start, end: len });
+    }
+    Ok(chunks)
+}
+
+/// Opens a table: reads every file's footer or header and cuts it into units.
+///
+/// # Errors
+/// The errors of [`read_parquet_footer`], [`infer_csv_schema`] and [`csv_chunks`], and
+/// [`Error::BadData`] when a file's schema differs from the first file's.
+pub fn open_table(root: &Path, source: &TableSource, csv_chunk_size: u64) -> Result<TableInfo> {
+    let mut files = Vec::with_capacity(source.files.len());
+    let mut table_schema: Option<SchemaRef> = None;
+    for path in &source.files {
+        let abs_path = root.join(path);
+        let info = match source.format {
+            FileFormat::Parquet => {
+                let (len, footer, schema) = read_parquet_footer(path, &abs_path)?;
+                let units = (0..footer.metadata.num_row_groups()).map(TaskUnit::RowGroup).collect();
+                FileInfo { path: path.clone(), abs_path, len, format: source.format, units, footer: Some(footer), schema: Arc::new(schema) }
+            }
+            FileFormat::Csv => {
+                let schema = match &table_schema {
+                    Some(s) => s.as_ref().clone(),
+                    None => infer_csv_schema(path, &abs_path)?,
+                };
+                let len = std::fs::metadata(&abs_path).map_err(|source| Error::Io { path: path.clone(), source })?.len();
+                let units = csv_chunks(path, &abs_path, csv_chunk_size)?.into_iter().map(TaskUnit::CsvChunk).collect();
+                FileInfo { path: path.clone(), abs_path, len, format: source.format, units, footer: None, schema: Arc::new(schema) }
+            }
+        };
+        match &table_schema {
+            None => table_schema = Some(info.schema.clone()),
+            Some(s) if s.fields() != info.schema.fields() => {
+                return Err(Error::BadData {
+                    file: path.clone(),
+                    message: format!("its schema differs from the first file of table {}", source.name),
+                });
+            }
+            Some(_) => {}
+        }
+        files.push(Arc::new(info));
+    }
+    Ok(TableInfo {
+        name: source.name.clone(),
+        format: source.format,
+        schema: table_schema.unwrap_or_else(|| Arc::new(Schema::empty())),
+        files,
+    })
+}

@@ -1,0 +1,29 @@
+//! The storage node of pushdown: it holds the data and runs each pushdown task (one Parquet
+//! row group or CSV chunk) as a sandboxed WebAssembly pipeline next to it.
+//!
+//! ```text
+//! Task ─▶ prune by row-group statistics ─▶ read footer + needed column chunks (or the CSV chunk)
+//!            │                                 │ straight into the instance's linear memory
+//!            ▼                                 ▼
+//!       (skipped)            wasmtime instance: parse → filter → project | partial aggregate
+//!                                              │ Arrow IPC
+//!                                              ▼
+//!                                     TaskOutput { batches, metrics }
+//! ```
+//!
+//! * To open a data directory and run tasks, use [`StorageNode`].
+//! * To list or open tables without a node, use the functions of [`catalog`].
+//! * To run your own module under the same limits, use [`Sandbox`] and [`PluginModule`].
+#![warn(missing_docs)]
+
+pub mod catalog;
+mod error;
+mod node;
+mod prune;
+mod sandbox;
+
+pub use catalog::{FileInfo, TableInfo, TableSource};
+pub use error::{Error, Result};
+pub use node::{task_context, NodeOptions, StorageNode, TaskMetrics, TaskOutput, BUILTIN_PLUGIN, BUILTIN_WASM};
+pub use prune::row_group_may_match;
+pub use sandbox::{CallOutput, PluginModule, Sandbox, SandboxConfig, ABI_VERSION};

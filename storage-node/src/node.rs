@@ -1,0 +1,244 @@
+//! The task executor: prune, read the needed bytes straight into the sandbox, run the
+//! built-in pipeline, decode its Arrow IPC result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use pushdown_protocol::{encode_request, ByteRange, FileFormat, GuestRequest, Task, TaskUnit, PROTOCOL_VERSION};
+
+use crate::catalog::{self, FileInfo, TableInfo, TableSource};
+use crate::error::{Error, Result};
+use crate::prune::row_group_may_match;
+use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
+
+/// The built-in pipeline module, built for `wasm32-wasip1` by `build.rs`.
+pub static BUILTIN_WASM: &[u8] = include_bytes!(env!("PUSHDOWN_BUILTIN_WASM_PATH"));
+
+/// Name under which the built-in pipeline reports errors.
+pub const BUILTIN_PLUGIN: &str = "pushdown-builtin";
+
+/// Options of a storage node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Target size of a CSV chunk in bytes. Defaults to 16 MiB.
+    pub csv_chunk_size: u64,
+    /// Rows per record batch inside the sandbox. Defaults to 65 536.
+    pub batch_size: usize,
+    /// Limits of every plugin call.
+    pub sandbox: SandboxConfig,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self { csv_chunk_size: 16 << 20, batch_size: 65_536, sandbox: SandboxConfig::default() }
+    }
+}
+
+/// What one task did, for `--explain` and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskMetrics {
+    /// True when statistics proved no row can match, so nothing was read.
+    pub pruned: bool,
+    /// Bytes read from storage (footer and column chunks, or the CSV chunk).
+    pub bytes_read: u64,
+    /// Bytes of the Arrow IPC result the sandbox returned.
+    pub bytes_returned: u64,
+    /// Rows the parser produced.
+    pub rows_in: u64,
+    /// Rows that passed the predicate.
+    pub rows_selected: u64,
+    /// Rows returned (partial aggregate groups, or selected rows).
+    pub rows_out: u64,
+}
+
+/// The result of one task.
+#[derive(Debug)]
+pub struct TaskOutput {
+    /// Record batches of the task's output schema.
+    pub batches: Vec<RecordBatch>,
+    /// What it cost.
+    pub metrics: TaskMetrics,
+}
+
+/// A storage node over one local data directory.
+pub struct StorageNode {
+    root: PathBuf,
+    options: NodeOptions,
+    sandbox: Sandbox,
+    builtin: PluginModule,
+    tables: Mutex<HashMap<String, Arc<TableInfo>>>,
+    files: Mutex<HashMap<String, Arc<FileInfo>>>,
+}
+
+/// Describes a task's place for error messages: `lineitem.parquet: row group 3`.
+pub fn task_context(task: &Task) -> String {
+    match &task.unit {
+        TaskUnit::RowGroup(rg) => format!("{}: row group {rg}", task.file),
+        TaskUnit::CsvChunk(r) => format!("{}: bytes {}..{}", task.file, r.start, r.end),
+    }
+}
+
+impl StorageNode {
+    /// Opens a node over `root`, compiling (or loading from cache) the built-in pipeline.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when `root` is not a directory; [`Error::Plugin`] when the
+    /// built-in module does not load.
+    pub fn open(root: impl AsRef<Path>, options: NodeOptions) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        catalog::list_tables(&root)?;
+        let sandbox = Sandbox::new(options.sandbox.clone())?;
+        let builtin = sandbox.load(BUILTIN_PLUGIN, BUILTIN_WASM)?;
+        Ok(Self { root, options, sandbox, builtin, tables: Mutex::default(), files: Mutex::default() })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The node's options.
+    pub fn options(&self) -> &NodeOptions {
+        &self.options
+    }
+
+    /// The tables of the data directory, by name.
+    ///
+    /// # Errors
+    /// As [`catalog::list_tables`].
+    pub fn list_tables(&self) -> Result<BTreeMap<String, TableSource>> {
+        catalog::list_tables(&self.root)
+    }
+
+    /// Opens table `name` (once; later calls return the cached table), or `None` when the
+    /// data directory has no such table.
+    ///
+    /// # Errors
+    /// As [`catalog::open_table`].
+    pub fn table(&self, name: &str) -> Result<Option<Arc<TableInfo>>> {
+        if let Some(t) = self.tables.lock().expect("not poisoned").get(name) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(source) = self.list_tables()?.remove(name) else { return Ok(None) };
+        let table = Arc::new(catalog::open_table(&self.root, &source, self.options.csv_chunk_size)?);
+        let mut files = self.files.lock().expect("not poisoned");
+        for f in &table.files {
+            files.insert(f.path.clone(), f.clone());
+        }
+        self.tables.lock().expect("not poisoned").insert(name.to_string(), table.clone());
+        Ok(Some(table))
+    }
+
+    /// Runs one task.
+    ///
+    /// # Errors
+    /// Any error, wrapped with the task's file and row group or byte range.
+    pub fn run_task(&self, task: &Task) -> Result<TaskOutput> {
+        self.run_task_inner(task).map_err(|e| e.context(task_context(task)))
+    }
+
+    fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
+        let file = self
+            .files
+            .lock()
+            .expect("not poisoned")
+            .get(&task.file)
+            .cloned()
+            .ok_or_else(|| Error::NotFound { path: task.file.clone(), message: "not a file of an open table".into() })?;
+        let columns = task.needed_columns(&file.schema);
+        let segments: Vec<ByteRange> = match (&task.unit, &file.footer) {
+            (TaskUnit::RowGroup(rg), Some(footer)) => {
+                let metadata = &footer.metadata;
+                if *rg >= metadata.num_row_groups() {
+                    return Err(Error::Internal(format!("row group {rg} does not exist")));
+                }
+                if let Some(p) = &task.predicate {
+                    if !row_group_may_match(p, metadata, &file.schema, *rg) {
+                        return Ok(TaskOutput { batches: Vec::new(), metrics: TaskMetrics { pruned: true, ..Default::default() } });
+                    }
+                }
+                let descr = metadata.file_metadata().schema_descr();
+                let roots: Vec<usize> = columns.iter().filter_map(|c| file.schema.index_of(c).ok()).collect();
+                let mut segments = vec![footer.range];
+                for (leaf, chunk) in metadata.row_group(*rg).columns().iter().enumerate() {
+                    if roots.contains(&descr.get_column_root_idx(leaf)) {
+                        let (start, len) = chunk.byte_range();
+                        segments.push(ByteRange { start, end: start + len });
+                    }
+                }
+                segments
+            }
+            (TaskUnit::CsvChunk(range), None) if task.format == FileFormat::Csv => vec![*range],
+            _ => return Err(Error::Internal(format!("task unit {:?} does not fit a {:?} file", task.unit, file.format))),
+        };
+        let input_len: u64 = segments.iter().map(ByteRange::len).sum();
+        let request = GuestRequest {
+            version: PROTOCOL_VERSION,
+            task: task.clone(),
+            file_schema: file.schema.as_ref().clone(),
+            segments: segments.clone(),
+            file_len: file.len,
+            batch_size: self.options.batch_size,
+        };
+        let request = encode_request(&request);
+        let input_len = usize::try_from(input_len).map_err(|_| Error::Internal("input too large".into()))?;
+        let output = self.builtin.call(&self.sandbox, &request, input_len, |slot| fill_input(&file, &segments, slot))?;
+        let (rows_in, rows_selected, ipc) = split_output(&output.payload).ok_or_else(|| Error::Plugin {
+            plugin: BUILTIN_PLUGIN.into(),
+            message: "returned a result shorter than its 16-byte header".into(),
+        })?;
+        let batches = decode_ipc(ipc, &task.output_schema).map_err(|message| Error::Plugin { plugin: BUILTIN_PLUGIN.into(), message })?;
+        let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
+        Ok(TaskOutput {
+            batches,
+            metrics: TaskMetrics {
+                pruned: false,
+                bytes_read: input_len as u64,
+                bytes_returned: ipc.len() as u64,
+                rows_in,
+                rows_selected,
+                rows_out,
+            },
+        })
+    }
+}
+
+/// Reads the task's segments from the file straight into the guest's input buffer.
+fn fill_input(file: &FileInfo, segments: &[ByteRange], slot: &mut [u8]) -> Result<()> {
+    let io = |source| Error::Io { path: file.path.clone(), source };
+    let handle = std::fs::File::open(&file.abs_path).map_err(io)?;
+    let mut at = 0usize;
+    for (i, s) in segments.iter().enumerate() {
+        let len = s.len() as usize;
+        let dest = &mut slot[at..at + len];
+        match (&file.footer, i) {
+            (Some(footer), 0) => dest.copy_from_slice(&footer.raw),
+            _ => handle.read_exact_at(dest, s.start).map_err(io)?,
+        }
+        at += len;
+    }
+    Ok(())
+}
+
+fn split_output(payload: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let rows_in = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+    let rows_selected = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((rows_in, rows_selected, &payload[16..]))
+}
+
+/// Decodes an Arrow IPC stream and checks it has the expected schema.
+fn decode_ipc(ipc: &[u8], expected: &arrow_schema::Schema) -> std::result::Result<Vec<RecordBatch>, String> {
+    let reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| format!("returned malformed Arrow IPC: {e}"))?;
+    let schema = reader.schema();
+    if schema.fields().len() != expected.fields().len()
+        || schema.fields().iter().zip(expected.fields()).any(|(a, b)| a.data_type() != b.data_type())
+    {
+        return Err(format!("returned schema {schema:?}, expected {expected:?}"));
+    }
+    reader.map(|b| b.map_err(|e| format!("returned malformed Arrow IPC: {e}"))).collect()
+}

@@ -1,0 +1,281 @@
+//! The Wasm host: one wasmtime [`Engine`] per node, modules compiled once and cached on
+//! disk by SHA-256, one fresh instance per task with a deadline, a memory cap and an
+//! output cap, and no ambient authority (no files, sockets, environment or arguments).
+//!
+//! The ABI the host speaks is written down in `pushdown-plugins/ABI.md`.
+
+mod cache;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::error::{Error, Result};
+
+/// The ABI version this host speaks; a module exporting another is refused.
+pub const ABI_VERSION: u32 = 1;
+
+/// Interval of the epoch ticker that enforces deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits applied to every plugin call.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Wall-clock deadline of one call. Defaults to 60 s.
+    pub deadline: Duration,
+    /// Cap on an instance's linear memory in bytes. Defaults to 2 GiB.
+    pub max_memory_bytes: usize,
+    /// Cap on the Wasm stack in bytes. Defaults to 1 MiB.
+    pub max_stack_bytes: usize,
+    /// Cap on the result a call returns, in bytes. Defaults to 1 GiB.
+    pub max_output_bytes: usize,
+    /// Cap on captured stdout and stderr, each, in bytes. Defaults to 64 KiB.
+    pub max_stdio_bytes: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(60),
+            max_memory_bytes: 2 << 30,
+            max_stack_bytes: 1 << 20,
+            max_output_bytes: 1 << 30,
+            max_stdio_bytes: 64 << 10,
+        }
+    }
+}
+
+/// A wasmtime engine with its epoch ticker and limits.
+pub struct Sandbox {
+    engine: Engine,
+    config: SandboxConfig,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+struct HostState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+impl Sandbox {
+    /// Creates the engine (Cranelift, epoch interruption) and starts the epoch ticker.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when wasmtime rejects the configuration.
+    pub fn new(config: SandboxConfig) -> Result<Self> {
+        let mut wasm_config = Config::new();
+        wasm_config.epoch_interruption(true);
+        wasm_config.max_wasm_stack(config.max_stack_bytes);
+        wasm_config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm_config).map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticker_engine, stop) = (engine.weak(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("pushdown-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("epoch thread: {e}")))?;
+        Ok(Self { engine, config, stop_ticker })
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compiles (or loads from the on-disk cache) and validates a plugin module.
+    ///
+    /// `bytes` is a binary `.wasm` module or WebAssembly text. The module must export
+    /// `memory`, `pushdown_abi_version() -> i32` returning [`ABI_VERSION`], `pushdown_alloc`
+    /// and `pushdown_run`, and import nothing but WASI preview 1.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] when it does not compile, lacks an export, or has another ABI version.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PluginModule> {
+        let plugin_err = |message: String| Error::Plugin { plugin: name.to_string(), message };
+        let module = cache::compile_cached(&self.engine, bytes).map_err(|e| plugin_err(format!("does not compile: {e:#}")))?;
+        let mut linker: Linker<HostState> = Linker::new(&self.engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
+            .map_err(|e| Error::Internal(format!("WASI linker: {e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| plugin_err(format!("cannot be linked (it may import something beyond WASI preview 1): {e:#}")))?;
+        for export in ["memory", "pushdown_abi_version", "pushdown_alloc", "pushdown_run"] {
+            if module.get_export(export).is_none() {
+                return Err(plugin_err(format!("does not export {export}, which the pushdown ABI requires")));
+            }
+        }
+        let plugin = PluginModule { name: name.to_string(), instance_pre, sha256: cache::sha256_hex(bytes) };
+        let version = plugin.abi_version(self)?;
+        if version != ABI_VERSION {
+            return Err(plugin_err(format!("exports ABI version {version}; this host speaks version {ABI_VERSION}")));
+        }
+        Ok(plugin)
+    }
+}
+
+/// A compiled, linked plugin, ready to instantiate per call.
+#[derive(Clone)]
+pub struct PluginModule {
+    name: String,
+    instance_pre: InstancePre<HostState>,
+    sha256: String,
+}
+
+/// What one call to `pushdown_run` returned.
+#[derive(Debug)]
+pub struct CallOutput {
+    /// The payload on success (status byte removed).
+    pub payload: Vec<u8>,
+    /// Peak linear memory of the instance in bytes.
+    pub memory_bytes: usize,
+}
+
+impl PluginModule {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hex SHA-256 of the module's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    fn new_store(&self, sandbox: &Sandbox) -> (Store<HostState>, MemoryOutputPipe, MemoryOutputPipe) {
+        let stdout = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
+        let stderr = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
+        // No preopened directories, environment, arguments or network.
+        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build_p1();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(sandbox.config.max_memory_bytes)
+            .instances(1)
+            .tables(4)
+            .memories(1)
+            .trap_on_grow_failure(false)
+            .build();
+        let mut store = Store::new(self.instance_pre.module().engine(), HostState { wasi, limits });
+        store.limiter(|s| &mut s.limits);
+        let ticks = (sandbox.config.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        (store, stdout, stderr)
+    }
+
+    fn abi_version(&self, sandbox: &Sandbox) -> Result<u32> {
+        let (mut store, _, stderr) = self.new_store(sandbox);
+        let result = (|| -> wasmtime::Result<u32> {
+            let instance = self.instance_pre.instantiate(&mut store)?;
+            let f = instance.get_typed_func::<(), u32>(&mut store, "pushdown_abi_version")?;
+            f.call(&mut store, ())
+        })();
+        result.map_err(|e| self.describe(sandbox, e, &stderr))
+    }
+
+    /// Runs `pushdown_run` in a fresh instance: `request` and the input (written by `fill`
+    /// straight into linear memory, `input_len` bytes) go in, the result buffer comes out.
+    /// The instance is dropped afterwards, whatever happened.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] when the call traps (deadline, memory cap, panic), returns an
+    /// out-of-bounds or over-cap buffer, or reports an error of its own.
+    pub fn call(
+        &self,
+        sandbox: &Sandbox,
+        request: &[u8],
+        input_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<CallOutput> {
+        let (mut store, _stdout, stderr) = self.new_store(sandbox);
+        let plugin_err = |message: String| Error::Plugin { plugin: self.name.clone(), message };
+        let as_u32 = |n: usize| u32::try_from(n).map_err(|_| plugin_err(format!("input of {n} bytes exceeds 4 GiB")));
+        let (request_len, input_len32) = (as_u32(request.len())?, as_u32(input_len)?);
+        let result = (|| -> wasmtime::Result<Result<CallOutput>> {
+            let instance = self.instance_pre.instantiate(&mut store)?;
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                init.call(&mut store, ())?;
+            }
+            let memory = instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| wasmtime::format_err!("no exported memory"))?;
+            let alloc = instance.get_typed_func::<u32, u32>(&mut store, "pushdown_alloc")?;
+            let run = instance.get_typed_func::<(u32, u32, u32, u32), u64>(&mut store, "pushdown_run")?;
+            let request_ptr = alloc.call(&mut store, request_len)?;
+            let input_ptr = alloc.call(&mut store, input_len32)?;
+            let data = memory.data_mut(&mut store);
+            let Some(slot) = data.get_mut(request_ptr as usize..request_ptr as usize + request.len()) else {
+                return Ok(Err(plugin_err(format!("pushdown_alloc returned {request_ptr}, outside linear memory"))));
+            };
+            slot.copy_from_slice(request);
+            let Some(slot) = data.get_mut(input_ptr as usize..input_ptr as usize + input_len) else {
+                return Ok(Err(plugin_err(format!("pushdown_alloc returned {input_ptr}, outside linear memory"))));
+            };
+            if let Err(e) = fill(slot) {
+                return Ok(Err(e));
+            }
+            let packed = run.call(&mut store, (request_ptr, request_len, input_ptr, input_len32))?;
+            let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+            if len > sandbox.config.max_output_bytes {
+                return Ok(Err(plugin_err(format!(
+                    "returned {len} bytes, over the output cap of {} bytes",
+                    sandbox.config.max_output_bytes
+                ))));
+            }
+            let data = memory.data(&store);
+            let Some(out) = data.get(ptr..ptr.saturating_add(len)) else {
+                return Ok(Err(plugin_err(format!(
+                    "returned bytes {ptr}..{} outside its linear memory of {} bytes",
+                    ptr.saturating_add(len),
+                    data.len()
+                ))));
+            };
+            let memory_bytes = data.len();
+            Ok(match out.split_first() {
+                Some((0, payload)) => Ok(CallOutput { payload: payload.to_vec(), memory_bytes }),
+                Some((1, message)) => Err(plugin_err(String::from_utf8_lossy(message).into_owned())),
+                _ => Err(plugin_err("returned a result without a valid status byte".into())),
+            })
+        })();
+        match result {
+            Ok(r) => r,
+            Err(e) => Err(self.describe(sandbox, e, &stderr)),
+        }
+    }
+
+    /// Turns a wasmtime error (usually a trap) into a one-line plugin error with the last
+    /// line of the plugin's stderr (a Rust guest prints its panic message there).
+    fn describe(&self, sandbox: &Sandbox, e: wasmtime::Error, stderr: &MemoryOutputPipe) -> Error {
+        let reason = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!("trapped: deadline of {:?} exceeded", sandbox.config.deadline),
+            Some(Trap::StackOverflow) => "trapped: stack overflow".to_string(),
+            Some(trap) => format!("trapped: {trap}"),
+            None => format!("failed: {}", e.root_cause()),
+        };
+        let captured = stderr.contents();
+        let said = String::from_utf8_lossy(&captured);
+        let last = said.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("note:"));
+        let message = match last {
+            Some(line) => format!("{reason} ({})", line.trim()),
+            None => reason,
+        };
+        Error::Plugin { plugin: self.name.clone(), message }
+    }
+}
