@@ -53,7 +53,8 @@ struct QueryArgs {
     /// Deadline of one plugin call, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     task_deadline: u64,
-    /// The SQL query.
+    /// The SQL query (it may start with a `--` comment).
+    #[arg(allow_hyphen_values = true)]
     sql: String,
 }
 

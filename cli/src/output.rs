@@ -39,7 +39,7 @@ pub fn json(out: &mut impl Write, batches: &[RecordBatch]) -> Result<()> {
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer.write_batches(&refs)?;
     writer.finish()?;
-    let mut out = writer.into_inner();
+    let out = writer.into_inner();
     writeln!(out)?;
     Ok(())
 }

@@ -10,10 +10,10 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::coalesce_batches::CoalesceBatchesExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate};
 
@@ -46,16 +46,11 @@ fn row_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<(&PushdownScanExec, Vec<Exp
 }
 
 fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
-    // Batching and round-robin spreading above the scan serve no purpose once the work
+    // Round-robin spreading above the scan serve no purpose once the work
     // happens on the storage node.
     if let Some(r) = node.downcast_ref::<RepartitionExec>() {
         if matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) && r.input().is::<PushdownScanExec>() {
             return Ok(Transformed::yes(r.input().clone()));
-        }
-    }
-    if let Some(c) = node.downcast_ref::<CoalesceBatchesExec>() {
-        if c.input().is::<PushdownScanExec>() {
-            return Ok(Transformed::yes(c.input().clone()));
         }
     }
     if let Some(filter) = node.downcast_ref::<FilterExec>() {
@@ -74,7 +69,7 @@ fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionP
         if !complete {
             // Push what translates; the filter stays above and evaluates the whole predicate.
             let new_scan: Arc<dyn ExecutionPlan> = Arc::new(new_scan);
-            return Ok(Transformed::yes(node.clone().with_new_children(vec![new_scan])?));
+            return Ok(Transformed::yes(replace_children_if_necessary(node.clone(), vec![new_scan])?));
         }
         if let Some(projection) = filter.projection() {
             let exprs = projection.iter().map(|&i| inputs[i].clone()).collect();

@@ -113,7 +113,7 @@ pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
                 .filter(|p| p.is_file())
                 .filter_map(|p| Some((format!("{file_name}/{}", p.file_name()?.to_str()?), format_of(&p)?)))
                 .collect();
-            files.sort();
+            files.sort_by(|a, b| a.0.cmp(&b.0));
             let Some((_, format)) = files.first().cloned() else { continue };
             if let Some((other, _)) = files.iter().find(|(_, f)| *f != format) {
                 return Err(Error::BadData {

@@ -1,0 +1,6 @@
+//! End-to-end tests of the `pushdown` binary: output formats, and bad input giving a clear
+//! one-line error, a non-zero exit and nothing on stdout.
+
+mod bad_input;
+mod output;
+mod support;

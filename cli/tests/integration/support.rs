@@ -1,0 +1,48 @@
+//! Running the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn testdata() -> PathBuf {
+    match std::env::var_os("PUSHDOWN_TESTDATA") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"),
+    }
+}
+
+/// Runs `pushdown query --data DIR [extra...] SQL`.
+pub fn query(data: &Path, extra: &[&str], sql: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .arg("query")
+        .arg("--data")
+        .arg(data)
+        .args(extra)
+        .arg(sql)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Asserts a failed run: exit code 1, empty stdout, one stderr line `error: ...` that
+/// contains every `needle`.
+pub fn assert_error(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout, got: {}", String::from_utf8_lossy(&out.stdout));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{n:?} not in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// A folder holding `files` (name, bytes).
+pub fn folder(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    dir
+}

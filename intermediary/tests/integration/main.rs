@@ -1,0 +1,9 @@
+//! Integration tests of the intermediary: SQL through the pushdown split, compared with
+//! DuckDB's answers to the same SQL on the same files.
+
+mod explain;
+mod oracle;
+mod parquet_testing;
+mod queries;
+mod support;
+mod tpch;
