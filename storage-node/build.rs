@@ -15,18 +15,48 @@ fn main() {
     }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["pushdown-plugins/builtin/src", "pushdown-plugins/builtin/Cargo.toml", "protocol/src", "protocol/Cargo.toml", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    for watched in [
+        "pushdown-plugins/builtin/src",
+        "pushdown-plugins/builtin/Cargo.toml",
+        "protocol/src",
+        "protocol/Cargo.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out.
-    let target_dir = out_dir.ancestors().nth(4).map(Path::to_path_buf).unwrap_or(out_dir.clone()).join("wasm-guest");
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .map(Path::to_path_buf)
+        .unwrap_or(out_dir.clone())
+        .join("wasm-guest");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args(["build", "--profile", "wasm-guest", "--target", "wasm32-wasip1", "-p", "pushdown-plugins-builtin", "--target-dir"])
+        .args([
+            "build",
+            "--profile",
+            "wasm-guest",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "pushdown-plugins-builtin",
+            "--target-dir",
+        ])
         .arg(&target_dir);
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_PROFILE_RELEASE_DEBUG"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
         cmd.env_remove(var);
     }
     // The zstd codec compiles C for the guest with clang and wasi-libc (Debian: clang, lld, wasi-libc).
@@ -48,5 +78,8 @@ fn main() {
         );
     }
     let wasm = target_dir.join("wasm32-wasip1/wasm-guest/pushdown_plugins_builtin.wasm");
-    println!("cargo:rustc-env=PUSHDOWN_BUILTIN_WASM_PATH={}", wasm.display());
+    println!(
+        "cargo:rustc-env=PUSHDOWN_BUILTIN_WASM_PATH={}",
+        wasm.display()
+    );
 }

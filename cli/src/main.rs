@@ -16,7 +16,11 @@ use pushdown_storage_node::NodeOptions;
 mod output;
 
 #[derive(Parser)]
-#[command(name = "pushdown", version, about = "SQL over Parquet and CSV, evaluated in Wasm sandboxes where the data lives")]
+#[command(
+    name = "pushdown",
+    version,
+    about = "SQL over Parquet and CSV, evaluated in Wasm sandboxes where the data lives"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -112,8 +116,13 @@ fn progress_bar(len: u64, template: &str) -> ProgressBar {
 }
 
 fn query(args: QueryArgs) -> Result<()> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("starting the task pool")?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the task pool")?;
     let options = NodeOptions {
         csv_chunk_size: args.csv_chunk_size,
         sandbox: pushdown_storage_node::SandboxConfig {
@@ -122,9 +131,15 @@ fn query(args: QueryArgs) -> Result<()> {
         },
         ..Default::default()
     };
-    let bar = progress_bar(0, "{spinner} scanning {pos}/{len} tasks {wide_bar} {elapsed}");
+    let bar = progress_bar(
+        0,
+        "{spinner} scanning {pos}/{len} tasks {wide_bar} {elapsed}",
+    );
     let progress: Arc<dyn Progress> = Arc::new(TaskProgress(bar.clone()));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         let engine = Engine::embedded(&args.data, options, Some(progress))?;
         let query = engine.plan(&args.sql).await?;
@@ -151,10 +166,27 @@ fn query(args: QueryArgs) -> Result<()> {
 
 fn datasets(command: DatasetsCommand) -> Result<()> {
     match command {
-        DatasetsCommand::Tpch { scale, out, row_group_size, tables } => {
-            let total: u64 = tables.iter().map(|t| pushdown_datasets::tpch_rows(t, scale)).sum();
-            let bar = progress_bar(total, "{spinner} {msg} {pos}/{len} rows {wide_bar} {elapsed}");
-            let options = pushdown_datasets::TpchOptions { scale, out, row_group_size, tables, ..Default::default() };
+        DatasetsCommand::Tpch {
+            scale,
+            out,
+            row_group_size,
+            tables,
+        } => {
+            let total: u64 = tables
+                .iter()
+                .map(|t| pushdown_datasets::tpch_rows(t, scale))
+                .sum();
+            let bar = progress_bar(
+                total,
+                "{spinner} {msg} {pos}/{len} rows {wide_bar} {elapsed}",
+            );
+            let options = pushdown_datasets::TpchOptions {
+                scale,
+                out,
+                row_group_size,
+                tables,
+                ..Default::default()
+            };
             let mut done_before = 0u64;
             let mut current = String::new();
             let mut last_rows = 0u64;
@@ -170,7 +202,11 @@ fn datasets(command: DatasetsCommand) -> Result<()> {
             bar.finish_and_clear();
             for f in files {
                 let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
-                eprintln!("wrote {} ({:.1} MiB)", f.display(), size as f64 / (1 << 20) as f64);
+                eprintln!(
+                    "wrote {} ({:.1} MiB)",
+                    f.display(),
+                    size as f64 / (1 << 20) as f64
+                );
             }
             Ok(())
         }
@@ -198,4 +234,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

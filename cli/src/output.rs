@@ -9,14 +9,20 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// An aligned text table (arrow's pretty printer). An empty result prints its header.
 pub fn table(out: &mut impl Write, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-    writeln!(out, "{}", arrow::util::pretty::pretty_format_batches_with_schema(schema, batches)?)?;
+    writeln!(
+        out,
+        "{}",
+        arrow::util::pretty::pretty_format_batches_with_schema(schema, batches)?
+    )?;
     Ok(())
 }
 
 /// A header row, then one RFC 4180 record (CRLF-terminated, quoted where needed) per row.
 /// NULL is the empty field.
 pub fn csv(out: &mut impl Write, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-    let mut writer = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(out);
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(out);
     writer.write_record(schema.fields().iter().map(|f| f.name().as_str()))?;
     let options = FormatOptions::default().with_null("");
     for batch in batches {

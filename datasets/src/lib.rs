@@ -21,12 +21,12 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use tpchgen::generators::{
-    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator,
-    RegionGenerator, SupplierGenerator,
+    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator,
+    PartSuppGenerator, RegionGenerator, SupplierGenerator,
 };
 use tpchgen_arrow::{
-    CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RecordBatchIterator, RegionArrow,
-    SupplierArrow,
+    CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow,
+    RecordBatchIterator, RegionArrow, SupplierArrow,
 };
 
 /// Errors of dataset generation.
@@ -50,7 +50,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The TPC-H tables.
-pub const TPCH_TABLES: [&str; 8] = ["lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region"];
+pub const TPCH_TABLES: [&str; 8] = [
+    "lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region",
+];
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -101,14 +103,28 @@ pub fn tpch_rows(table: &str, scale: f64) -> u64 {
 fn batches(table: &str, scale: f64) -> Result<Box<dyn RecordBatchIterator>> {
     const BATCH: usize = 65_536;
     Ok(match table {
-        "lineitem" => Box::new(LineItemArrow::new(LineItemGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
-        "orders" => Box::new(OrderArrow::new(OrderGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
-        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
+        "lineitem" => {
+            Box::new(LineItemArrow::new(LineItemGenerator::new(scale, 1, 1)).with_batch_size(BATCH))
+        }
+        "orders" => {
+            Box::new(OrderArrow::new(OrderGenerator::new(scale, 1, 1)).with_batch_size(BATCH))
+        }
+        "customer" => {
+            Box::new(CustomerArrow::new(CustomerGenerator::new(scale, 1, 1)).with_batch_size(BATCH))
+        }
         "part" => Box::new(PartArrow::new(PartGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
-        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
-        "supplier" => Box::new(SupplierArrow::new(SupplierGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
-        "nation" => Box::new(NationArrow::new(NationGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
-        "region" => Box::new(RegionArrow::new(RegionGenerator::new(scale, 1, 1)).with_batch_size(BATCH)),
+        "partsupp" => {
+            Box::new(PartSuppArrow::new(PartSuppGenerator::new(scale, 1, 1)).with_batch_size(BATCH))
+        }
+        "supplier" => {
+            Box::new(SupplierArrow::new(SupplierGenerator::new(scale, 1, 1)).with_batch_size(BATCH))
+        }
+        "nation" => {
+            Box::new(NationArrow::new(NationGenerator::new(scale, 1, 1)).with_batch_size(BATCH))
+        }
+        "region" => {
+            Box::new(RegionArrow::new(RegionGenerator::new(scale, 1, 1)).with_batch_size(BATCH))
+        }
         other => {
             return Err(Error::InvalidArgument(format!(
                 "unknown TPC-H table {other}; the tables are {}",
@@ -149,12 +165,20 @@ fn plain_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 /// # Errors
 /// [`Error::InvalidArgument`] for a scale factor that is not positive, a row-group size
 /// of 0 or an unknown table; [`Error::Write`] naming the file when writing fails.
-pub fn generate_tpch(options: &TpchOptions, mut progress: impl FnMut(&str, u64)) -> Result<Vec<PathBuf>> {
+pub fn generate_tpch(
+    options: &TpchOptions,
+    mut progress: impl FnMut(&str, u64),
+) -> Result<Vec<PathBuf>> {
     if !(options.scale > 0.0 && options.scale.is_finite()) {
-        return Err(Error::InvalidArgument(format!("scale factor must be positive, got {}", options.scale)));
+        return Err(Error::InvalidArgument(format!(
+            "scale factor must be positive, got {}",
+            options.scale
+        )));
     }
     if options.row_group_size == 0 {
-        return Err(Error::InvalidArgument("row-group size must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "row-group size must be at least 1".into(),
+        ));
     }
     let mut written = Vec::new();
     for table in &options.tables {
@@ -162,9 +186,13 @@ pub fn generate_tpch(options: &TpchOptions, mut progress: impl FnMut(&str, u64))
         let schema = plain_schema(iter.schema());
         let parquet_path = options.out.join("parquet").join(format!("{table}.parquet"));
         let csv_path = options.out.join("csv").join(format!("{table}.csv"));
-        let write_err = |path: &Path, e: &dyn std::fmt::Display| Error::Write { path: path.display().to_string(), message: e.to_string() };
+        let write_err = |path: &Path, e: &dyn std::fmt::Display| Error::Write {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         let create = |path: &Path| -> Result<File> {
-            std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(|e| write_err(path, &e))?;
+            std::fs::create_dir_all(path.parent().expect("has a parent"))
+                .map_err(|e| write_err(path, &e))?;
             File::create(path).map_err(|e| write_err(path, &e))
         };
         let mut parquet = if options.parquet {
@@ -173,13 +201,20 @@ pub fn generate_tpch(options: &TpchOptions, mut progress: impl FnMut(&str, u64))
                 .set_max_row_group_row_count(Some(options.row_group_size))
                 .build();
             let file = create(&parquet_path)?;
-            Some(ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| write_err(&parquet_path, &e))?)
+            Some(
+                ArrowWriter::try_new(file, schema.clone(), Some(props))
+                    .map_err(|e| write_err(&parquet_path, &e))?,
+            )
         } else {
             None
         };
         let mut csv = if options.csv {
             let file = BufWriter::with_capacity(1 << 20, create(&csv_path)?);
-            Some(arrow::csv::WriterBuilder::new().with_header(true).build(file))
+            Some(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(file),
+            )
         } else {
             None
         };

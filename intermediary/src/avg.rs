@@ -4,14 +4,14 @@
 //! and delegates everything else, so partial states are `(count UInt64, sum Float64)`.
 
 use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::common::types::{logical_float64, NativeType};
 use datafusion::common::Result;
 use datafusion::functions_aggregate::average::Avg;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Coercion, GroupsAccumulator, Signature, TypeSignature,
-    TypeSignatureClass, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Coercion, GroupsAccumulator, Signature,
+    TypeSignature, TypeSignatureClass, Volatility,
 };
-use datafusion::common::types::{logical_float64, NativeType};
 
 /// `avg(x)` returning DOUBLE for numeric `x`; see the module doc.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -28,13 +28,20 @@ impl FloatAvg {
                 TypeSignature::Coercible(vec![Coercion::new_exact(TypeSignatureClass::Duration)]),
                 TypeSignature::Coercible(vec![Coercion::new_implicit(
                     TypeSignatureClass::Native(logical_float64()),
-                    vec![TypeSignatureClass::Integer, TypeSignatureClass::Float, TypeSignatureClass::Decimal],
+                    vec![
+                        TypeSignatureClass::Integer,
+                        TypeSignatureClass::Float,
+                        TypeSignatureClass::Decimal,
+                    ],
                     NativeType::Float64,
                 )]),
             ],
             Volatility::Immutable,
         );
-        Self { inner: Avg::new(), signature }
+        Self {
+            inner: Avg::new(),
+            signature,
+        }
     }
 
     /// The function as a UDAF to register in place of the built-in `avg`.
@@ -78,7 +85,10 @@ impl AggregateUDFImpl for FloatAvg {
         self.inner.groups_accumulator_supported(args)
     }
 
-    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
         self.inner.create_groups_accumulator(args)
     }
 
@@ -90,4 +100,3 @@ impl AggregateUDFImpl for FloatAvg {
         self.inner.default_value(data_type)
     }
 }
-

@@ -46,7 +46,8 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udaf(FloatAvg::udaf());
         if let Some(catalog) = ctx.catalog("datafusion") {
-            let _ = catalog.register_schema("public", Arc::new(PushdownSchema::new(node, progress)));
+            let _ =
+                catalog.register_schema("public", Arc::new(PushdownSchema::new(node, progress)));
         }
         Self { ctx }
     }
@@ -55,7 +56,11 @@ impl Engine {
     ///
     /// # Errors
     /// When `data` is not a directory or the built-in plugins do not load.
-    pub fn embedded(data: impl AsRef<Path>, options: NodeOptions, progress: Option<Arc<dyn Progress>>) -> Result<Self> {
+    pub fn embedded(
+        data: impl AsRef<Path>,
+        options: NodeOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<Self> {
         let node = StorageNode::open(data, options)?;
         Ok(Self::new(Arc::new(LocalStorage(node)), progress))
     }
@@ -68,7 +73,10 @@ impl Engine {
     pub async fn plan(&self, sql: &str) -> Result<Query> {
         let df = self.ctx.sql(sql).await?;
         let plan = df.create_physical_plan().await?;
-        Ok(Query { plan, ctx: self.ctx.clone() })
+        Ok(Query {
+            plan,
+            ctx: self.ctx.clone(),
+        })
     }
 
     /// Plans and runs `sql`, returning all result batches.
@@ -117,7 +125,13 @@ impl Query {
                 pushdown_protocol::FileFormat::Parquet => "row groups",
                 pushdown_protocol::FileFormat::Csv => "CSV chunks",
             };
-            let _ = writeln!(out, "table {} ({:?}, {} file(s), {units} {unit})", t.name, t.format, t.files.len());
+            let _ = writeln!(
+                out,
+                "table {} ({:?}, {} file(s), {units} {unit})",
+                t.name,
+                t.format,
+                t.files.len()
+            );
             let read = needed_columns(scan.predicate(), scan.pushdown(), &t.schema);
             let _ = writeln!(out, "  projection (columns read): {}", read.join(", "));
             match scan.predicate() {
@@ -133,10 +147,14 @@ impl Query {
             }
             match scan.pushdown() {
                 Pushdown::Project(exprs) => {
-                    let list: Vec<String> = exprs.iter().map(|(n, e)| format!("{e} AS {n}")).collect();
+                    let list: Vec<String> =
+                        exprs.iter().map(|(n, e)| format!("{e} AS {n}")).collect();
                     let _ = writeln!(out, "  returns rows: {}", list.join(", "));
                 }
-                Pushdown::PartialAggregate { group_by, aggregates } => {
+                Pushdown::PartialAggregate {
+                    group_by,
+                    aggregates,
+                } => {
                     let g: Vec<String> = group_by.iter().map(|(_, e)| e.to_string()).collect();
                     let _ = writeln!(out, "  partial aggregate: group by [{}]", g.join(", "));
                     for (name, a) in aggregates {
@@ -145,7 +163,10 @@ impl Query {
                 }
             }
         }
-        let _ = writeln!(out, "== Intermediary: DataFusion merges the partial results");
+        let _ = writeln!(
+            out,
+            "== Intermediary: DataFusion merges the partial results"
+        );
         let _ = write!(out, "{}", displayable(self.plan.as_ref()).indent(false));
         out
     }

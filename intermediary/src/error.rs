@@ -7,12 +7,18 @@ use datafusion::common::DataFusionError;
 #[non_exhaustive]
 pub enum Error {
     /// The storage node failed: bad data, a plugin error, a missing path.
-    #[error(transparent)]
+    #[error("{0}")]
     Storage(pushdown_storage_node::Error),
     /// Planning or running the query failed: SQL syntax, unknown table or column,
     /// unsupported SQL, or an error of the final merge.
     #[error("{}", describe(.0))]
-    Query(#[from] DataFusionError),
+    Query(DataFusionError),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        Error::Query(e)
+    }
 }
 
 /// A one-line message: DataFusion's wrapping of a storage-node error is peeled off.
@@ -23,7 +29,12 @@ fn describe(e: &DataFusionError) -> String {
             datafusion::arrow::error::ArrowError::ExternalError(inner) => inner.to_string(),
             other => format!("Arrow error: {other}"),
         },
-        other => other.to_string().lines().next().unwrap_or_default().to_string(),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 

@@ -10,10 +10,10 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate};
 
@@ -25,7 +25,11 @@ use crate::translate::{conjuncts, translate};
 pub struct PushdownRule;
 
 impl PhysicalOptimizerRule for PushdownRule {
-    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(plan.transform_up(absorb)?.data)
     }
 
@@ -49,15 +53,22 @@ fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionP
     // Round-robin spreading above the scan serve no purpose once the work
     // happens on the storage node.
     if let Some(r) = node.downcast_ref::<RepartitionExec>() {
-        if matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) && r.input().is::<PushdownScanExec>() {
+        if matches!(r.partitioning(), Partitioning::RoundRobinBatch(_))
+            && r.input().is::<PushdownScanExec>()
+        {
             return Ok(Transformed::yes(r.input().clone()));
         }
     }
     if let Some(filter) = node.downcast_ref::<FilterExec>() {
-        let Some((scan, inputs)) = row_scan(filter.input()) else { return Ok(Transformed::no(node)) };
+        let Some((scan, inputs)) = row_scan(filter.input()) else {
+            return Ok(Transformed::no(node));
+        };
         let schema = filter.input().schema();
         let parts = conjuncts(filter.predicate());
-        let translated: Vec<Expr> = parts.iter().filter_map(|p| translate(p, &inputs, &schema)).collect();
+        let translated: Vec<Expr> = parts
+            .iter()
+            .filter_map(|p| translate(p, &inputs, &schema))
+            .collect();
         if translated.is_empty() {
             return Ok(Transformed::no(node));
         }
@@ -69,7 +80,10 @@ fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionP
         if !complete {
             // Push what translates; the filter stays above and evaluates the whole predicate.
             let new_scan: Arc<dyn ExecutionPlan> = Arc::new(new_scan);
-            return Ok(Transformed::yes(replace_children_if_necessary(node.clone(), vec![new_scan])?));
+            return Ok(Transformed::yes(replace_children_if_necessary(
+                node.clone(),
+                vec![new_scan],
+            )?));
         }
         if let Some(projection) = filter.projection() {
             let exprs = projection.iter().map(|&i| inputs[i].clone()).collect();
@@ -78,19 +92,31 @@ fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionP
         return Ok(Transformed::yes(Arc::new(new_scan)));
     }
     if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
-        let Some((scan, inputs)) = row_scan(projection.input()) else { return Ok(Transformed::no(node)) };
+        let Some((scan, inputs)) = row_scan(projection.input()) else {
+            return Ok(Transformed::no(node));
+        };
         let schema = projection.input().schema();
-        let exprs: Option<Vec<Expr>> = projection.expr().iter().map(|p| translate(&p.expr, &inputs, &schema)).collect();
+        let exprs: Option<Vec<Expr>> = projection
+            .expr()
+            .iter()
+            .map(|p| translate(&p.expr, &inputs, &schema))
+            .collect();
         return Ok(match exprs {
-            Some(exprs) => Transformed::yes(Arc::new(scan.with_projection(exprs, projection.schema()))),
+            Some(exprs) => {
+                Transformed::yes(Arc::new(scan.with_projection(exprs, projection.schema())))
+            }
             None => Transformed::no(node),
         });
     }
     if let Some(agg) = node.downcast_ref::<AggregateExec>() {
-        let Some((scan, inputs)) = row_scan(agg.input()) else { return Ok(Transformed::no(node)) };
+        let Some((scan, inputs)) = row_scan(agg.input()) else {
+            return Ok(Transformed::no(node));
+        };
         return match agg.mode() {
             AggregateMode::Partial => Ok(match partial_states(agg, &inputs)? {
-                Some((group_by, states)) => Transformed::yes(Arc::new(scan.with_partial_aggregate(group_by, states, agg.schema()))),
+                Some((group_by, states)) => Transformed::yes(Arc::new(
+                    scan.with_partial_aggregate(group_by, states, agg.schema()),
+                )),
                 None => Transformed::no(node),
             }),
             AggregateMode::Single | AggregateMode::SinglePartitioned => {
@@ -107,7 +133,8 @@ fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionP
                 let Some((group_by, states)) = partial_states(&partial, &inputs)? else {
                     return Ok(Transformed::no(node));
                 };
-                let new_scan = Arc::new(scan.with_partial_aggregate(group_by, states, partial.schema()));
+                let new_scan =
+                    Arc::new(scan.with_partial_aggregate(group_by, states, partial.schema()));
                 let final_agg = AggregateExec::try_new(
                     AggregateMode::Final,
                     agg.group_expr().as_final(),
@@ -126,7 +153,10 @@ fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionP
 
 /// The group-by expressions and state columns of a partial aggregate, when every part
 /// translates and every function has the state layout the sandbox computes.
-fn partial_states(agg: &AggregateExec, inputs: &[Expr]) -> Result<Option<(Vec<Expr>, Vec<PartialAggregate>)>> {
+fn partial_states(
+    agg: &AggregateExec,
+    inputs: &[Expr],
+) -> Result<Option<(Vec<Expr>, Vec<PartialAggregate>)>> {
     if !agg.group_expr().is_single() || agg.filter_expr().iter().any(Option::is_some) {
         return Ok(None);
     }
@@ -144,12 +174,20 @@ fn partial_states(agg: &AggregateExec, inputs: &[Expr]) -> Result<Option<(Vec<Ex
             return Ok(None);
         }
         let args = a.expressions();
-        let [arg] = args.as_slice() else { return Ok(None) };
-        let Some(argument) = translate(arg, inputs, &schema) else { return Ok(None) };
+        let [arg] = args.as_slice() else {
+            return Ok(None);
+        };
+        let Some(argument) = translate(arg, inputs, &schema) else {
+            return Ok(None);
+        };
         let fields = a.state_fields()?;
         let types: Vec<_> = fields.iter().map(|f| f.data_type().clone()).collect();
         use datafusion::arrow::datatypes::DataType;
-        let state = |function, state_type: &DataType| PartialAggregate { function, argument: argument.clone(), state_type: state_type.clone() };
+        let state = |function, state_type: &DataType| PartialAggregate {
+            function,
+            argument: argument.clone(),
+            state_type: state_type.clone(),
+        };
         match (a.fun().name(), types.as_slice()) {
             ("count", [DataType::Int64]) => states.push(state(AggregateFunction::Count, &types[0])),
             ("sum", [t]) => states.push(state(AggregateFunction::Sum, t)),

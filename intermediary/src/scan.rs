@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use pushdown_protocol::{Expr, PartialAggregate, Pushdown, Task};
 use pushdown_storage_node::{TableInfo, TaskMetrics};
 use rayon::prelude::*;
@@ -45,11 +47,14 @@ pub struct ScanMetrics {
 impl ScanMetrics {
     fn add(&self, m: &TaskMetrics) {
         self.tasks_done.fetch_add(1, Ordering::Relaxed);
-        self.tasks_pruned.fetch_add(u64::from(m.pruned), Ordering::Relaxed);
+        self.tasks_pruned
+            .fetch_add(u64::from(m.pruned), Ordering::Relaxed);
         self.bytes_read.fetch_add(m.bytes_read, Ordering::Relaxed);
-        self.bytes_returned.fetch_add(m.bytes_returned, Ordering::Relaxed);
+        self.bytes_returned
+            .fetch_add(m.bytes_returned, Ordering::Relaxed);
         self.rows_in.fetch_add(m.rows_in, Ordering::Relaxed);
-        self.rows_selected.fetch_add(m.rows_selected, Ordering::Relaxed);
+        self.rows_selected
+            .fetch_add(m.rows_selected, Ordering::Relaxed);
         self.rows_out.fetch_add(m.rows_out, Ordering::Relaxed);
     }
 }
@@ -96,7 +101,11 @@ impl PushdownScanExec {
             Some(p) => Arc::new(table.schema.project(p)?),
             None => table.schema.clone(),
         };
-        let exprs = schema.fields().iter().map(|f| (f.name().clone(), Expr::Column(f.name().clone()))).collect();
+        let exprs = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), Expr::Column(f.name().clone())))
+            .collect();
         Ok(Self {
             table,
             node,
@@ -147,24 +156,48 @@ impl PushdownScanExec {
             }
             Some(p) => Expr::And(vec![p, predicate]),
         };
-        Self { predicate: Some(predicate), ..self.clone() }
+        Self {
+            predicate: Some(predicate),
+            ..self.clone()
+        }
     }
 
     /// Replaces the output with `exprs` (over the file's columns), of `schema`.
     pub fn with_projection(&self, exprs: Vec<Expr>, schema: SchemaRef) -> Self {
-        let named = schema.fields().iter().map(|f| f.name().clone()).zip(exprs).collect();
-        Self { pushdown: Pushdown::Project(named), properties: properties(&schema), schema, ..self.clone() }
+        let named = schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .zip(exprs)
+            .collect();
+        Self {
+            pushdown: Pushdown::Project(named),
+            properties: properties(&schema),
+            schema,
+            ..self.clone()
+        }
     }
 
     /// Makes the scan return partial aggregate states of `schema` (group columns first).
-    pub fn with_partial_aggregate(&self, group_by: Vec<Expr>, aggregates: Vec<PartialAggregate>, schema: SchemaRef) -> Self {
+    pub fn with_partial_aggregate(
+        &self,
+        group_by: Vec<Expr>,
+        aggregates: Vec<PartialAggregate>,
+        schema: SchemaRef,
+    ) -> Self {
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let (group_names, state_names) = names.split_at(group_by.len());
         let pushdown = Pushdown::PartialAggregate {
             group_by: group_names.iter().cloned().zip(group_by).collect(),
             aggregates: state_names.iter().cloned().zip(aggregates).collect(),
         };
-        Self { pushdown, properties: properties(&schema), schema, metrics: Arc::default(), ..self.clone() }
+        Self {
+            pushdown,
+            properties: properties(&schema),
+            schema,
+            metrics: Arc::default(),
+            ..self.clone()
+        }
     }
 
     fn tasks(&self) -> Vec<Task> {
@@ -188,7 +221,13 @@ impl PushdownScanExec {
 impl DisplayAs for PushdownScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let units: usize = self.table.files.iter().map(|f| f.units.len()).sum();
-        write!(f, "PushdownScanExec: table={}, format={:?}, files={}, tasks={units}", self.table.name, self.table.format, self.table.files.len())?;
+        write!(
+            f,
+            "PushdownScanExec: table={}, format={:?}, files={}, tasks={units}",
+            self.table.name,
+            self.table.format,
+            self.table.files.len()
+        )?;
         if let Some(p) = &self.predicate {
             write!(f, ", predicate={p}")?;
         }
@@ -196,14 +235,28 @@ impl DisplayAs for PushdownScanExec {
             Pushdown::Project(exprs) => {
                 let list: Vec<String> = exprs
                     .iter()
-                    .map(|(n, e)| if matches!(e, Expr::Column(c) if c == n) { n.clone() } else { format!("{e} AS {n}") })
+                    .map(|(n, e)| {
+                        if matches!(e, Expr::Column(c) if c == n) {
+                            n.clone()
+                        } else {
+                            format!("{e} AS {n}")
+                        }
+                    })
                     .collect();
                 write!(f, ", projection=[{}]", list.join(", "))
             }
-            Pushdown::PartialAggregate { group_by, aggregates } => {
+            Pushdown::PartialAggregate {
+                group_by,
+                aggregates,
+            } => {
                 let g: Vec<String> = group_by.iter().map(|(_, e)| e.to_string()).collect();
                 let a: Vec<String> = aggregates.iter().map(|(_, a)| a.to_string()).collect();
-                write!(f, ", partial_aggregate=[group_by=[{}], states=[{}]]", g.join(", "), a.join(", "))
+                write!(
+                    f,
+                    ", partial_aggregate=[group_by=[{}], states=[{}]]",
+                    g.join(", "),
+                    a.join(", ")
+                )
             }
         }
     }
@@ -222,11 +275,16 @@ impl ExecutionPlan for PushdownScanExec {
         vec![]
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal("PushdownScanExec has no children".into()))
+            Err(DataFusionError::Internal(
+                "PushdownScanExec has no children".into(),
+            ))
         }
     }
 
@@ -238,18 +296,30 @@ impl ExecutionPlan for PushdownScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
-            return Err(DataFusionError::Internal(format!("PushdownScanExec has one partition, not {partition}")));
+            return Err(DataFusionError::Internal(format!(
+                "PushdownScanExec has one partition, not {partition}"
+            )));
         }
         let tasks = self.tasks();
-        self.metrics.tasks.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .tasks
+            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.add_tasks(tasks.len() as u64);
         }
         // A few batches in flight: the storage node waits when the intermediary is slower.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(8);
-        let (node, metrics, progress) = (self.node.clone(), self.metrics.clone(), self.progress.clone());
+        let (node, metrics, progress) = (
+            self.node.clone(),
+            self.metrics.clone(),
+            self.progress.clone(),
+        );
         std::thread::Builder::new()
             .name("pushdown-scan".into())
             .spawn(move || {
@@ -276,8 +346,15 @@ impl ExecutionPlan for PushdownScanExec {
                     }
                 });
             })
-            .map_err(|e| DataFusionError::Execution(format!("cannot start the scan thread: {e}")))?;
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+            .map_err(|e| {
+                DataFusionError::Execution(format!("cannot start the scan thread: {e}"))
+            })?;
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
     }
 }

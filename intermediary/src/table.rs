@@ -40,7 +40,12 @@ impl TableProvider for PushdownTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(PushdownScanExec::new(self.table.clone(), self.node.clone(), projection, self.progress.clone())?))
+        Ok(Arc::new(PushdownScanExec::new(
+            self.table.clone(),
+            self.node.clone(),
+            projection,
+            self.progress.clone(),
+        )?))
     }
 }
 
@@ -65,13 +70,23 @@ impl SchemaProvider for PushdownSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        let table = self.node.table(name).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let table = self
+            .node
+            .table(name)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(table.map(|table| {
-            Arc::new(PushdownTable { table, node: self.node.clone(), progress: self.progress.clone() }) as Arc<dyn TableProvider>
+            Arc::new(PushdownTable {
+                table,
+                node: self.node.clone(),
+                progress: self.progress.clone(),
+            }) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.node.table_names().map(|n| n.iter().any(|t| t == name)).unwrap_or(false)
+        self.node
+            .table_names()
+            .map(|n| n.iter().any(|t| t == name))
+            .unwrap_or(false)
     }
 }

@@ -31,9 +31,9 @@ pub fn literal(value: &ScalarValue) -> Option<Lit> {
         ScalarValue::Float32(Some(v)) => Lit::Float(f64::from(*v), t),
         ScalarValue::Float64(Some(v)) => Lit::Float(*v, t),
         ScalarValue::Decimal128(Some(v), _, _) => Lit::Decimal(v.to_string(), t),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            Lit::Utf8(s.clone(), t)
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Lit::Utf8(s.clone(), t),
         ScalarValue::Date32(Some(v)) => Lit::Int(i64::from(*v), t),
         ScalarValue::Date64(Some(v)) => Lit::Int(*v, t),
         ScalarValue::TimestampSecond(Some(v), _)
@@ -99,7 +99,11 @@ pub fn translate(e: &Arc<dyn PhysicalExpr>, inputs: &[Expr], schema: &Schema) ->
             Operator::Multiply => arith(ArithmeticOp::Mul),
             // DataFusion rescales decimal quotients its own way; only float and integer
             // division is pushed down.
-            Operator::Divide | Operator::Modulo if matches!(out_type, DataType::Decimal128(_, _)) => None,
+            Operator::Divide | Operator::Modulo
+                if matches!(out_type, DataType::Decimal128(_, _)) =>
+            {
+                None
+            }
             Operator::Divide => arith(ArithmeticOp::Div),
             Operator::Modulo => arith(ArithmeticOp::Rem),
             Operator::And => Some(flatten(true, *l, *r)),
@@ -114,14 +118,28 @@ pub fn translate(e: &Arc<dyn PhysicalExpr>, inputs: &[Expr], schema: &Schema) ->
         return Some(Expr::Not(sub(n.arg())?));
     }
     if let Some(n) = e.downcast_ref::<IsNullExpr>() {
-        return Some(Expr::IsNull { expr: sub(n.arg())?, negated: false });
+        return Some(Expr::IsNull {
+            expr: sub(n.arg())?,
+            negated: false,
+        });
     }
     if let Some(n) = e.downcast_ref::<IsNotNullExpr>() {
-        return Some(Expr::IsNull { expr: sub(n.arg())?, negated: true });
+        return Some(Expr::IsNull {
+            expr: sub(n.arg())?,
+            negated: true,
+        });
     }
     if let Some(i) = e.downcast_ref::<InListExpr>() {
-        let list = i.list().iter().map(|x| translate(x, inputs, schema)).collect::<Option<Vec<_>>>()?;
-        return Some(Expr::InList { expr: sub(i.expr())?, list, negated: i.negated() });
+        let list = i
+            .list()
+            .iter()
+            .map(|x| translate(x, inputs, schema))
+            .collect::<Option<Vec<_>>>()?;
+        return Some(Expr::InList {
+            expr: sub(i.expr())?,
+            list,
+            negated: i.negated(),
+        });
     }
     if let Some(l) = e.downcast_ref::<LikeExpr>() {
         return Some(Expr::Like {

@@ -165,7 +165,9 @@ impl Expr {
                 r.collect_columns(out);
             }
             Expr::And(items) | Expr::Or(items) => items.iter().for_each(|e| e.collect_columns(out)),
-            Expr::Not(e) | Expr::Cast(e, _) | Expr::IsNull { expr: e, .. } => e.collect_columns(out),
+            Expr::Not(e) | Expr::Cast(e, _) | Expr::IsNull { expr: e, .. } => {
+                e.collect_columns(out)
+            }
             Expr::InList { expr, list, .. } => {
                 expr.collect_columns(out);
                 list.iter().for_each(|e| e.collect_columns(out));
@@ -220,11 +222,20 @@ impl fmt::Display for Expr {
             Expr::IsNull { expr, negated } => {
                 write!(f, "{expr} IS {}NULL", if *negated { "NOT " } else { "" })
             }
-            Expr::InList { expr, list, negated } => {
+            Expr::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 write!(f, "{expr} {}IN ", if *negated { "NOT " } else { "" })?;
                 join(f, list, ",")
             }
-            Expr::Like { expr, pattern, negated, case_insensitive } => write!(
+            Expr::Like {
+                expr,
+                pattern,
+                negated,
+                case_insensitive,
+            } => write!(
                 f,
                 "{expr} {}{} {pattern}",
                 if *negated { "NOT " } else { "" },
@@ -241,7 +252,9 @@ impl fmt::Display for Literal {
             Literal::Null(_) => write!(f, "NULL"),
             Literal::Bool(b) => write!(f, "{b}"),
             Literal::Int(v, t) => match t {
-                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => write!(f, "{v}"),
+                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                    write!(f, "{v}")
+                }
                 _ => write!(f, "{v}::{t}"),
             },
             Literal::UInt(v, _) => write!(f, "{v}"),

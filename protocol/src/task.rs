@@ -92,20 +92,37 @@ impl Task {
 ///
 /// When they need no column (e.g. `COUNT(*)`), the first column is read for its row count,
 /// so the result is empty only for a schema without columns.
-pub fn needed_columns(predicate: Option<&Expr>, pushdown: &Pushdown, file_schema: &Schema) -> Vec<String> {
+pub fn needed_columns(
+    predicate: Option<&Expr>,
+    pushdown: &Pushdown,
+    file_schema: &Schema,
+) -> Vec<String> {
     let mut names = std::collections::BTreeSet::new();
     if let Some(p) = predicate {
         p.collect_columns(&mut names);
     }
     match pushdown {
-        Pushdown::Project(exprs) => exprs.iter().for_each(|(_, e)| e.collect_columns(&mut names)),
-        Pushdown::PartialAggregate { group_by, aggregates } => {
-            group_by.iter().for_each(|(_, e)| e.collect_columns(&mut names));
-            aggregates.iter().for_each(|(_, a)| a.argument.collect_columns(&mut names));
+        Pushdown::Project(exprs) => exprs
+            .iter()
+            .for_each(|(_, e)| e.collect_columns(&mut names)),
+        Pushdown::PartialAggregate {
+            group_by,
+            aggregates,
+        } => {
+            group_by
+                .iter()
+                .for_each(|(_, e)| e.collect_columns(&mut names));
+            aggregates
+                .iter()
+                .for_each(|(_, a)| a.argument.collect_columns(&mut names));
         }
     }
-    let mut ordered: Vec<String> =
-        file_schema.fields().iter().map(|f| f.name().clone()).filter(|n| names.contains(n)).collect();
+    let mut ordered: Vec<String> = file_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| names.contains(n))
+        .collect();
     if ordered.is_empty() {
         if let Some(first) = file_schema.fields().first() {
             ordered.push(first.name().clone());

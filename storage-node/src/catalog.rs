@@ -91,7 +91,10 @@ fn format_of(path: &Path) -> Option<FileFormat> {
 /// [`Error::NotFound`] when `root` is not a readable directory; [`Error::DuplicateTable`]
 /// when two sources claim one name; [`Error::BadData`] for a folder that mixes formats.
 pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
-    let not_found = |message: String| Error::NotFound { path: root.display().to_string(), message };
+    let not_found = |message: String| Error::NotFound {
+        path: root.display().to_string(),
+        message,
+    };
     let meta = std::fs::metadata(root).map_err(|e| not_found(e.to_string()))?;
     if !meta.is_dir() {
         return Err(not_found("not a directory".into()));
@@ -104,21 +107,39 @@ pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
     entries.sort();
     let mut tables: BTreeMap<String, TableSource> = BTreeMap::new();
     for path in entries {
-        let Some(file_name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        let Some(file_name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
         let source = if path.is_dir() {
             let mut files: Vec<(String, FileFormat)> = std::fs::read_dir(&path)
-                .map_err(|e| Error::NotFound { path: path.display().to_string(), message: e.to_string() })?
+                .map_err(|e| Error::NotFound {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
                 .filter(|p| p.is_file())
-                .filter_map(|p| Some((format!("{file_name}/{}", p.file_name()?.to_str()?), format_of(&p)?)))
+                .filter_map(|p| {
+                    Some((
+                        format!("{file_name}/{}", p.file_name()?.to_str()?),
+                        format_of(&p)?,
+                    ))
+                })
                 .collect();
             files.sort_by(|a, b| a.0.cmp(&b.0));
-            let Some((_, format)) = files.first().cloned() else { continue };
+            let Some((_, format)) = files.first().cloned() else {
+                continue;
+            };
             if let Some((other, _)) = files.iter().find(|(_, f)| *f != format) {
                 return Err(Error::BadData {
                     file: format!("{file_name}/"),
-                    message: format!("mixes Parquet and CSV files ({other}); a table has one format"),
+                    message: format!(
+                        "mixes Parquet and CSV files ({other}); a table has one format"
+                    ),
                 });
             }
             TableSource {
@@ -128,8 +149,15 @@ pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
                 origin: format!("{file_name}/"),
             }
         } else if let Some(format) = format_of(&path) {
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-            TableSource { name: stem.to_string(), format, files: vec![file_name.clone()], origin: file_name.clone() }
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            TableSource {
+                name: stem.to_string(),
+                format,
+                files: vec![file_name.clone()],
+                origin: file_name.clone(),
+            }
         } else {
             continue;
         };
@@ -152,12 +180,20 @@ pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
 /// [`Error::BadData`] naming the file when it is too short, lacks the `PAR1` magic, or its
 /// metadata does not decode; [`Error::Io`] when it cannot be read.
 pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetFooter, Schema)> {
-    let bad = |message: String| Error::BadData { file: path.to_string(), message };
-    let io = |source| Error::Io { path: path.to_string(), source };
+    let bad = |message: String| Error::BadData {
+        file: path.to_string(),
+        message,
+    };
+    let io = |error| Error::Io {
+        path: path.to_string(),
+        error,
+    };
     let file = File::open(abs_path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     if len < 12 {
-        return Err(bad(format!("not a Parquet file: {len} bytes, too short for a footer")));
+        return Err(bad(format!(
+            "not a Parquet file: {len} bytes, too short for a footer"
+        )));
     }
     let mut tail = [0u8; 8];
     file.read_exact_at(&mut tail, len - 8).map_err(io)?;
@@ -167,11 +203,15 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
         return Err(bad("encrypted Parquet footers are not supported".into()));
     }
     if &tail[4..] != b"PAR1" || &head != b"PAR1" {
-        return Err(bad("not a Parquet file: the PAR1 magic bytes are missing".into()));
+        return Err(bad(
+            "not a Parquet file: the PAR1 magic bytes are missing".into()
+        ));
     }
     let metadata_len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
     if metadata_len + 12 > len {
-        return Err(bad(format!("footer length {metadata_len} exceeds the file's {len} bytes (truncated file?)")));
+        return Err(bad(format!(
+            "footer length {metadata_len} exceeds the file's {len} bytes (truncated file?)"
+        )));
     }
     let start = len - 8 - metadata_len;
     let mut raw = vec![0u8; metadata_len as usize];
@@ -196,7 +236,14 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
     }
     let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), None)
         .map_err(|e| bad(format!("schema not representable in Arrow: {e}")))?;
-    let footer = ParquetFooter { metadata: Arc::new(metadata), raw: Bytes::from(raw), range: ByteRange { start, end: len - 8 } };
+    let footer = ParquetFooter {
+        metadata: Arc::new(metadata),
+        raw: Bytes::from(raw),
+        range: ByteRange {
+            start,
+            end: len - 8,
+        },
+    };
     Ok((len, footer, schema))
 }
 
@@ -206,8 +253,14 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
 /// # Errors
 /// [`Error::BadData`] for an empty file or one that does not parse as CSV.
 pub fn infer_csv_schema(path: &str, abs_path: &Path) -> Result<Schema> {
-    let bad = |message: String| Error::BadData { file: path.to_string(), message };
-    let file = File::open(abs_path).map_err(|source| Error::Io { path: path.to_string(), source })?;
+    let bad = |message: String| Error::BadData {
+        file: path.to_string(),
+        message,
+    };
+    let file = File::open(abs_path).map_err(|error| Error::Io {
+        path: path.to_string(),
+        error,
+    })?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(bad("empty CSV file: there is no header row".into()));
     }
@@ -225,7 +278,10 @@ pub fn infer_csv_schema(path: &str, abs_path: &Path) -> Result<Schema> {
 /// # Errors
 /// [`Error::Io`] when the file cannot be read.
 pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<ByteRange>> {
-    let io = |source| Error::Io { path: path.to_string(), source };
+    let io = |error| Error::Io {
+        path: path.to_string(),
+        error,
+    };
     let mut file = File::open(abs_path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let chunk_size = chunk_size.max(1);
@@ -255,7 +311,10 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
                     chunk_start = boundary;
                 }
                 Some(_) if boundary - chunk_start >= chunk_size => {
-                    chunks.push(ByteRange { start: chunk_start, end: boundary });
+                    chunks.push(ByteRange {
+                        start: chunk_start,
+                        end: boundary,
+                    });
                     chunk_start = boundary;
                 }
                 Some(_) => {}
@@ -264,7 +323,10 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
         offset += n as u64;
     }
     if header_end.is_some() && chunk_start < len {
-        chunks.push(ByteRange { start: chunk_start, end: len });
+        chunks.push(ByteRange {
+            start: chunk_start,
+            end: len,
+        });
     }
     Ok(chunks)
 }
@@ -282,17 +344,43 @@ pub fn open_table(root: &Path, source: &TableSource, csv_chunk_size: u64) -> Res
         let info = match source.format {
             FileFormat::Parquet => {
                 let (len, footer, schema) = read_parquet_footer(path, &abs_path)?;
-                let units = (0..footer.metadata.num_row_groups()).map(TaskUnit::RowGroup).collect();
-                FileInfo { path: path.clone(), abs_path, len, format: source.format, units, footer: Some(footer), schema: Arc::new(schema) }
+                let units = (0..footer.metadata.num_row_groups())
+                    .map(TaskUnit::RowGroup)
+                    .collect();
+                FileInfo {
+                    path: path.clone(),
+                    abs_path,
+                    len,
+                    format: source.format,
+                    units,
+                    footer: Some(footer),
+                    schema: Arc::new(schema),
+                }
             }
             FileFormat::Csv => {
                 let schema = match &table_schema {
                     Some(s) => s.as_ref().clone(),
                     None => infer_csv_schema(path, &abs_path)?,
                 };
-                let len = std::fs::metadata(&abs_path).map_err(|source| Error::Io { path: path.clone(), source })?.len();
-                let units = csv_chunks(path, &abs_path, csv_chunk_size)?.into_iter().map(TaskUnit::CsvChunk).collect();
-                FileInfo { path: path.clone(), abs_path, len, format: source.format, units, footer: None, schema: Arc::new(schema) }
+                let len = std::fs::metadata(&abs_path)
+                    .map_err(|error| Error::Io {
+                        path: path.clone(),
+                        error,
+                    })?
+                    .len();
+                let units = csv_chunks(path, &abs_path, csv_chunk_size)?
+                    .into_iter()
+                    .map(TaskUnit::CsvChunk)
+                    .collect();
+                FileInfo {
+                    path: path.clone(),
+                    abs_path,
+                    len,
+                    format: source.format,
+                    units,
+                    footer: None,
+                    schema: Arc::new(schema),
+                }
             }
         };
         match &table_schema {
@@ -300,7 +388,10 @@ pub fn open_table(root: &Path, source: &TableSource, csv_chunk_size: u64) -> Res
             Some(s) if s.fields() != info.schema.fields() => {
                 return Err(Error::BadData {
                     file: path.clone(),
-                    message: format!("its schema differs from the first file of table {}", source.name),
+                    message: format!(
+                        "its schema differs from the first file of table {}",
+                        source.name
+                    ),
                 });
             }
             Some(_) => {}

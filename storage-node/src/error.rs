@@ -46,23 +46,21 @@ pub enum Error {
 
     // -- resources --
     /// Reading a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// An error with the task it happened in: file and row group or byte range.
-    #[error("{context}: {source}")]
+    #[error("{context}: {inner}")]
     Context {
         /// Where: `lineitem.parquet: row group 3`.
         context: String,
-        /// The error.
-        #[source]
-        source: Box<Error>,
+        /// The error (its message is part of this one's, so it is not a `source`).
+        inner: Box<Error>,
     },
 
     // -- internal --
@@ -74,7 +72,10 @@ pub enum Error {
 impl Error {
     /// Wraps the error with the place it happened.
     pub fn context(self, context: impl Into<String>) -> Error {
-        Error::Context { context: context.into(), source: Box::new(self) }
+        Error::Context {
+            context: context.into(),
+            inner: Box::new(self),
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
-use pushdown_protocol::{encode_request, ByteRange, FileFormat, GuestRequest, Task, TaskUnit, PROTOCOL_VERSION};
+use pushdown_protocol::{
+    encode_request, ByteRange, FileFormat, GuestRequest, Task, TaskUnit, PROTOCOL_VERSION,
+};
 
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::error::{Error, Result};
@@ -35,7 +37,11 @@ pub struct NodeOptions {
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        Self { csv_chunk_size: 16 << 20, batch_size: 65_536, sandbox: SandboxConfig::default() }
+        Self {
+            csv_chunk_size: 16 << 20,
+            batch_size: 65_536,
+            sandbox: SandboxConfig::default(),
+        }
     }
 }
 
@@ -94,7 +100,14 @@ impl StorageNode {
         catalog::list_tables(&root)?;
         let sandbox = Sandbox::new(options.sandbox.clone())?;
         let builtin = sandbox.load(BUILTIN_PLUGIN, BUILTIN_WASM)?;
-        Ok(Self { root, options, sandbox, builtin, tables: Mutex::default(), files: Mutex::default() })
+        Ok(Self {
+            root,
+            options,
+            sandbox,
+            builtin,
+            tables: Mutex::default(),
+            files: Mutex::default(),
+        })
     }
 
     /// The data directory.
@@ -124,13 +137,22 @@ impl StorageNode {
         if let Some(t) = self.tables.lock().expect("not poisoned").get(name) {
             return Ok(Some(t.clone()));
         }
-        let Some(source) = self.list_tables()?.remove(name) else { return Ok(None) };
-        let table = Arc::new(catalog::open_table(&self.root, &source, self.options.csv_chunk_size)?);
+        let Some(source) = self.list_tables()?.remove(name) else {
+            return Ok(None);
+        };
+        let table = Arc::new(catalog::open_table(
+            &self.root,
+            &source,
+            self.options.csv_chunk_size,
+        )?);
         let mut files = self.files.lock().expect("not poisoned");
         for f in &table.files {
             files.insert(f.path.clone(), f.clone());
         }
-        self.tables.lock().expect("not poisoned").insert(name.to_string(), table.clone());
+        self.tables
+            .lock()
+            .expect("not poisoned")
+            .insert(name.to_string(), table.clone());
         Ok(Some(table))
     }
 
@@ -139,7 +161,8 @@ impl StorageNode {
     /// # Errors
     /// Any error, wrapped with the task's file and row group or byte range.
     pub fn run_task(&self, task: &Task) -> Result<TaskOutput> {
-        self.run_task_inner(task).map_err(|e| e.context(task_context(task)))
+        self.run_task_inner(task)
+            .map_err(|e| e.context(task_context(task)))
     }
 
     fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
@@ -149,7 +172,10 @@ impl StorageNode {
             .expect("not poisoned")
             .get(&task.file)
             .cloned()
-            .ok_or_else(|| Error::NotFound { path: task.file.clone(), message: "not a file of an open table".into() })?;
+            .ok_or_else(|| Error::NotFound {
+                path: task.file.clone(),
+                message: "not a file of an open table".into(),
+            })?;
         let columns = task.needed_columns(&file.schema);
         let segments: Vec<ByteRange> = match (&task.unit, &file.footer) {
             (TaskUnit::RowGroup(rg), Some(footer)) => {
@@ -159,22 +185,39 @@ impl StorageNode {
                 }
                 if let Some(p) = &task.predicate {
                     if !row_group_may_match(p, metadata, &file.schema, *rg) {
-                        return Ok(TaskOutput { batches: Vec::new(), metrics: TaskMetrics { pruned: true, ..Default::default() } });
+                        return Ok(TaskOutput {
+                            batches: Vec::new(),
+                            metrics: TaskMetrics {
+                                pruned: true,
+                                ..Default::default()
+                            },
+                        });
                     }
                 }
                 let descr = metadata.file_metadata().schema_descr();
-                let roots: Vec<usize> = columns.iter().filter_map(|c| file.schema.index_of(c).ok()).collect();
+                let roots: Vec<usize> = columns
+                    .iter()
+                    .filter_map(|c| file.schema.index_of(c).ok())
+                    .collect();
                 let mut segments = vec![footer.range];
                 for (leaf, chunk) in metadata.row_group(*rg).columns().iter().enumerate() {
                     if roots.contains(&descr.get_column_root_idx(leaf)) {
                         let (start, len) = chunk.byte_range();
-                        segments.push(ByteRange { start, end: start + len });
+                        segments.push(ByteRange {
+                            start,
+                            end: start + len,
+                        });
                     }
                 }
                 segments
             }
             (TaskUnit::CsvChunk(range), None) if task.format == FileFormat::Csv => vec![*range],
-            _ => return Err(Error::Internal(format!("task unit {:?} does not fit a {:?} file", task.unit, file.format))),
+            _ => {
+                return Err(Error::Internal(format!(
+                    "task unit {:?} does not fit a {:?} file",
+                    task.unit, file.format
+                )))
+            }
         };
         let input_len: u64 = segments.iter().map(ByteRange::len).sum();
         let request = GuestRequest {
@@ -186,13 +229,22 @@ impl StorageNode {
             batch_size: self.options.batch_size,
         };
         let request = encode_request(&request);
-        let input_len = usize::try_from(input_len).map_err(|_| Error::Internal("input too large".into()))?;
-        let output = self.builtin.call(&self.sandbox, &request, input_len, |slot| fill_input(&file, &segments, slot))?;
-        let (rows_in, rows_selected, ipc) = split_output(&output.payload).ok_or_else(|| Error::Plugin {
+        let input_len =
+            usize::try_from(input_len).map_err(|_| Error::Internal("input too large".into()))?;
+        let output = self
+            .builtin
+            .call(&self.sandbox, &request, input_len, |slot| {
+                fill_input(&file, &segments, slot)
+            })?;
+        let (rows_in, rows_selected, ipc) =
+            split_output(&output.payload).ok_or_else(|| Error::Plugin {
+                plugin: BUILTIN_PLUGIN.into(),
+                message: "returned a result shorter than its 16-byte header".into(),
+            })?;
+        let batches = decode_ipc(ipc, &task.output_schema).map_err(|message| Error::Plugin {
             plugin: BUILTIN_PLUGIN.into(),
-            message: "returned a result shorter than its 16-byte header".into(),
+            message,
         })?;
-        let batches = decode_ipc(ipc, &task.output_schema).map_err(|message| Error::Plugin { plugin: BUILTIN_PLUGIN.into(), message })?;
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
         Ok(TaskOutput {
             batches,
@@ -210,7 +262,10 @@ impl StorageNode {
 
 /// Reads the task's segments from the file straight into the guest's input buffer.
 fn fill_input(file: &FileInfo, segments: &[ByteRange], slot: &mut [u8]) -> Result<()> {
-    let io = |source| Error::Io { path: file.path.clone(), source };
+    let io = |error| Error::Io {
+        path: file.path.clone(),
+        error,
+    };
     let handle = std::fs::File::open(&file.abs_path).map_err(io)?;
     let mut at = 0usize;
     for (i, s) in segments.iter().enumerate() {
@@ -232,13 +287,23 @@ fn split_output(payload: &[u8]) -> Option<(u64, u64, &[u8])> {
 }
 
 /// Decodes an Arrow IPC stream and checks it has the expected schema.
-fn decode_ipc(ipc: &[u8], expected: &arrow_schema::Schema) -> std::result::Result<Vec<RecordBatch>, String> {
-    let reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| format!("returned malformed Arrow IPC: {e}"))?;
+fn decode_ipc(
+    ipc: &[u8],
+    expected: &arrow_schema::Schema,
+) -> std::result::Result<Vec<RecordBatch>, String> {
+    let reader = StreamReader::try_new(Cursor::new(ipc), None)
+        .map_err(|e| format!("returned malformed Arrow IPC: {e}"))?;
     let schema = reader.schema();
     if schema.fields().len() != expected.fields().len()
-        || schema.fields().iter().zip(expected.fields()).any(|(a, b)| a.data_type() != b.data_type())
+        || schema
+            .fields()
+            .iter()
+            .zip(expected.fields())
+            .any(|(a, b)| a.data_type() != b.data_type())
     {
         return Err(format!("returned schema {schema:?}, expected {expected:?}"));
     }
-    reader.map(|b| b.map_err(|e| format!("returned malformed Arrow IPC: {e}"))).collect()
+    reader
+        .map(|b| b.map_err(|e| format!("returned malformed Arrow IPC: {e}")))
+        .collect()
 }

@@ -19,7 +19,12 @@ struct RowGroupStats<'a> {
 impl RowGroupStats<'_> {
     /// Min and max of `column` in the row group, as arrays of length 1 (None when unknown).
     fn min_max(&self, column: &str) -> Option<(ArrayRef, ArrayRef)> {
-        let converter = StatisticsConverter::try_new(column, self.schema, self.metadata.file_metadata().schema_descr()).ok()?;
+        let converter = StatisticsConverter::try_new(
+            column,
+            self.schema,
+            self.metadata.file_metadata().schema_descr(),
+        )
+        .ok()?;
         let rg = [self.metadata.row_group(self.row_group)];
         let min = converter.row_group_mins(rg.iter().copied()).ok()?;
         let max = converter.row_group_maxes(rg.iter().copied()).ok()?;
@@ -27,7 +32,11 @@ impl RowGroupStats<'_> {
     }
 }
 
-fn holds(f: impl Fn(&dyn Datum, &dyn Datum) -> Result<BooleanArray, arrow_schema::ArrowError>, a: &ArrayRef, b: &ArrayRef) -> bool {
+fn holds(
+    f: impl Fn(&dyn Datum, &dyn Datum) -> Result<BooleanArray, arrow_schema::ArrowError>,
+    a: &ArrayRef,
+    b: &ArrayRef,
+) -> bool {
     // An error (types the kernel cannot compare) keeps the row group.
     match f(&Scalar::new(a.clone()), &Scalar::new(b.clone())) {
         Ok(r) => !r.is_valid(0) || r.value(0),
@@ -62,7 +71,9 @@ fn may_match(e: &Expr, stats: &RowGroupStats<'_>) -> bool {
                 }
                 _ => return true,
             };
-            let (Some(v), Some((min, max))) = (literal_of(literal), stats.min_max(column)) else { return true };
+            let (Some(v), Some((min, max))) = (literal_of(literal), stats.min_max(column)) else {
+                return true;
+            };
             if v.data_type() != min.data_type() {
                 return true;
             }
@@ -75,15 +86,42 @@ fn may_match(e: &Expr, stats: &RowGroupStats<'_>) -> bool {
                 CmpOp::GtEq => holds(cmp::gt_eq, &max, &v),
             }
         }
-        Expr::InList { expr, list, negated: false } => {
-            let Expr::Column(c) = expr.as_ref() else { return true };
-            list.iter().any(|item| may_match(&Expr::Cmp(CmpOp::Eq, Box::new(Expr::Column(c.clone())), Box::new(item.clone())), stats))
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } => {
+            let Expr::Column(c) = expr.as_ref() else {
+                return true;
+            };
+            list.iter().any(|item| {
+                may_match(
+                    &Expr::Cmp(
+                        CmpOp::Eq,
+                        Box::new(Expr::Column(c.clone())),
+                        Box::new(item.clone()),
+                    ),
+                    stats,
+                )
+            })
         }
         _ => true,
     }
 }
 
 /// True when row group `row_group` may hold rows for which `predicate` is true.
-pub fn row_group_may_match(predicate: &Expr, metadata: &ParquetMetaData, schema: &Schema, row_group: usize) -> bool {
-    may_match(predicate, &RowGroupStats { metadata, schema, row_group })
+pub fn row_group_may_match(
+    predicate: &Expr,
+    metadata: &ParquetMetaData,
+    schema: &Schema,
+    row_group: usize,
+) -> bool {
+    may_match(
+        predicate,
+        &RowGroupStats {
+            metadata,
+            schema,
+            row_group,
+        },
+    )
 }

@@ -8,7 +8,10 @@ use crate::support::{assert_error, folder, query, testdata};
 #[test]
 fn missing_path() {
     let out = query(Path::new("/nonexistent/pushdown-data"), &[], "SELECT 1");
-    assert_error(&out, &["/nonexistent/pushdown-data", "No such file or directory"]);
+    assert_error(
+        &out,
+        &["/nonexistent/pushdown-data", "No such file or directory"],
+    );
 }
 
 #[test]
@@ -20,7 +23,8 @@ fn file_that_is_not_parquet() {
 
 #[test]
 fn truncated_parquet_file() {
-    let good = std::fs::read(testdata().join("parquet-testing/data/alltypes_plain.parquet")).unwrap();
+    let good =
+        std::fs::read(testdata().join("parquet-testing/data/alltypes_plain.parquet")).unwrap();
     for cut in [good.len() / 2, good.len() - 3, 10] {
         let dir = folder(&[("t.parquet", &good[..cut])]);
         let out = query(dir.path(), &[], "SELECT * FROM t");
@@ -31,7 +35,8 @@ fn truncated_parquet_file() {
 #[test]
 fn parquet_with_corrupt_data_pages_names_the_row_group() {
     // Keep the footer, damage the data: the sandboxed parser reports the row group.
-    let mut bytes = std::fs::read(testdata().join("parquet-testing/data/alltypes_plain.parquet")).unwrap();
+    let mut bytes =
+        std::fs::read(testdata().join("parquet-testing/data/alltypes_plain.parquet")).unwrap();
     for b in bytes[4..200].iter_mut() {
         *b = 0xA5;
     }
@@ -55,11 +60,19 @@ fn every_bad_data_file_is_a_clear_error() {
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         // A file may be readable after all (bad only for some readers); then it must print a result.
         if out.status.success() {
-            assert!(!out.stdout.is_empty(), "{}: success without a result", path.display());
+            assert!(
+                !out.stdout.is_empty(),
+                "{}: success without a result",
+                path.display()
+            );
         } else {
             assert_error(&out, &["t.parquet"]);
         }
-        eprintln!("{}: {}", path.file_name().unwrap().to_string_lossy(), stderr.trim());
+        eprintln!(
+            "{}: {}",
+            path.file_name().unwrap().to_string_lossy(),
+            stderr.trim()
+        );
         seen += 1;
     }
     assert!(seen >= 8, "found {seen} files in {}", bad.display());
@@ -67,9 +80,27 @@ fn every_bad_data_file_is_a_clear_error() {
 
 #[test]
 fn csv_row_with_the_wrong_number_of_fields() {
+    // Within the rows sampled for the schema: the host's schema inference names the line.
     let dir = folder(&[("t.csv", b"a,b,c\n1,2,3\n4,5\n6,7,8\n")]);
     let out = query(dir.path(), &[], "SELECT * FROM t");
-    assert_error(&out, &["t.csv: bytes 6..", "plugin pushdown-builtin", "line 2", "expected 3"]);
+    assert_error(&out, &["t.csv", "line 3", "Expected 3"]);
+    // Past the sample: the sandboxed parser names the chunk's byte range and the line in it.
+    let mut csv = b"a,b,c\n".to_vec();
+    for i in 0..20_000 {
+        csv.extend_from_slice(format!("{i},{i},{i}\n").as_bytes());
+    }
+    csv.extend_from_slice(b"4,5\n");
+    let dir = folder(&[("t.csv", &csv)]);
+    let out = query(dir.path(), &[], "SELECT sum(a) FROM t");
+    assert_error(
+        &out,
+        &[
+            "t.csv: bytes 6..",
+            "plugin pushdown-builtin",
+            "line 20001",
+            "expected 3",
+        ],
+    );
 }
 
 #[test]

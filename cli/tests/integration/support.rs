@@ -27,7 +27,11 @@ pub fn query(data: &Path, extra: &[&str], sql: &str) -> Output {
 pub fn assert_error(out: &Output, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
-    assert!(out.stdout.is_empty(), "nothing on stdout, got: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");

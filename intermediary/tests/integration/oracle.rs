@@ -61,7 +61,10 @@ fn python() -> PathBuf {
 }
 
 /// The result DuckDB gives for each query, or its error message.
-pub fn duckdb(tables: &BTreeMap<String, (PathBuf, &str)>, queries: &[&str]) -> Vec<Result<Vec<Vec<Cell>>, String>> {
+pub fn duckdb(
+    tables: &BTreeMap<String, (PathBuf, &str)>,
+    queries: &[&str],
+) -> Vec<Result<Vec<Vec<Cell>>, String>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/oracle/duckdb_oracle.py");
     let tables: serde_json::Map<String, Value> = tables
         .iter()
@@ -75,9 +78,18 @@ pub fn duckdb(tables: &BTreeMap<String, (PathBuf, &str)>, queries: &[&str]) -> V
         .stderr(Stdio::piped())
         .spawn()
         .expect("python runs (scripts/setup.sh installs the DuckDB oracle)");
-    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "DuckDB oracle failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "DuckDB oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let response: Value = serde_json::from_slice(&out.stdout).unwrap();
     response["results"]
         .as_array()
@@ -111,12 +123,28 @@ fn column_cells(c: &ArrayRef) -> Vec<Cell> {
     let numeric = |c: &ArrayRef| -> Vec<Cell> {
         let f = cast(c, &DataType::Float64).unwrap();
         let f = f.as_primitive::<arrow::datatypes::Float64Type>();
-        (0..n).map(|i| if f.is_null(i) { Cell::Null } else { Cell::Num(f.value(i)) }).collect()
+        (0..n)
+            .map(|i| {
+                if f.is_null(i) {
+                    Cell::Null
+                } else {
+                    Cell::Num(f.value(i))
+                }
+            })
+            .collect()
     };
     match c.data_type() {
         DataType::Boolean => {
             let b = c.as_boolean();
-            (0..n).map(|i| if b.is_null(i) { Cell::Null } else { Cell::Bool(b.value(i)) }).collect()
+            (0..n)
+                .map(|i| {
+                    if b.is_null(i) {
+                        Cell::Null
+                    } else {
+                        Cell::Bool(b.value(i))
+                    }
+                })
+                .collect()
         }
         t if t.is_numeric() => numeric(c),
         DataType::Timestamp(_, _) => {
@@ -124,7 +152,10 @@ fn column_cells(c: &ArrayRef) -> Vec<Cell> {
             let micros = cast(&micros, &DataType::Int64).unwrap();
             numeric(&micros)
         }
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => {
             let b = cast(c, &DataType::LargeBinary).unwrap();
             let b = b.as_binary::<i64>();
             (0..n)
@@ -140,7 +171,15 @@ fn column_cells(c: &ArrayRef) -> Vec<Cell> {
         _ => {
             let options = FormatOptions::default();
             let f = ArrayFormatter::try_new(c.as_ref(), &options).unwrap();
-            (0..n).map(|i| if c.is_null(i) { Cell::Null } else { Cell::Text(f.value(i).to_string()) }).collect()
+            (0..n)
+                .map(|i| {
+                    if c.is_null(i) {
+                        Cell::Null
+                    } else {
+                        Cell::Text(f.value(i).to_string())
+                    }
+                })
+                .collect()
         }
     }
 }
@@ -158,7 +197,11 @@ pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
 }
 
 fn show(rows: &[Vec<Cell>]) -> String {
-    rows.iter().take(20).map(|r| format!("{r:?}")).collect::<Vec<_>>().join("\n")
+    rows.iter()
+        .take(20)
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Asserts two results are equal row for row (after sorting unless `ordered`).
@@ -170,10 +213,21 @@ pub fn assert_same(what: &str, ours: Vec<Vec<Cell>>, theirs: Vec<Vec<Cell>>, ord
         rows
     };
     let (ours, theirs) = (sort(ours), sort(theirs));
-    assert_eq!(ours.len(), theirs.len(), "{what}: {} rows, DuckDB {} rows\nours:\n{}\nDuckDB:\n{}", ours.len(), theirs.len(), show(&ours), show(&theirs));
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{what}: {} rows, DuckDB {} rows\nours:\n{}\nDuckDB:\n{}",
+        ours.len(),
+        theirs.len(),
+        show(&ours),
+        show(&theirs)
+    );
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y));
-        assert!(same, "{what}: row {i} differs\nours:   {a:?}\nDuckDB: {b:?}");
+        assert!(
+            same,
+            "{what}: row {i} differs\nours:   {a:?}\nDuckDB: {b:?}"
+        );
     }
 }
 
@@ -189,7 +243,10 @@ pub async fn check(engine: &Engine, tables: &BTreeMap<String, (PathBuf, &str)>, 
     let expected = duckdb(tables, &sqls);
     for (case, expected) in cases.iter().zip(expected) {
         let expected = expected.unwrap_or_else(|e| panic!("DuckDB fails on {}: {e}", case.sql));
-        let ours = engine.sql(case.sql).await.unwrap_or_else(|e| panic!("{}: {e}", case.sql));
+        let ours = engine
+            .sql(case.sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.sql));
         assert_same(case.sql, cells(&ours), expected, case.ordered);
     }
 }

@@ -34,7 +34,7 @@ const CASES: &[Case] = &[
     Case { sql: "SELECT a, count(*) FROM lz4_raw WHERE a LIKE 'c7%' GROUP BY a ORDER BY a", ordered: true },
     Case { sql: "SELECT a, b, c, d FROM datapage_v2 WHERE b >= 2 ORDER BY b", ordered: true },
     Case { sql: "SELECT value FROM int64_decimal WHERE value > 10 ORDER BY value", ordered: true },
-    Case { sql: "SELECT count(*), sum(int_value), min(bitpackedsize), max(int_value) FROM delta_binary_packed WHERE int_value < 0", ordered: true },
+    Case { sql: "SELECT count(*), sum(bitwidth3), min(bitwidth7), max(bitwidth1) FROM delta_binary_packed WHERE bitwidth0 < 0 OR bitwidth2 > 0", ordered: true },
 ];
 
 #[tokio::test(flavor = "multi_thread")]

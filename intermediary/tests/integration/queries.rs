@@ -46,7 +46,10 @@ const CASES: &[Case] = &[
 
 async fn run(format: &str, chunk: u64) {
     let dir = tpch().join(format);
-    let tables = BTreeMap::from([("lineitem".to_string(), (dir.join(format!("lineitem.{format}")), format))]);
+    let tables = BTreeMap::from([(
+        "lineitem".to_string(),
+        (dir.join(format!("lineitem.{format}")), format),
+    )]);
     check(&engine(&dir, chunk), &tables, CASES).await;
 }
 

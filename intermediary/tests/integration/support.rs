@@ -21,7 +21,10 @@ pub fn testdata() -> PathBuf {
 /// into the target's temporary folder and kept between runs.
 pub fn tpch() -> PathBuf {
     static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    let _guard = LOCK.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = LOCK
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tpch-sf{SCALE}-rg50000"));
     let done = dir.join("done");
     if !done.exists() {
@@ -40,6 +43,9 @@ pub fn tpch() -> PathBuf {
 
 /// An embedded engine over `dir`, with CSV chunks of `csv_chunk_size` bytes.
 pub fn engine(dir: &Path, csv_chunk_size: u64) -> Arc<Engine> {
-    let options = NodeOptions { csv_chunk_size, ..Default::default() };
+    let options = NodeOptions {
+        csv_chunk_size,
+        ..Default::default()
+    };
     Arc::new(Engine::embedded(dir, options, None).expect("engine opens"))
 }

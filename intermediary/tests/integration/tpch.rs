@@ -10,8 +10,20 @@ const Q6: &str = include_str!("../../../datasets/queries/tpch/q6.sql");
 
 async fn run(format: &str, chunk: u64) {
     let dir = tpch().join(format);
-    let tables = BTreeMap::from([("lineitem".to_string(), (dir.join(format!("lineitem.{format}")), format))]);
-    let cases = [Case { sql: Q1, ordered: true }, Case { sql: Q6, ordered: true }];
+    let tables = BTreeMap::from([(
+        "lineitem".to_string(),
+        (dir.join(format!("lineitem.{format}")), format),
+    )]);
+    let cases = [
+        Case {
+            sql: Q1,
+            ordered: true,
+        },
+        Case {
+            sql: Q6,
+            ordered: true,
+        },
+    ];
     check(&engine(&dir, chunk), &tables, &cases).await;
 }
 

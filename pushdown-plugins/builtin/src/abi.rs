@@ -26,11 +26,20 @@ pub extern "C" fn pushdown_alloc(len: u32) -> u32 {
 /// `request_ptr`/`input_ptr` must be buffers returned by `pushdown_alloc` with the given
 /// lengths, fully written by the host.
 #[no_mangle]
-pub unsafe extern "C" fn pushdown_run(request_ptr: u32, request_len: u32, input_ptr: u32, input_len: u32) -> u64 {
+pub unsafe extern "C" fn pushdown_run(
+    request_ptr: u32,
+    request_len: u32,
+    input_ptr: u32,
+    input_len: u32,
+) -> u64 {
     // SAFETY: the host hands back the buffers it got from `pushdown_alloc`, written in full.
     let (request, input) = unsafe {
         (
-            Vec::from_raw_parts(request_ptr as *mut u8, request_len as usize, request_len as usize),
+            Vec::from_raw_parts(
+                request_ptr as *mut u8,
+                request_len as usize,
+                request_len as usize,
+            ),
             Vec::from_raw_parts(input_ptr as *mut u8, input_len as usize, input_len as usize),
         )
     };

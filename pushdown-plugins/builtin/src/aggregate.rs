@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::*;
-use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, StringArray};
 use arrow_array::ArrowNativeTypeOp;
+use arrow_array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, Int64Array, PrimitiveArray, RecordBatch,
+    StringArray,
+};
 use arrow_buffer::NullBuffer;
 use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
@@ -18,7 +21,12 @@ use crate::eval::{cast_checked, evaluate, Value};
 /// One state column, updated batch by batch.
 trait Accumulator {
     /// Folds `values` (already of the state type) into the groups `groups[i]`.
-    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String>;
+    fn update(
+        &mut self,
+        values: &ArrayRef,
+        groups: &[u32],
+        num_groups: usize,
+    ) -> Result<(), String>;
     /// The state, one row per group.
     fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String>;
 }
@@ -28,7 +36,12 @@ struct Count {
 }
 
 impl Accumulator for Count {
-    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String> {
+    fn update(
+        &mut self,
+        values: &ArrayRef,
+        groups: &[u32],
+        num_groups: usize,
+    ) -> Result<(), String> {
         self.counts.resize(num_groups, 0);
         match values.logical_nulls() {
             None => {
@@ -62,12 +75,21 @@ struct Primitive<T: ArrowPrimitiveType> {
 }
 
 impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
-    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String> {
+    fn update(
+        &mut self,
+        values: &ArrayRef,
+        groups: &[u32],
+        num_groups: usize,
+    ) -> Result<(), String> {
         self.values.resize(num_groups, T::Native::default());
         self.seen.resize(num_groups, false);
-        let array = values
-            .as_primitive_opt::<T>()
-            .ok_or_else(|| format!("state column expected {}, got {}", self.data_type, values.data_type()))?;
+        let array = values.as_primitive_opt::<T>().ok_or_else(|| {
+            format!(
+                "state column expected {}, got {}",
+                self.data_type,
+                values.data_type()
+            )
+        })?;
         let data = array.values();
         let nulls = array.nulls();
         for (i, &g) in groups.iter().enumerate() {
@@ -101,7 +123,6 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
     }
 }
 
-
 /// MIN or MAX over strings (compared as UTF-8 bytes) or Booleans (false < true).
 struct Ordered {
     is_min: bool,
@@ -121,7 +142,12 @@ impl Ordered {
 }
 
 impl Accumulator for Ordered {
-    fn update(&mut self, values: &ArrayRef, groups: &[u32], num_groups: usize) -> Result<(), String> {
+    fn update(
+        &mut self,
+        values: &ArrayRef,
+        groups: &[u32],
+        num_groups: usize,
+    ) -> Result<(), String> {
         if self.data_type == DataType::Boolean {
             self.bools.resize(num_groups, None);
             let array = values.as_boolean();
@@ -157,7 +183,9 @@ impl Accumulator for Ordered {
     fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String> {
         if self.data_type == DataType::Boolean {
             self.bools.resize(num_groups, None);
-            return Ok(Arc::new(BooleanArray::from(std::mem::take(&mut self.bools))));
+            return Ok(Arc::new(BooleanArray::from(std::mem::take(
+                &mut self.bools,
+            ))));
         }
         self.strings.resize(num_groups, None);
         let array: ArrayRef = Arc::new(StringArray::from(std::mem::take(&mut self.strings)));
@@ -170,7 +198,12 @@ fn accumulator(aggregate: &PartialAggregate) -> Result<Box<dyn Accumulator>, Str
     let t = aggregate.state_type.clone();
     macro_rules! primitive {
         ($ty:ty) => {
-            Box::new(Primitive::<$ty> { function: f, values: Vec::new(), seen: Vec::new(), data_type: t.clone() })
+            Box::new(Primitive::<$ty> {
+                function: f,
+                values: Vec::new(),
+                seen: Vec::new(),
+                data_type: t.clone(),
+            })
         };
     }
     if f == AggregateFunction::Count {
@@ -197,9 +230,18 @@ fn accumulator(aggregate: &PartialAggregate) -> Result<Box<dyn Accumulator>, Str
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
             if f != AggregateFunction::Sum =>
         {
-            Box::new(Ordered { is_min: f == AggregateFunction::Min, strings: Vec::new(), bools: Vec::new(), data_type: t.clone() })
+            Box::new(Ordered {
+                is_min: f == AggregateFunction::Min,
+                strings: Vec::new(),
+                bools: Vec::new(),
+                data_type: t.clone(),
+            })
         }
-        other => return Err(format!("{f:?} over {other} is not supported in the sandbox")),
+        other => {
+            return Err(format!(
+                "{f:?} over {other} is not supported in the sandbox"
+            ))
+        }
     })
 }
 
@@ -231,7 +273,10 @@ impl GroupedAggregator {
         aggregates: Vec<(String, PartialAggregate)>,
         output_schema: SchemaRef,
     ) -> Result<Self, String> {
-        let accumulators = aggregates.iter().map(|(_, a)| accumulator(a)).collect::<Result<_, _>>()?;
+        let accumulators = aggregates
+            .iter()
+            .map(|(_, a)| accumulator(a))
+            .collect::<Result<_, _>>()?;
         let num_groups = if group_by.is_empty() { 1 } else { 0 };
         Ok(Self {
             group_by,
@@ -262,12 +307,16 @@ impl GroupedAggregator {
                 (AggregateFunction::Count, Value::Scalar(s)) => {
                     if s.is_valid(0) {
                         // COUNT(<constant>): every row counts.
-                        let values: ArrayRef =
-                            Arc::new(BooleanArray::new(arrow_buffer::BooleanBuffer::new_set(n), None));
+                        let values: ArrayRef = Arc::new(BooleanArray::new(
+                            arrow_buffer::BooleanBuffer::new_set(n),
+                            None,
+                        ));
                         acc.update(&values, &self.group_ids, self.num_groups)?;
                     }
                 }
-                (AggregateFunction::Count, Value::Array(a)) => acc.update(&a, &self.group_ids, self.num_groups)?,
+                (AggregateFunction::Count, Value::Array(a)) => {
+                    acc.update(&a, &self.group_ids, self.num_groups)?
+                }
                 (_, value) => {
                     let values = cast_checked(&value.into_array(n)?, &aggregate.state_type)?;
                     acc.update(&values, &self.group_ids, self.num_groups)?
@@ -290,14 +339,19 @@ impl GroupedAggregator {
             .map(|(_, e)| evaluate(e, batch)?.into_array(n))
             .collect::<Result<_, _>>()?;
         if self.converter.is_none() {
-            let fields = columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+            let fields = columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect();
             let converter = RowConverter::new(fields).map_err(|e| e.to_string())?;
             self.group_rows = Some(converter.empty_rows(0, 0));
             self.converter = Some(converter);
         }
         let converter = self.converter.as_ref().expect("set above");
         let group_rows = self.group_rows.as_mut().expect("set above");
-        let rows = converter.convert_columns(&columns).map_err(|e| e.to_string())?;
+        let rows = converter
+            .convert_columns(&columns)
+            .map_err(|e| e.to_string())?;
         for row in rows.iter() {
             let key: &[u8] = row.as_ref();
             let id = match self.index.get(key) {

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use arrow_arith::boolean::{and_kleene, is_not_null, is_null, not, or_kleene};
 use arrow_arith::numeric;
-use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar, StringArray};
+use arrow_array::{
+    new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar, StringArray,
+};
 use arrow_buffer::Buffer;
 use arrow_cast::cast::{cast_with_options, CastOptions};
 use arrow_schema::DataType;
@@ -60,7 +62,11 @@ fn binary(
 ) -> Result<Value, String> {
     let scalar = matches!((&l, &r), (Value::Scalar(_), Value::Scalar(_)));
     let out = f(l.datum().as_ref(), r.datum().as_ref())?;
-    Ok(if scalar { Value::Scalar(out) } else { Value::Array(out) })
+    Ok(if scalar {
+        Value::Scalar(out)
+    } else {
+        Value::Array(out)
+    })
 }
 
 fn boolean(
@@ -112,7 +118,8 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
                     CmpOp::Gt => cmp::gt(a, b),
                     CmpOp::GtEq => cmp::gt_eq(a, b),
                 };
-                out.map(|b| Arc::new(b) as ArrayRef).map_err(|e| e.to_string())
+                out.map(|b| Arc::new(b) as ArrayRef)
+                    .map_err(|e| e.to_string())
             })?
         }
         Expr::Arithmetic(op, l, r) => {
@@ -133,22 +140,37 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
             let mut acc = Value::Scalar(Arc::new(BooleanArray::from(vec![is_and])));
             for item in items {
                 let v = evaluate(item, batch)?;
-                acc = if is_and { boolean(acc, v, n, and_kleene)? } else { boolean(acc, v, n, or_kleene)? };
+                acc = if is_and {
+                    boolean(acc, v, n, and_kleene)?
+                } else {
+                    boolean(acc, v, n, or_kleene)?
+                };
             }
             acc
         }
-        Expr::Not(e) => evaluate(e, batch)?.map(|a| Ok(Arc::new(not(as_bool(a)?).map_err(|e| e.to_string())?)))?,
+        Expr::Not(e) => evaluate(e, batch)?
+            .map(|a| Ok(Arc::new(not(as_bool(a)?).map_err(|e| e.to_string())?)))?,
         Expr::IsNull { expr, negated } => evaluate(expr, batch)?.map(|a| {
-            let out = if *negated { is_not_null(a.as_ref()) } else { is_null(a.as_ref()) };
+            let out = if *negated {
+                is_not_null(a.as_ref())
+            } else {
+                is_null(a.as_ref())
+            };
             Ok(Arc::new(out.map_err(|e| e.to_string())?))
         })?,
-        Expr::InList { expr, list, negated } => {
+        Expr::InList {
+            expr,
+            list,
+            negated,
+        } => {
             let value = evaluate(expr, batch)?;
             let mut acc = Value::Scalar(Arc::new(BooleanArray::from(vec![false])));
             for item in list {
                 let item = evaluate(item, batch)?;
                 let eq = binary(value.clone(), item, |a, b| {
-                    arrow_ord::cmp::eq(a, b).map(|b| Arc::new(b) as ArrayRef).map_err(|e| e.to_string())
+                    arrow_ord::cmp::eq(a, b)
+                        .map(|b| Arc::new(b) as ArrayRef)
+                        .map_err(|e| e.to_string())
                 })?;
                 acc = boolean(acc, eq, n, or_kleene)?;
             }
@@ -158,7 +180,12 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
                 acc
             }
         }
-        Expr::Like { expr, pattern, negated, case_insensitive } => {
+        Expr::Like {
+            expr,
+            pattern,
+            negated,
+            case_insensitive,
+        } => {
             let (l, r) = (evaluate(expr, batch)?, evaluate(pattern, batch)?);
             binary(l, r, |a, b| {
                 use arrow_string::like;
@@ -168,7 +195,8 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
                     (false, true) => like::ilike(a, b),
                     (true, true) => like::nilike(a, b),
                 };
-                out.map(|b| Arc::new(b) as ArrayRef).map_err(|e| e.to_string())
+                out.map(|b| Arc::new(b) as ArrayRef)
+                    .map_err(|e| e.to_string())
             })?
         }
         Expr::Cast(e, to) => {
@@ -187,7 +215,10 @@ pub(crate) fn cast_checked(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, Stri
     if a.data_type() == to {
         return Ok(a.clone());
     }
-    let options = CastOptions { safe: false, ..Default::default() };
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
     cast_with_options(a.as_ref(), to, &options).map_err(|e| e.to_string())
 }
 
@@ -235,7 +266,10 @@ pub fn literal_array(literal: &Literal) -> Result<ArrayRef, String> {
                 _ => Err(format!("decimal literal of type {t} is not supported")),
             }
         }
-        Literal::Utf8(s, t) => cast_checked(&(Arc::new(StringArray::from(vec![s.as_str()])) as ArrayRef), t),
+        Literal::Utf8(s, t) => cast_checked(
+            &(Arc::new(StringArray::from(vec![s.as_str()])) as ArrayRef),
+            t,
+        ),
     }
 }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
 use bytes::{Buf, Bytes};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaDataReader;
@@ -52,7 +54,9 @@ impl ChunkReader for Segments {
                 return Ok(bytes.slice((start - offset) as usize..).reader());
             }
         }
-        Err(ParquetError::General(format!("byte {start} was not handed to the task")))
+        Err(ParquetError::General(format!(
+            "byte {start} was not handed to the task"
+        )))
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
@@ -83,7 +87,10 @@ pub fn parse_parquet(
     for s in segments {
         let len = usize::try_from(s.len()).map_err(|_| "segment too large".to_string())?;
         if at + len > input.len() {
-            return Err(format!("input holds {} bytes, segments need more", input.len()));
+            return Err(format!(
+                "input holds {} bytes, segments need more",
+                input.len()
+            ));
         }
         parts.push((s.start, input.slice(at..at + len)));
         at += len;
@@ -91,13 +98,17 @@ pub fn parse_parquet(
     let Some((_, footer)) = parts.first().cloned() else {
         return Err("no footer segment".into());
     };
-    let metadata = ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| format!("footer: {e}"))?;
+    let metadata =
+        ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| format!("footer: {e}"))?;
     if row_group >= metadata.num_row_groups() {
-        return Err(format!("row group {row_group} does not exist ({} row groups)", metadata.num_row_groups()));
+        return Err(format!(
+            "row group {row_group} does not exist ({} row groups)",
+            metadata.num_row_groups()
+        ));
     }
     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-    let reader_metadata =
-        ArrowReaderMetadata::try_new(Arc::new(metadata), options).map_err(|e| format!("schema: {e}"))?;
+    let reader_metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+        .map_err(|e| format!("schema: {e}"))?;
     let roots: Vec<usize> = columns
         .iter()
         .map(|c| {
@@ -108,7 +119,10 @@ pub fn parse_parquet(
         })
         .collect::<Result<_, _>>()?;
     let mask = ProjectionMask::roots(reader_metadata.parquet_schema(), roots);
-    let source = Segments { file_len, parts: parts.split_off(1) };
+    let source = Segments {
+        file_len,
+        parts: parts.split_off(1),
+    };
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(source, reader_metadata)
         .with_row_groups(vec![row_group])
         .with_projection(mask)
@@ -133,7 +147,11 @@ pub fn parse_csv(
 ) -> Result<Vec<RecordBatch>, String> {
     let projection: Vec<usize> = columns
         .iter()
-        .map(|c| file_schema.index_of(c).map_err(|_| format!("column {c} is not in the file")))
+        .map(|c| {
+            file_schema
+                .index_of(c)
+                .map_err(|_| format!("column {c} is not in the file"))
+        })
         .collect::<Result<_, _>>()?;
     let reader = arrow_csv::ReaderBuilder::new(Arc::new(file_schema.clone()))
         .with_header(false)

@@ -25,21 +25,36 @@ pub struct TaskStats {
 ///
 /// # Errors
 /// A message from the parser, the predicate or the aggregation (see [`crate::evaluate`]).
-pub fn run_pipeline(request: &GuestRequest, input: Bytes) -> Result<(Vec<RecordBatch>, TaskStats), String> {
+pub fn run_pipeline(
+    request: &GuestRequest,
+    input: Bytes,
+) -> Result<(Vec<RecordBatch>, TaskStats), String> {
     let columns = request.task.needed_columns(&request.file_schema);
     let batches = match (&request.task.format, &request.task.unit) {
-        (FileFormat::Parquet, TaskUnit::RowGroup(rg)) => {
-            parse_parquet(input, &request.segments, request.file_len, *rg, &columns, request.batch_size)?
+        (FileFormat::Parquet, TaskUnit::RowGroup(rg)) => parse_parquet(
+            input,
+            &request.segments,
+            request.file_len,
+            *rg,
+            &columns,
+            request.batch_size,
+        )?,
+        (FileFormat::Csv, TaskUnit::CsvChunk(_)) => {
+            parse_csv(input, &request.file_schema, &columns, request.batch_size)?
         }
-        (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(input, &request.file_schema, &columns, request.batch_size)?,
         (format, unit) => return Err(format!("a {format:?} file cannot be read as {unit:?}")),
     };
     let mut stats = TaskStats::default();
     let output_schema = Arc::new(request.task.output_schema.clone());
     let mut aggregator = match &request.task.pushdown {
-        Pushdown::PartialAggregate { group_by, aggregates } => {
-            Some(GroupedAggregator::try_new(group_by.clone(), aggregates.clone(), output_schema.clone())?)
-        }
+        Pushdown::PartialAggregate {
+            group_by,
+            aggregates,
+        } => Some(GroupedAggregator::try_new(
+            group_by.clone(),
+            aggregates.clone(),
+            output_schema.clone(),
+        )?),
         Pushdown::Project(_) => None,
     };
     let mut out = Vec::new();
@@ -62,15 +77,23 @@ pub fn run_pipeline(request: &GuestRequest, input: Bytes) -> Result<(Vec<RecordB
                 let columns = exprs
                     .iter()
                     .zip(output_schema.fields())
-                    .map(|((_, e), f)| cast_checked(&evaluate(e, &batch)?.into_array(batch.num_rows())?, f.data_type()))
+                    .map(|((_, e), f)| {
+                        cast_checked(
+                            &evaluate(e, &batch)?.into_array(batch.num_rows())?,
+                            f.data_type(),
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
-                let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                let options =
+                    arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
                 out.push(
                     RecordBatch::try_new_with_options(output_schema.clone(), columns, &options)
                         .map_err(|e| e.to_string())?,
                 );
             }
-            (Pushdown::PartialAggregate { .. }, None) => unreachable!("aggregator is set for aggregates"),
+            (Pushdown::PartialAggregate { .. }, None) => {
+                unreachable!("aggregator is set for aggregates")
+            }
         }
     }
     if let Some(agg) = aggregator {
@@ -83,7 +106,10 @@ pub fn run_pipeline(request: &GuestRequest, input: Bytes) -> Result<(Vec<RecordB
 ///
 /// # Errors
 /// A message when a batch does not match the schema.
-pub fn encode_ipc(schema: &arrow_schema::Schema, batches: &[RecordBatch]) -> Result<Vec<u8>, String> {
+pub fn encode_ipc(
+    schema: &arrow_schema::Schema,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, String> {
     let mut writer = StreamWriter::try_new(Vec::new(), schema).map_err(|e| e.to_string())?;
     for b in batches {
         writer.write(b).map_err(|e| e.to_string())?;

@@ -9,7 +9,10 @@ use wasmtime::{Engine, Module};
 
 /// Hex SHA-256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The cache folder: `$PUSHDOWN_CACHE_DIR`, else `$XDG_CACHE_HOME/pushdown/modules`, else

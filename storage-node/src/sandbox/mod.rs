@@ -78,7 +78,8 @@ impl Sandbox {
         wasm_config.epoch_interruption(true);
         wasm_config.max_wasm_stack(config.max_stack_bytes);
         wasm_config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&wasm_config).map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
+        let engine = Engine::new(&wasm_config)
+            .map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.weak(), stop_ticker.clone());
         std::thread::Builder::new()
@@ -93,7 +94,11 @@ impl Sandbox {
                 }
             })
             .map_err(|e| Error::Internal(format!("epoch thread: {e}")))?;
-        Ok(Self { engine, config, stop_ticker })
+        Ok(Self {
+            engine,
+            config,
+            stop_ticker,
+        })
     }
 
     /// The limits in force.
@@ -110,23 +115,42 @@ impl Sandbox {
     /// # Errors
     /// [`Error::Plugin`] when it does not compile, lacks an export, or has another ABI version.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PluginModule> {
-        let plugin_err = |message: String| Error::Plugin { plugin: name.to_string(), message };
-        let module = cache::compile_cached(&self.engine, bytes).map_err(|e| plugin_err(format!("does not compile: {e:#}")))?;
+        let plugin_err = |message: String| Error::Plugin {
+            plugin: name.to_string(),
+            message,
+        };
+        let module = cache::compile_cached(&self.engine, bytes)
+            .map_err(|e| plugin_err(format!("does not compile: {e:#}")))?;
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
             .map_err(|e| Error::Internal(format!("WASI linker: {e:#}")))?;
-        let instance_pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| plugin_err(format!("cannot be linked (it may import something beyond WASI preview 1): {e:#}")))?;
-        for export in ["memory", "pushdown_abi_version", "pushdown_alloc", "pushdown_run"] {
+        let instance_pre = linker.instantiate_pre(&module).map_err(|e| {
+            plugin_err(format!(
+                "cannot be linked (it may import something beyond WASI preview 1): {e:#}"
+            ))
+        })?;
+        for export in [
+            "memory",
+            "pushdown_abi_version",
+            "pushdown_alloc",
+            "pushdown_run",
+        ] {
             if module.get_export(export).is_none() {
-                return Err(plugin_err(format!("does not export {export}, which the pushdown ABI requires")));
+                return Err(plugin_err(format!(
+                    "does not export {export}, which the pushdown ABI requires"
+                )));
             }
         }
-        let plugin = PluginModule { name: name.to_string(), instance_pre, sha256: cache::sha256_hex(bytes) };
+        let plugin = PluginModule {
+            name: name.to_string(),
+            instance_pre,
+            sha256: cache::sha256_hex(bytes),
+        };
         let version = plugin.abi_version(self)?;
         if version != ABI_VERSION {
-            return Err(plugin_err(format!("exports ABI version {version}; this host speaks version {ABI_VERSION}")));
+            return Err(plugin_err(format!(
+                "exports ABI version {version}; this host speaks version {ABI_VERSION}"
+            )));
         }
         Ok(plugin)
     }
@@ -160,11 +184,17 @@ impl PluginModule {
         &self.sha256
     }
 
-    fn new_store(&self, sandbox: &Sandbox) -> (Store<HostState>, MemoryOutputPipe, MemoryOutputPipe) {
+    fn new_store(
+        &self,
+        sandbox: &Sandbox,
+    ) -> (Store<HostState>, MemoryOutputPipe, MemoryOutputPipe) {
         let stdout = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
         let stderr = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
         // No preopened directories, environment, arguments or network.
-        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build_p1();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build_p1();
         let limits = StoreLimitsBuilder::new()
             .memory_size(sandbox.config.max_memory_bytes)
             .instances(1)
@@ -172,7 +202,10 @@ impl PluginModule {
             .memories(1)
             .trap_on_grow_failure(false)
             .build();
-        let mut store = Store::new(self.instance_pre.module().engine(), HostState { wasi, limits });
+        let mut store = Store::new(
+            self.instance_pre.module().engine(),
+            HostState { wasi, limits },
+        );
         store.limiter(|s| &mut s.limits);
         let ticks = (sandbox.config.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
@@ -205,8 +238,13 @@ impl PluginModule {
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<CallOutput> {
         let (mut store, _stdout, stderr) = self.new_store(sandbox);
-        let plugin_err = |message: String| Error::Plugin { plugin: self.name.clone(), message };
-        let as_u32 = |n: usize| u32::try_from(n).map_err(|_| plugin_err(format!("input of {n} bytes exceeds 4 GiB")));
+        let plugin_err = |message: String| Error::Plugin {
+            plugin: self.name.clone(),
+            message,
+        };
+        let as_u32 = |n: usize| {
+            u32::try_from(n).map_err(|_| plugin_err(format!("input of {n} bytes exceeds 4 GiB")))
+        };
         let (request_len, input_len32) = (as_u32(request.len())?, as_u32(input_len)?);
         let result = (|| -> wasmtime::Result<Result<CallOutput>> {
             let instance = self.instance_pre.instantiate(&mut store)?;
@@ -217,21 +255,32 @@ impl PluginModule {
                 .get_memory(&mut store, "memory")
                 .ok_or_else(|| wasmtime::format_err!("no exported memory"))?;
             let alloc = instance.get_typed_func::<u32, u32>(&mut store, "pushdown_alloc")?;
-            let run = instance.get_typed_func::<(u32, u32, u32, u32), u64>(&mut store, "pushdown_run")?;
+            let run =
+                instance.get_typed_func::<(u32, u32, u32, u32), u64>(&mut store, "pushdown_run")?;
             let request_ptr = alloc.call(&mut store, request_len)?;
             let input_ptr = alloc.call(&mut store, input_len32)?;
             let data = memory.data_mut(&mut store);
-            let Some(slot) = data.get_mut(request_ptr as usize..request_ptr as usize + request.len()) else {
-                return Ok(Err(plugin_err(format!("pushdown_alloc returned {request_ptr}, outside linear memory"))));
+            let Some(slot) =
+                data.get_mut(request_ptr as usize..request_ptr as usize + request.len())
+            else {
+                return Ok(Err(plugin_err(format!(
+                    "pushdown_alloc returned {request_ptr}, outside linear memory"
+                ))));
             };
             slot.copy_from_slice(request);
-            let Some(slot) = data.get_mut(input_ptr as usize..input_ptr as usize + input_len) else {
-                return Ok(Err(plugin_err(format!("pushdown_alloc returned {input_ptr}, outside linear memory"))));
+            let Some(slot) = data.get_mut(input_ptr as usize..input_ptr as usize + input_len)
+            else {
+                return Ok(Err(plugin_err(format!(
+                    "pushdown_alloc returned {input_ptr}, outside linear memory"
+                ))));
             };
             if let Err(e) = fill(slot) {
                 return Ok(Err(e));
             }
-            let packed = run.call(&mut store, (request_ptr, request_len, input_ptr, input_len32))?;
+            let packed = run.call(
+                &mut store,
+                (request_ptr, request_len, input_ptr, input_len32),
+            )?;
             let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
             if len > sandbox.config.max_output_bytes {
                 return Ok(Err(plugin_err(format!(
@@ -249,9 +298,16 @@ impl PluginModule {
             };
             let memory_bytes = data.len();
             Ok(match out.split_first() {
-                Some((0, payload)) => Ok(CallOutput { payload: payload.to_vec(), memory_bytes }),
-                Some((1, message)) => Err(plugin_err(String::from_utf8_lossy(message).into_owned())),
-                _ => Err(plugin_err("returned a result without a valid status byte".into())),
+                Some((0, payload)) => Ok(CallOutput {
+                    payload: payload.to_vec(),
+                    memory_bytes,
+                }),
+                Some((1, message)) => {
+                    Err(plugin_err(String::from_utf8_lossy(message).into_owned()))
+                }
+                _ => Err(plugin_err(
+                    "returned a result without a valid status byte".into(),
+                )),
             })
         })();
         match result {
@@ -264,18 +320,27 @@ impl PluginModule {
     /// line of the plugin's stderr (a Rust guest prints its panic message there).
     fn describe(&self, sandbox: &Sandbox, e: wasmtime::Error, stderr: &MemoryOutputPipe) -> Error {
         let reason = match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("trapped: deadline of {:?} exceeded", sandbox.config.deadline),
+            Some(Trap::Interrupt) => format!(
+                "trapped: deadline of {:?} exceeded",
+                sandbox.config.deadline
+            ),
             Some(Trap::StackOverflow) => "trapped: stack overflow".to_string(),
             Some(trap) => format!("trapped: {trap}"),
             None => format!("failed: {}", e.root_cause()),
         };
         let captured = stderr.contents();
         let said = String::from_utf8_lossy(&captured);
-        let last = said.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("note:"));
+        let last = said
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("note:"));
         let message = match last {
             Some(line) => format!("{reason} ({})", line.trim()),
             None => reason,
         };
-        Error::Plugin { plugin: self.name.clone(), message }
+        Error::Plugin {
+            plugin: self.name.clone(),
+            message,
+        }
     }
 }
