@@ -259,10 +259,34 @@ impl fmt::Display for Literal {
             },
             Literal::UInt(v, _) => write!(f, "{v}"),
             Literal::Float(v, _) => write!(f, "{v}"),
-            Literal::Decimal(v, t) => write!(f, "{v}::{t}"),
+            Literal::Decimal(v, t) => match t {
+                DataType::Decimal128(_, scale) if *scale > 0 => {
+                    let (sign, digits) = v.strip_prefix('-').map_or(("", v.as_str()), |d| ("-", d));
+                    let scale = *scale as usize;
+                    let padded = format!("{digits:0>width$}", width = scale + 1);
+                    let (int, frac) = padded.split_at(padded.len() - scale);
+                    write!(f, "{sign}{int}.{frac}")
+                }
+                _ => write!(f, "{v}"),
+            },
             Literal::Utf8(s, _) => write!(f, "'{}'", s.replace('\'', "''")),
         }
     }
+}
+
+/// Year, month, day of a count of days since 1970-01-01 in the proleptic Gregorian
+/// calendar (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms", `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 impl fmt::Display for PartialAggregate {
@@ -274,5 +298,55 @@ impl fmt::Display for PartialAggregate {
             AggregateFunction::Max => "max",
         };
         write!(f, "{name}({}) -> {}", self.argument, self.state_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_display_as_sql() {
+        let date = |d| Literal::Int(d, DataType::Date32).to_string();
+        assert_eq!(date(0), "DATE '1970-01-01'");
+        assert_eq!(date(8766), "DATE '1994-01-01'");
+        assert_eq!(date(-1), "DATE '1969-12-31'");
+        assert_eq!(date(11_016), "DATE '2000-02-29'");
+        let dec = |v: &str, s| Literal::Decimal(v.into(), DataType::Decimal128(15, s)).to_string();
+        assert_eq!(dec("5", 2), "0.05");
+        assert_eq!(dec("-2400", 2), "-24.00");
+        assert_eq!(dec("123", 0), "123");
+        assert_eq!(
+            Literal::Utf8("it's".into(), DataType::Utf8).to_string(),
+            "'it''s'"
+        );
+    }
+
+    #[test]
+    fn columns_are_collected_from_every_operand() {
+        let e = Expr::And(vec![
+            Expr::Cmp(
+                CmpOp::Lt,
+                Box::new(Expr::Column("a".into())),
+                Box::new(Expr::Column("b".into())),
+            ),
+            Expr::InList {
+                expr: Box::new(Expr::Column("c".into())),
+                list: vec![],
+                negated: false,
+            },
+            Expr::Like {
+                expr: Box::new(Expr::Cast(
+                    Box::new(Expr::Column("d".into())),
+                    DataType::Utf8,
+                )),
+                pattern: Box::new(Expr::Literal(Literal::Utf8("x%".into(), DataType::Utf8))),
+                negated: false,
+                case_insensitive: false,
+            },
+        ]);
+        let mut out = std::collections::BTreeSet::new();
+        e.collect_columns(&mut out);
+        assert_eq!(out.into_iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
     }
 }

@@ -405,3 +405,67 @@ pub fn open_table(root: &Path, source: &TableSource, csv_chunk_size: u64) -> Res
         files,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks_of(text: &[u8], chunk_size: u64) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, text).unwrap();
+        csv_chunks("t.csv", &path, chunk_size)
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8(text[r.start as usize..r.end as usize].to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn chunks_hold_whole_records_after_the_header() {
+        let text = b"a,b\n1,2\n3,4\n5,6\n";
+        assert_eq!(chunks_of(text, 1), ["1,2\n", "3,4\n", "5,6\n"]);
+        assert_eq!(chunks_of(text, 5), ["1,2\n3,4\n", "5,6\n"]);
+        assert_eq!(chunks_of(text, 1 << 20), ["1,2\n3,4\n5,6\n"]);
+    }
+
+    #[test]
+    fn newlines_inside_quotes_are_not_boundaries() {
+        let text = b"a,b\n\"x\ny\",1\n\"\"\"q\"\"\n\",2\nlast,3";
+        assert_eq!(
+            chunks_of(text, 1),
+            ["\"x\ny\",1\n", "\"\"\"q\"\"\n\",2\n", "last,3"]
+        );
+    }
+
+    #[test]
+    fn header_only_and_crlf() {
+        assert!(chunks_of(b"a,b\n", 1).is_empty());
+        assert!(chunks_of(b"a,b", 1).is_empty());
+        assert_eq!(
+            chunks_of(b"a,b\r\n1,2\r\n3,4\r\n", 1),
+            ["1,2\r\n", "3,4\r\n"]
+        );
+    }
+
+    #[test]
+    fn tables_are_files_and_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), "x\n1\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("b/1.csv"), "x\n1\n").unwrap();
+        std::fs::write(dir.path().join("b/2.csv"), "x\n2\n").unwrap();
+        let tables = list_tables(dir.path()).unwrap();
+        assert_eq!(tables.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(tables["b"].files, ["b/1.csv", "b/2.csv"]);
+        std::fs::write(dir.path().join("b.parquet"), "x").unwrap();
+        let err = list_tables(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("table b is defined twice")
+                && err.contains("b/")
+                && err.contains("b.parquet"),
+            "{err}"
+        );
+    }
+}

@@ -165,7 +165,9 @@ impl StorageNode {
             .map_err(|e| e.context(task_context(task)))
     }
 
-    fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
+    /// Prunes, then lays out the task's input: the file, the byte segments to read and
+    /// the encoded request. `None` when statistics prune the row group.
+    fn plan_input(&self, task: &Task) -> Result<Option<PlannedInput>> {
         let file = self
             .files
             .lock()
@@ -185,13 +187,7 @@ impl StorageNode {
                 }
                 if let Some(p) = &task.predicate {
                     if !row_group_may_match(p, metadata, &file.schema, *rg) {
-                        return Ok(TaskOutput {
-                            batches: Vec::new(),
-                            metrics: TaskMetrics {
-                                pruned: true,
-                                ..Default::default()
-                            },
-                        });
+                        return Ok(None);
                     }
                 }
                 let descr = metadata.file_metadata().schema_descr();
@@ -231,6 +227,45 @@ impl StorageNode {
         let request = encode_request(&request);
         let input_len =
             usize::try_from(input_len).map_err(|_| Error::Internal("input too large".into()))?;
+        Ok(Some(PlannedInput {
+            file,
+            segments,
+            request,
+            input_len,
+        }))
+    }
+
+    /// The encoded request and the input bytes the sandbox would get for `task`, or `None`
+    /// when the row group is pruned. For benchmarks that run the same pipeline natively.
+    ///
+    /// # Errors
+    /// As [`StorageNode::run_task`], before the plugin runs.
+    pub fn guest_input(&self, task: &Task) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let Some(planned) = self.plan_input(task)? else {
+            return Ok(None);
+        };
+        let mut input = vec![0u8; planned.input_len];
+        fill_input(&planned.file, &planned.segments, &mut input)?;
+        Ok(Some((planned.request, input)))
+    }
+
+    fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
+        let Some(PlannedInput {
+            file,
+            segments,
+            request,
+            input_len,
+        }) = self.plan_input(task)?
+        else {
+            let metrics = TaskMetrics {
+                pruned: true,
+                ..Default::default()
+            };
+            return Ok(TaskOutput {
+                batches: Vec::new(),
+                metrics,
+            });
+        };
         let output = self
             .builtin
             .call(&self.sandbox, &request, input_len, |slot| {
@@ -258,6 +293,13 @@ impl StorageNode {
             },
         })
     }
+}
+
+struct PlannedInput {
+    file: Arc<FileInfo>,
+    segments: Vec<ByteRange>,
+    request: Vec<u8>,
+    input_len: usize,
 }
 
 /// Reads the task's segments from the file straight into the guest's input buffer.

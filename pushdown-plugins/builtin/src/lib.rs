@@ -38,3 +38,6 @@ pub use pipeline::{run_pipeline, run_task, TaskStats};
 
 /// Version of the plugin ABI this crate exports (see `pushdown-plugins/ABI.md`).
 pub const ABI_VERSION: u32 = 1;
+
+#[cfg(test)]
+mod tests;

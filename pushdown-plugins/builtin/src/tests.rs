@@ -1,0 +1,246 @@
+//! Unit tests of the pipeline, run natively (the same code runs in Wasm).
+
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch,
+    StringArray,
+};
+use arrow_cast::pretty::pretty_format_batches;
+use arrow_schema::{DataType, Field, Schema};
+use pushdown_protocol::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
+
+use crate::eval::{evaluate_to_array, predicate_mask};
+use crate::GroupedAggregator;
+
+fn batch() -> RecordBatch {
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "k",
+            Arc::new(StringArray::from(vec![
+                Some("a"),
+                Some("b"),
+                Some("a"),
+                None,
+                Some("b"),
+            ])),
+        ),
+        (
+            "x",
+            Arc::new(Int64Array::from(vec![
+                Some(1),
+                Some(2),
+                None,
+                Some(4),
+                Some(5),
+            ])),
+        ),
+        (
+            "p",
+            Arc::new(
+                Decimal128Array::from(vec![150, 250, 350, 450, 550])
+                    .with_precision_and_scale(15, 2)
+                    .unwrap(),
+            ),
+        ),
+        ("d", Arc::new(Date32Array::from(vec![0, 10, 20, 30, 40]))),
+        (
+            "f",
+            Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5, f64::NAN, 4.5])),
+        ),
+    ];
+    RecordBatch::try_from_iter(columns).unwrap()
+}
+
+fn col(n: &str) -> Box<Expr> {
+    Box::new(Expr::Column(n.into()))
+}
+
+fn int(v: i64) -> Box<Expr> {
+    Box::new(Expr::Literal(Literal::Int(v, DataType::Int64)))
+}
+
+#[test]
+fn predicates_use_three_valued_logic() {
+    let b = batch();
+    // x > 1 is NULL on row 2: dropped, and NOT(x > 1) is NULL there too.
+    let gt = Expr::Cmp(CmpOp::Gt, col("x"), int(1));
+    assert_eq!(
+        predicate_mask(&gt, &b).unwrap(),
+        BooleanArray::from(vec![false, true, false, true, true])
+    );
+    let not = Expr::Not(Box::new(gt.clone()));
+    assert_eq!(
+        predicate_mask(&not, &b).unwrap(),
+        BooleanArray::from(vec![true, false, false, false, false])
+    );
+    // NULL OR true is true.
+    let or = Expr::Or(vec![
+        gt,
+        Expr::IsNull {
+            expr: col("x"),
+            negated: false,
+        },
+    ]);
+    assert_eq!(
+        predicate_mask(&or, &b).unwrap(),
+        BooleanArray::from(vec![false, true, true, true, true])
+    );
+    let in_list = Expr::InList {
+        expr: col("k"),
+        list: vec![Expr::Literal(Literal::Utf8("b".into(), DataType::Utf8))],
+        negated: true,
+    };
+    assert_eq!(
+        predicate_mask(&in_list, &b).unwrap(),
+        BooleanArray::from(vec![true, false, true, false, false])
+    );
+    let between = Expr::And(vec![
+        Expr::Cmp(
+            CmpOp::GtEq,
+            col("d"),
+            Box::new(Expr::Literal(Literal::Int(10, DataType::Date32))),
+        ),
+        Expr::Cmp(
+            CmpOp::LtEq,
+            col("p"),
+            Box::new(Expr::Literal(Literal::Decimal(
+                "350".into(),
+                DataType::Decimal128(15, 2),
+            ))),
+        ),
+    ]);
+    assert_eq!(
+        predicate_mask(&between, &b).unwrap(),
+        BooleanArray::from(vec![false, true, true, false, false])
+    );
+}
+
+#[test]
+fn decimal_arithmetic_matches_arrow_kernels() {
+    let b = batch();
+    let e = Expr::Arithmetic(
+        ArithmeticOp::Mul,
+        col("p"),
+        Box::new(Expr::Arithmetic(
+            ArithmeticOp::Sub,
+            Box::new(Expr::Literal(Literal::Decimal(
+                "100".into(),
+                DataType::Decimal128(15, 2),
+            ))),
+            col("p"),
+        )),
+    );
+    let out = evaluate_to_array(&e, &b).unwrap();
+    // (15,2) - (15,2) is (16,2); (15,2) * (16,2) is (15+16+1, 2+2).
+    assert_eq!(out.data_type(), &DataType::Decimal128(32, 4));
+    let out = out.as_any().downcast_ref::<Decimal128Array>().unwrap();
+    assert_eq!(out.value_as_string(0), "-0.7500"); // 1.50 * (1.00 - 1.50)
+}
+
+#[test]
+fn grouped_partial_aggregates_with_nulls() {
+    let b = batch();
+    let state = |function, argument: Expr, t: DataType| PartialAggregate {
+        function,
+        argument,
+        state_type: t,
+    };
+    let aggregates = vec![
+        (
+            "n".to_string(),
+            state(AggregateFunction::Count, *int(1), DataType::Int64),
+        ),
+        (
+            "nx".to_string(),
+            state(AggregateFunction::Count, *col("x"), DataType::Int64),
+        ),
+        (
+            "sx".to_string(),
+            state(AggregateFunction::Sum, *col("x"), DataType::Int64),
+        ),
+        (
+            "sp".to_string(),
+            state(
+                AggregateFunction::Sum,
+                *col("p"),
+                DataType::Decimal128(25, 2),
+            ),
+        ),
+        (
+            "mind".to_string(),
+            state(AggregateFunction::Min, *col("d"), DataType::Date32),
+        ),
+        (
+            "maxk".to_string(),
+            state(AggregateFunction::Max, *col("k"), DataType::Utf8),
+        ),
+    ];
+    let mut fields = vec![Field::new("k", DataType::Utf8, true)];
+    fields.extend(
+        aggregates
+            .iter()
+            .map(|(n, a)| Field::new(n, a.state_type.clone(), true)),
+    );
+    let mut agg = GroupedAggregator::try_new(
+        vec![("k".into(), *col("k"))],
+        aggregates,
+        Arc::new(Schema::new(fields)),
+    )
+    .unwrap();
+    agg.update(&b).unwrap();
+    agg.update(&b.slice(0, 2)).unwrap();
+    let out = agg.finish().unwrap();
+    let expected = "\
++---+---+----+----+-------+------------+------+
+| k | n | nx | sx | sp    | mind       | maxk |
++---+---+----+----+-------+------------+------+
+| a | 3 | 2  | 2  | 6.50  | 1970-01-01 | a    |
+| b | 3 | 3  | 9  | 10.50 | 1970-01-11 | b    |
+|   | 1 | 1  | 4  | 4.50  | 1970-01-31 |      |
++---+---+----+----+-------+------------+------+";
+    assert_eq!(pretty_format_batches(&[out]).unwrap().to_string(), expected);
+}
+
+#[test]
+fn global_aggregate_over_no_rows_is_one_row() {
+    let aggregates = vec![
+        (
+            "n".to_string(),
+            PartialAggregate {
+                function: AggregateFunction::Count,
+                argument: *int(1),
+                state_type: DataType::Int64,
+            },
+        ),
+        (
+            "s".to_string(),
+            PartialAggregate {
+                function: AggregateFunction::Sum,
+                argument: *col("f"),
+                state_type: DataType::Float64,
+            },
+        ),
+    ];
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("n", DataType::Int64, true),
+        Field::new("s", DataType::Float64, true),
+    ]));
+    let agg = GroupedAggregator::try_new(vec![], aggregates, schema).unwrap();
+    let out = agg.finish().unwrap();
+    assert_eq!(
+        pretty_format_batches(&[out]).unwrap().to_string(),
+        "+---+---+\n| n | s |\n+---+---+\n| 0 |   |\n+---+---+"
+    );
+}
+
+#[test]
+fn a_request_of_another_version_is_refused() {
+    let err = crate::run_task(br#"{"version": 99}"#, vec![]).unwrap_err();
+    assert!(
+        err.contains("malformed pushdown request") || err.contains("version"),
+        "{err}"
+    );
+    let err = crate::run_task(b"not json", vec![]).unwrap_err();
+    assert!(err.contains("malformed pushdown request"), "{err}");
+}
