@@ -255,6 +255,10 @@ impl fmt::Display for Literal {
                 DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
                     write!(f, "{v}")
                 }
+                DataType::Date32 => {
+                    let (y, m, d) = civil_from_days(*v);
+                    write!(f, "DATE '{y:04}-{m:02}-{d:02}'")
+                }
                 _ => write!(f, "{v}::{t}"),
             },
             Literal::UInt(v, _) => write!(f, "{v}"),

@@ -20,6 +20,21 @@ pub extern "C" fn pushdown_alloc(len: u32) -> u32 {
     ptr as u32
 }
 
+/// Frees a result buffer returned by `pushdown_run`, so the host can reuse the instance.
+///
+/// # Safety
+/// `ptr`/`len` must be a result buffer returned by `pushdown_run` and not freed yet.
+#[no_mangle]
+pub unsafe extern "C" fn pushdown_free(ptr: u32, len: u32) {
+    // SAFETY: the buffer is a `Box<[u8]>` of exactly `len` bytes leaked by `pushdown_run`.
+    drop(unsafe {
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+            ptr as *mut u8,
+            len as usize,
+        ))
+    });
+}
+
 /// Runs one task. Takes ownership of both buffers, which must come from `pushdown_alloc`.
 ///
 /// # Safety
@@ -43,7 +58,7 @@ pub unsafe extern "C" fn pushdown_run(
             Vec::from_raw_parts(input_ptr as *mut u8, input_len as usize, input_len as usize),
         )
     };
-    let mut out = match crate::run_task(&request, input) {
+    let out = match crate::run_task(&request, input) {
         Ok(payload) => {
             let mut out = Vec::with_capacity(payload.len() + 1);
             out.push(0u8);
@@ -56,8 +71,8 @@ pub unsafe extern "C" fn pushdown_run(
             out
         }
     };
-    out.shrink_to_fit();
-    let (ptr, len) = (out.as_ptr() as u64, out.len() as u64);
-    std::mem::forget(out);
+    let out: Box<[u8]> = out.into_boxed_slice();
+    let len = out.len() as u64;
+    let ptr = Box::into_raw(out) as *mut u8 as u64;
     (ptr << 32) | len
 }

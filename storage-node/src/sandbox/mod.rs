@@ -7,10 +7,13 @@
 mod cache;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    TypedFunc,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -106,6 +109,10 @@ impl Sandbox {
         &self.config
     }
 
+    fn deadline_ticks(&self) -> u64 {
+        (self.config.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
     /// Compiles (or loads from the on-disk cache) and validates a plugin module.
     ///
     /// `bytes` is a binary `.wasm` module or WebAssembly text. The module must export
@@ -145,6 +152,7 @@ impl Sandbox {
             name: name.to_string(),
             instance_pre,
             sha256: cache::sha256_hex(bytes),
+            idle: Arc::default(),
         };
         let version = plugin.abi_version(self)?;
         if version != ABI_VERSION {
@@ -156,12 +164,31 @@ impl Sandbox {
     }
 }
 
+/// Idle instances kept per module for reuse.
+const MAX_IDLE_INSTANCES: usize = 8;
+
+type Alloc = TypedFunc<u32, u32>;
+type Run = TypedFunc<(u32, u32, u32, u32), u64>;
+type Free = TypedFunc<(u32, u32), ()>;
+
+/// An instance with its store and the ABI's exports.
+struct Live {
+    store: Store<HostState>,
+    memory: Memory,
+    alloc: Alloc,
+    run: Run,
+    free: Option<Free>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
 /// A compiled, linked plugin, ready to instantiate per call.
 #[derive(Clone)]
 pub struct PluginModule {
     name: String,
     instance_pre: InstancePre<HostState>,
     sha256: String,
+    idle: Arc<Mutex<Vec<Live>>>,
 }
 
 /// What one call to `pushdown_run` returned.
@@ -207,8 +234,7 @@ impl PluginModule {
             HostState { wasi, limits },
         );
         store.limiter(|s| &mut s.limits);
-        let ticks = (sandbox.config.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(sandbox.deadline_ticks());
         store.epoch_deadline_trap();
         (store, stdout, stderr)
     }
@@ -223,9 +249,46 @@ impl PluginModule {
         result.map_err(|e| self.describe(sandbox, e, &stderr))
     }
 
-    /// Runs `pushdown_run` in a fresh instance: `request` and the input (written by `fill`
-    /// straight into linear memory, `input_len` bytes) go in, the result buffer comes out.
-    /// The instance is dropped afterwards, whatever happened.
+    /// Instantiates the module in a new store and looks up the ABI's exports.
+    fn instantiate(&self, sandbox: &Sandbox) -> Result<Live> {
+        let (mut store, stdout, stderr) = self.new_store(sandbox);
+        let result = (|| -> wasmtime::Result<(Memory, Alloc, Run, Option<Free>)> {
+            let instance = self.instance_pre.instantiate(&mut store)?;
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                init.call(&mut store, ())?;
+            }
+            let memory = instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| wasmtime::format_err!("no exported memory"))?;
+            let alloc = instance.get_typed_func::<u32, u32>(&mut store, "pushdown_alloc")?;
+            let run =
+                instance.get_typed_func::<(u32, u32, u32, u32), u64>(&mut store, "pushdown_run")?;
+            let free = instance
+                .get_typed_func::<(u32, u32), ()>(&mut store, "pushdown_free")
+                .ok();
+            Ok((memory, alloc, run, free))
+        })();
+        match result {
+            Ok((memory, alloc, run, free)) => Ok(Live {
+                store,
+                memory,
+                alloc,
+                run,
+                free,
+                stdout,
+                stderr,
+            }),
+            Err(e) => Err(self.describe(sandbox, e, &stderr)),
+        }
+    }
+
+    /// Runs `pushdown_run`: `request` and the input (written by `fill` straight into linear
+    /// memory, `input_len` bytes) go in, the result buffer comes out.
+    ///
+    /// The instance comes from this module's idle instances or is created. After a call that
+    /// succeeded without printing anything, and when the module exports `pushdown_free`, the
+    /// result buffer is freed and the instance kept for the next call; after anything else
+    /// (a trap, an error, output on stdout or stderr) it is dropped, never reused.
     ///
     /// # Errors
     /// [`Error::Plugin`] when the call traps (deadline, memory cap, panic), returns an
@@ -237,7 +300,6 @@ impl PluginModule {
         input_len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<CallOutput> {
-        let (mut store, _stdout, stderr) = self.new_store(sandbox);
         let plugin_err = |message: String| Error::Plugin {
             plugin: self.name.clone(),
             message,
@@ -246,20 +308,23 @@ impl PluginModule {
             u32::try_from(n).map_err(|_| plugin_err(format!("input of {n} bytes exceeds 4 GiB")))
         };
         let (request_len, input_len32) = (as_u32(request.len())?, as_u32(input_len)?);
-        let result = (|| -> wasmtime::Result<Result<CallOutput>> {
-            let instance = self.instance_pre.instantiate(&mut store)?;
-            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-                init.call(&mut store, ())?;
-            }
-            let memory = instance
-                .get_memory(&mut store, "memory")
-                .ok_or_else(|| wasmtime::format_err!("no exported memory"))?;
-            let alloc = instance.get_typed_func::<u32, u32>(&mut store, "pushdown_alloc")?;
-            let run =
-                instance.get_typed_func::<(u32, u32, u32, u32), u64>(&mut store, "pushdown_run")?;
-            let request_ptr = alloc.call(&mut store, request_len)?;
-            let input_ptr = alloc.call(&mut store, input_len32)?;
-            let data = memory.data_mut(&mut store);
+        let idle = self.idle.lock().expect("not poisoned").pop();
+        let mut live = match idle {
+            Some(live) => live,
+            None => self.instantiate(sandbox)?,
+        };
+        live.store.set_epoch_deadline(sandbox.deadline_ticks());
+        let Live {
+            store,
+            memory,
+            alloc,
+            run,
+            ..
+        } = &mut live;
+        let result = (|| -> wasmtime::Result<Result<(CallOutput, u32, u32)>> {
+            let request_ptr = alloc.call(&mut *store, request_len)?;
+            let input_ptr = alloc.call(&mut *store, input_len32)?;
+            let data = memory.data_mut(&mut *store);
             let Some(slot) =
                 data.get_mut(request_ptr as usize..request_ptr as usize + request.len())
             else {
@@ -278,7 +343,7 @@ impl PluginModule {
                 return Ok(Err(e));
             }
             let packed = run.call(
-                &mut store,
+                &mut *store,
                 (request_ptr, request_len, input_ptr, input_len32),
             )?;
             let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
@@ -288,7 +353,7 @@ impl PluginModule {
                     sandbox.config.max_output_bytes
                 ))));
             }
-            let data = memory.data(&store);
+            let data = memory.data(&*store);
             let Some(out) = data.get(ptr..ptr.saturating_add(len)) else {
                 return Ok(Err(plugin_err(format!(
                     "returned bytes {ptr}..{} outside its linear memory of {} bytes",
@@ -298,10 +363,14 @@ impl PluginModule {
             };
             let memory_bytes = data.len();
             Ok(match out.split_first() {
-                Some((0, payload)) => Ok(CallOutput {
-                    payload: payload.to_vec(),
-                    memory_bytes,
-                }),
+                Some((0, payload)) => Ok((
+                    CallOutput {
+                        payload: payload.to_vec(),
+                        memory_bytes,
+                    },
+                    ptr as u32,
+                    len as u32,
+                )),
                 Some((1, message)) => {
                     Err(plugin_err(String::from_utf8_lossy(message).into_owned()))
                 }
@@ -311,8 +380,20 @@ impl PluginModule {
             })
         })();
         match result {
-            Ok(r) => r,
-            Err(e) => Err(self.describe(sandbox, e, &stderr)),
+            Ok(Ok((output, ptr, len))) => {
+                let quiet = live.stdout.contents().is_empty() && live.stderr.contents().is_empty();
+                if let (true, Some(free)) = (quiet, live.free.clone()) {
+                    if free.call(&mut live.store, (ptr, len)).is_ok() {
+                        let mut idle = self.idle.lock().expect("not poisoned");
+                        if idle.len() < MAX_IDLE_INSTANCES {
+                            idle.push(live);
+                        }
+                    }
+                }
+                Ok(output)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(self.describe(sandbox, e, &live.stderr)),
         }
     }
 
