@@ -25,7 +25,8 @@ mod sandbox;
 pub use catalog::{FileInfo, TableInfo, TableSource};
 pub use error::{Error, Result};
 pub use node::{
-    task_context, NodeOptions, StorageNode, TaskMetrics, TaskOutput, BUILTIN_PLUGIN, BUILTIN_WASM,
+    decode_result, task_context, NodeOptions, StorageNode, TaskMetrics, TaskOutput, BUILTIN_PLUGIN,
+    BUILTIN_WASM,
 };
 pub use prune::row_group_may_match;
 pub use sandbox::{CallOutput, PluginModule, Sandbox, SandboxConfig, ABI_VERSION};

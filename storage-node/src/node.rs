@@ -120,6 +120,11 @@ impl StorageNode {
         &self.options
     }
 
+    /// The node's sandbox, to load and call other plugins under the same engine and limits.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
     /// The tables of the data directory, by name.
     ///
     /// # Errors
@@ -271,22 +276,15 @@ impl StorageNode {
             .call(&self.sandbox, &request, input_len, |slot| {
                 fill_input(&file, &segments, slot)
             })?;
-        let (rows_in, rows_selected, ipc) =
-            split_output(&output.payload).ok_or_else(|| Error::Plugin {
-                plugin: BUILTIN_PLUGIN.into(),
-                message: "returned a result shorter than its 16-byte header".into(),
-            })?;
-        let batches = decode_ipc(ipc, &task.output_schema).map_err(|message| Error::Plugin {
-            plugin: BUILTIN_PLUGIN.into(),
-            message,
-        })?;
+        let (rows_in, rows_selected, batches, ipc_len) =
+            decode_result(BUILTIN_PLUGIN, &output.payload, &task.output_schema)?;
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
         Ok(TaskOutput {
             batches,
             metrics: TaskMetrics {
                 pruned: false,
                 bytes_read: input_len as u64,
-                bytes_returned: ipc.len() as u64,
+                bytes_returned: ipc_len,
                 rows_in,
                 rows_selected,
                 rows_out,
@@ -320,6 +318,28 @@ fn fill_input(file: &FileInfo, segments: &[ByteRange], slot: &mut [u8]) -> Resul
         at += len;
     }
     Ok(())
+}
+
+/// Decodes the payload of a successful `pushdown_run` (ABI v1): `rows_in` and
+/// `rows_selected` (u64 LE each), then an Arrow IPC stream that must have `expected`'s
+/// field types. Returns the counts, the batches and the IPC length in bytes.
+///
+/// # Errors
+/// [`Error::Plugin`] naming `plugin` when the payload is short, the IPC is malformed, or
+/// the schema differs.
+pub fn decode_result(
+    plugin: &str,
+    payload: &[u8],
+    expected: &arrow_schema::Schema,
+) -> Result<(u64, u64, Vec<RecordBatch>, u64)> {
+    let err = |message: String| Error::Plugin {
+        plugin: plugin.to_string(),
+        message,
+    };
+    let (rows_in, rows_selected, ipc) = split_output(payload)
+        .ok_or_else(|| err("returned a result shorter than its 16-byte header".into()))?;
+    let batches = decode_ipc(ipc, expected).map_err(err)?;
+    Ok((rows_in, rows_selected, batches, ipc.len() as u64))
 }
 
 fn split_output(payload: &[u8]) -> Option<(u64, u64, &[u8])> {

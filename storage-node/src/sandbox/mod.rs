@@ -39,6 +39,8 @@ pub struct SandboxConfig {
     pub max_output_bytes: usize,
     /// Cap on captured stdout and stderr, each, in bytes. Defaults to 64 KiB.
     pub max_stdio_bytes: usize,
+    /// Cap on the size of a module (binary or text) at load, in bytes. Defaults to 64 MiB.
+    pub max_module_bytes: usize,
 }
 
 impl Default for SandboxConfig {
@@ -49,6 +51,7 @@ impl Default for SandboxConfig {
             max_stack_bytes: 1 << 20,
             max_output_bytes: 1 << 30,
             max_stdio_bytes: 64 << 10,
+            max_module_bytes: 64 << 20,
         }
     }
 }
@@ -126,6 +129,13 @@ impl Sandbox {
             plugin: name.to_string(),
             message,
         };
+        if bytes.len() > self.config.max_module_bytes {
+            return Err(plugin_err(format!(
+                "the module is {} MiB, over the cap of {} MiB",
+                bytes.len() >> 20,
+                self.config.max_module_bytes >> 20
+            )));
+        }
         let module = cache::compile_cached(&self.engine, bytes)
             .map_err(|e| plugin_err(format!("does not compile: {e:#}")))?;
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
@@ -227,7 +237,7 @@ impl PluginModule {
             .instances(1)
             .tables(4)
             .memories(1)
-            .trap_on_grow_failure(false)
+            .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
             self.instance_pre.module().engine(),
@@ -240,13 +250,13 @@ impl PluginModule {
     }
 
     fn abi_version(&self, sandbox: &Sandbox) -> Result<u32> {
-        let (mut store, _, stderr) = self.new_store(sandbox);
+        let (mut store, stdout, stderr) = self.new_store(sandbox);
         let result = (|| -> wasmtime::Result<u32> {
             let instance = self.instance_pre.instantiate(&mut store)?;
             let f = instance.get_typed_func::<(), u32>(&mut store, "pushdown_abi_version")?;
             f.call(&mut store, ())
         })();
-        result.map_err(|e| self.describe(sandbox, e, &stderr))
+        result.map_err(|e| self.describe(sandbox, e, &stdout, &stderr))
     }
 
     /// Instantiates the module in a new store and looks up the ABI's exports.
@@ -278,7 +288,7 @@ impl PluginModule {
                 stdout,
                 stderr,
             }),
-            Err(e) => Err(self.describe(sandbox, e, &stderr)),
+            Err(e) => Err(self.describe(sandbox, e, &stdout, &stderr)),
         }
     }
 
@@ -393,13 +403,19 @@ impl PluginModule {
                 Ok(output)
             }
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(self.describe(sandbox, e, &live.stderr)),
+            Err(e) => Err(self.describe(sandbox, e, &live.stdout, &live.stderr)),
         }
     }
 
     /// Turns a wasmtime error (usually a trap) into a one-line plugin error with the last
     /// line of the plugin's stderr (a Rust guest prints its panic message there).
-    fn describe(&self, sandbox: &Sandbox, e: wasmtime::Error, stderr: &MemoryOutputPipe) -> Error {
+    fn describe(
+        &self,
+        sandbox: &Sandbox,
+        e: wasmtime::Error,
+        stdout: &MemoryOutputPipe,
+        stderr: &MemoryOutputPipe,
+    ) -> Error {
         let reason = match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => format!(
                 "trapped: deadline of {:?} exceeded",
@@ -407,6 +423,11 @@ impl PluginModule {
             ),
             Some(Trap::StackOverflow) => "trapped: stack overflow".to_string(),
             Some(trap) => format!("trapped: {trap}"),
+            // The resource limiter refused `memory.grow` (`trap_on_grow_failure`).
+            None if e.root_cause().to_string().contains("growing memory") => format!(
+                "trapped: linear memory cap of {} MiB reached",
+                sandbox.config.max_memory_bytes >> 20
+            ),
             None => format!("failed: {}", e.root_cause()),
         };
         let captured = stderr.contents();
@@ -415,10 +436,18 @@ impl PluginModule {
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty() && !l.starts_with("note:"));
-        let message = match last {
+        let mut message = match last {
             Some(line) => format!("{reason} ({})", line.trim()),
             None => reason,
         };
+        for (name, pipe) in [("stdout", stdout), ("stderr", stderr)] {
+            if pipe.contents().len() >= sandbox.config.max_stdio_bytes {
+                let cap = sandbox.config.max_stdio_bytes >> 10;
+                message.push_str(&format!(
+                    "; its {name} exceeded the {cap} KiB cap and was cut"
+                ));
+            }
+        }
         Error::Plugin {
             plugin: self.name.clone(),
             message,
