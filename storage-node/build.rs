@@ -15,18 +15,17 @@ fn main() {
     }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
+    // Relative to this package, so a target directory shared by two checkouts watches the
+    // checkout being built.
     for watched in [
-        "pushdown-plugins/builtin/src",
-        "pushdown-plugins/builtin/Cargo.toml",
-        "protocol/src",
-        "protocol/Cargo.toml",
-        "Cargo.toml",
-        "Cargo.lock",
+        "../pushdown-plugins/builtin/src",
+        "../pushdown-plugins/builtin/Cargo.toml",
+        "../protocol/src",
+        "../protocol/Cargo.toml",
+        "../Cargo.toml",
+        "../Cargo.lock",
     ] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
+        println!("cargo:rerun-if-changed={watched}");
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out.

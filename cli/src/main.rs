@@ -51,6 +51,9 @@ struct QueryArgs {
     /// Target size of a CSV chunk (one task each), in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     csv_chunk_size: u64,
+    /// Read every CSV column as text, empty fields as empty strings (no type inference).
+    #[arg(long)]
+    csv_all_varchar: bool,
     /// Tasks run in parallel (default: the number of cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -125,6 +128,7 @@ fn query(args: QueryArgs) -> Result<()> {
         .context("starting the task pool")?;
     let options = NodeOptions {
         csv_chunk_size: args.csv_chunk_size,
+        csv_all_varchar: args.csv_all_varchar,
         sandbox: pushdown_storage_node::SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
             ..Default::default()

@@ -150,6 +150,10 @@ pub struct GuestRequest {
     pub file_len: u64,
     /// Rows per record batch the parser produces.
     pub batch_size: usize,
+    /// CSV only: every column is text and an empty field is an empty string, not NULL
+    /// (DuckDB's `all_varchar`). Defaults to false.
+    #[serde(default)]
+    pub csv_all_varchar: bool,
 }
 
 /// Encodes a request as JSON bytes.

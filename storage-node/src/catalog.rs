@@ -173,6 +173,30 @@ pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
     Ok(tables)
 }
 
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err` without the panic message on stderr (the caller
+/// reports it as an error of its own). Other threads' panics print as before.
+pub(crate) fn catch_quietly<T>(
+    f: impl FnOnce() -> T + std::panic::UnwindSafe,
+) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(f);
+    QUIET.with(|q| q.set(false));
+    result
+}
+
 /// Reads and decodes a Parquet footer. A panic inside the decoder (a known hazard with
 /// hostile footers) is caught and reported as bad data.
 ///
@@ -216,7 +240,7 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
     let start = len - 8 - metadata_len;
     let mut raw = vec![0u8; metadata_len as usize];
     file.read_exact_at(&mut raw, start).map_err(io)?;
-    let decoded = std::panic::catch_unwind(|| ParquetMetaDataReader::decode_metadata(&raw));
+    let decoded = catch_quietly(|| ParquetMetaDataReader::decode_metadata(&raw));
     let metadata = match decoded {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => return Err(bad(format!("invalid footer: {e}"))),
@@ -248,11 +272,12 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
 }
 
 /// Infers a CSV file's schema from its header and first records (types as arrow-csv infers
-/// them: Int64, Float64, Boolean, Date32, Timestamp or Utf8).
+/// them: Int64, Float64, Boolean, Date32, Timestamp or Utf8), or, with `all_varchar`, reads
+/// the header and makes every column Utf8.
 ///
 /// # Errors
 /// [`Error::BadData`] for an empty file or one that does not parse as CSV.
-pub fn infer_csv_schema(path: &str, abs_path: &Path) -> Result<Schema> {
+pub fn infer_csv_schema(path: &str, abs_path: &Path, all_varchar: bool) -> Result<Schema> {
     let bad = |message: String| Error::BadData {
         file: path.to_string(),
         message,
@@ -263,6 +288,19 @@ pub fn infer_csv_schema(path: &str, abs_path: &Path) -> Result<Schema> {
     })?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(bad("empty CSV file: there is no header row".into()));
+    }
+    if all_varchar {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(file);
+        let header = reader
+            .headers()
+            .map_err(|e| bad(format!("CSV header: {e}")))?;
+        let fields: Vec<_> = header
+            .iter()
+            .map(|n| arrow_schema::Field::new(n, arrow_schema::DataType::Utf8, true))
+            .collect();
+        return Ok(Schema::new(fields));
     }
     let format = arrow_csv::reader::Format::default().with_header(true);
     let (schema, _) = format
@@ -276,7 +314,8 @@ pub fn infer_csv_schema(path: &str, abs_path: &Path) -> Result<Schema> {
 /// quoting, `""` toggles twice), found by one pass over the file.
 ///
 /// # Errors
-/// [`Error::Io`] when the file cannot be read.
+/// [`Error::Io`] when the file cannot be read; [`Error::BadData`] naming the byte offset
+/// when a quoted field never closes.
 pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<ByteRange>> {
     let io = |error| Error::Io {
         path: path.to_string(),
@@ -287,6 +326,7 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
     let chunk_size = chunk_size.max(1);
     let mut chunks = Vec::new();
     let mut in_quotes = false;
+    let mut quote_opened = 0u64;
     let mut header_end: Option<u64> = None;
     let mut chunk_start = 0u64;
     let mut buf = vec![0u8; 4 << 20];
@@ -299,6 +339,9 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
         for i in memchr::memchr2_iter(b'"', b'\n', &buf[..n]) {
             if buf[i] == b'"' {
                 in_quotes = !in_quotes;
+                if in_quotes {
+                    quote_opened = offset + i as u64;
+                }
                 continue;
             }
             if in_quotes {
@@ -322,6 +365,14 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
         }
         offset += n as u64;
     }
+    if in_quotes {
+        return Err(Error::BadData {
+            file: path.to_string(),
+            message: format!(
+                "unterminated quote: the quoted field opened at byte {quote_opened} never closes"
+            ),
+        });
+    }
     if header_end.is_some() && chunk_start < len {
         chunks.push(ByteRange {
             start: chunk_start,
@@ -336,7 +387,12 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
 /// # Errors
 /// The errors of [`read_parquet_footer`], [`infer_csv_schema`] and [`csv_chunks`], and
 /// [`Error::BadData`] when a file's schema differs from the first file's.
-pub fn open_table(root: &Path, source: &TableSource, csv_chunk_size: u64) -> Result<TableInfo> {
+pub fn open_table(
+    root: &Path,
+    source: &TableSource,
+    csv_chunk_size: u64,
+    csv_all_varchar: bool,
+) -> Result<TableInfo> {
     let mut files = Vec::with_capacity(source.files.len());
     let mut table_schema: Option<SchemaRef> = None;
     for path in &source.files {
@@ -360,7 +416,7 @@ pub fn open_table(root: &Path, source: &TableSource, csv_chunk_size: u64) -> Res
             FileFormat::Csv => {
                 let schema = match &table_schema {
                     Some(s) => s.as_ref().clone(),
-                    None => infer_csv_schema(path, &abs_path)?,
+                    None => infer_csv_schema(path, &abs_path, csv_all_varchar)?,
                 };
                 let len = std::fs::metadata(&abs_path)
                     .map_err(|error| Error::Io {

@@ -31,6 +31,9 @@ pub struct NodeOptions {
     pub csv_chunk_size: u64,
     /// Rows per record batch inside the sandbox. Defaults to 65 536.
     pub batch_size: usize,
+    /// Read every CSV column as text, empty fields as empty strings (DuckDB's
+    /// `all_varchar`). Defaults to false: types are inferred and empty fields are NULL.
+    pub csv_all_varchar: bool,
     /// Limits of every plugin call.
     pub sandbox: SandboxConfig,
 }
@@ -40,6 +43,7 @@ impl Default for NodeOptions {
         Self {
             csv_chunk_size: 16 << 20,
             batch_size: 65_536,
+            csv_all_varchar: false,
             sandbox: SandboxConfig::default(),
         }
     }
@@ -149,6 +153,7 @@ impl StorageNode {
             &self.root,
             &source,
             self.options.csv_chunk_size,
+            self.options.csv_all_varchar,
         )?);
         let mut files = self.files.lock().expect("not poisoned");
         for f in &table.files {
@@ -191,7 +196,12 @@ impl StorageNode {
                     return Err(Error::Internal(format!("row group {rg} does not exist")));
                 }
                 if let Some(p) = &task.predicate {
-                    if !row_group_may_match(p, metadata, &file.schema, *rg) {
+                    // Statistics are untrusted bytes too: a panic while reading them keeps the row group.
+                    let may_match = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
+                        row_group_may_match(p, metadata, &file.schema, *rg)
+                    }))
+                    .unwrap_or(true);
+                    if !may_match {
                         return Ok(None);
                     }
                 }
@@ -228,6 +238,7 @@ impl StorageNode {
             segments: segments.clone(),
             file_len: file.len,
             batch_size: self.options.batch_size,
+            csv_all_varchar: self.options.csv_all_varchar,
         };
         let request = encode_request(&request);
         let input_len =

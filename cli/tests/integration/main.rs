@@ -2,5 +2,6 @@
 //! one-line error, a non-zero exit and nothing on stdout.
 
 mod bad_input;
+mod malformed;
 mod output;
 mod support;

@@ -134,7 +134,8 @@ pub fn parse_parquet(
 
 /// Parses one CSV chunk of whole RFC 4180 records (no header) with the given file schema.
 ///
-/// Only the named `columns` are materialised. Batches hold at most `batch_size` rows.
+/// Only the named `columns` are materialised. An empty field is NULL unless
+/// `empty_is_null` is false. Batches hold at most `batch_size` rows.
 ///
 /// # Errors
 /// A message naming the line (counted from 1 at the start of the chunk) when a field
@@ -144,6 +145,7 @@ pub fn parse_csv(
     file_schema: &Schema,
     columns: &[String],
     batch_size: usize,
+    empty_is_null: bool,
 ) -> Result<Vec<RecordBatch>, String> {
     let projection: Vec<usize> = columns
         .iter()
@@ -153,7 +155,13 @@ pub fn parse_csv(
                 .map_err(|_| format!("column {c} is not in the file"))
         })
         .collect::<Result<_, _>>()?;
-    let reader = arrow_csv::ReaderBuilder::new(Arc::new(file_schema.clone()))
+    let mut builder = arrow_csv::ReaderBuilder::new(Arc::new(file_schema.clone()));
+    if !empty_is_null {
+        // A pattern that matches no string: no field is NULL.
+        builder =
+            builder.with_null_regex(regex::Regex::new(r"[^\x00-\x{10FFFF}]").expect("valid regex"));
+    }
+    let reader = builder
         .with_header(false)
         .with_batch_size(batch_size.max(1))
         .with_projection(projection)

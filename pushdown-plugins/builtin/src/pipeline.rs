@@ -39,9 +39,13 @@ pub fn run_pipeline(
             &columns,
             request.batch_size,
         )?,
-        (FileFormat::Csv, TaskUnit::CsvChunk(_)) => {
-            parse_csv(input, &request.file_schema, &columns, request.batch_size)?
-        }
+        (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(
+            input,
+            &request.file_schema,
+            &columns,
+            request.batch_size,
+            !request.csv_all_varchar,
+        )?,
         (format, unit) => return Err(format!("a {format:?} file cannot be read as {unit:?}")),
     };
     let mut stats = TaskStats::default();
