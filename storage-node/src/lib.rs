@@ -29,4 +29,4 @@ pub use node::{
     BUILTIN_WASM,
 };
 pub use prune::row_group_may_match;
-pub use sandbox::{CallOutput, PluginModule, Sandbox, SandboxConfig, ABI_VERSION};
+pub use sandbox::{CallOutput, PluginModule, Sandbox, SandboxConfig, ABI_VERSION, RANDOM_STREAM};

@@ -16,12 +16,38 @@ use wasmtime::{
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
 use crate::error::{Error, Result};
 
 /// The ABI version this host speaks; a module exporting another is refused.
 pub const ABI_VERSION: u32 = 1;
+
+/// The bytes `random_get` returns to a plugin, repeated (see `pushdown-plugins/ABI.md`).
+pub const RANDOM_STREAM: [u8; 8] = *b"pushdown";
+
+/// The clocks a plugin sees: always 0 (1970-01-01T00:00:00Z, and monotonic time 0).
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
 
 /// Interval of the epoch ticker that enforces deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -227,10 +253,16 @@ impl PluginModule {
     ) -> (Store<HostState>, MemoryOutputPipe, MemoryOutputPipe) {
         let stdout = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
         let stderr = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
-        // No preopened directories, environment, arguments or network.
+        // No preopened directories, environment, arguments or network; clocks frozen at the
+        // epoch and randomness from a fixed stream, so a task's result depends on its input only.
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(Deterministic::new(RANDOM_STREAM.to_vec()))
+            .insecure_random(Deterministic::new(RANDOM_STREAM.to_vec()))
+            .insecure_random_seed(0)
             .build_p1();
         let limits = StoreLimitsBuilder::new()
             .memory_size(sandbox.config.max_memory_bytes)
@@ -448,6 +480,11 @@ impl PluginModule {
                 ));
             }
         }
+        log::warn!(
+            "plugin {} (sha256 {}) failed: {message}",
+            self.name,
+            self.sha256
+        );
         Error::Plugin {
             plugin: self.name.clone(),
             message,

@@ -283,3 +283,26 @@ fn hostile_calls_interleaved_with_normal_tasks() {
         "node memory grew from {baseline} to {after} bytes"
     );
 }
+
+#[test]
+fn plugins_see_a_frozen_clock_and_a_fixed_random_stream() {
+    let (_serial, _dir, node) = node();
+    let plugin = node
+        .sandbox()
+        .load("clock_and_random", &wat("clock_and_random.wat"))
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let out = plugin.call(node.sandbox(), b"{}", 1, |_| Ok(())).unwrap();
+        assert_eq!(&out.payload[..8], &[0u8; 8], "wall clock is 0");
+        seen.push(out.payload[8..24].to_vec());
+    }
+    // Every instance gets the same bytes, drawn from the host's fixed stream.
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    assert!(
+        seen[0]
+            .iter()
+            .all(|b| pushdown_storage_node::RANDOM_STREAM.contains(b)),
+        "{seen:?}"
+    );
+}
