@@ -25,6 +25,7 @@
 
 mod aggregate;
 mod eval;
+pub mod fuzz;
 mod parse;
 mod pipeline;
 
