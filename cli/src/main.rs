@@ -218,6 +218,8 @@ fn datasets(command: DatasetsCommand) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Logs (plugin failures, denied calls) go to stderr only when asked: RUST_LOG=warn.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Query(args) => {
