@@ -248,6 +248,15 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
     };
     for (i, rg) in metadata.row_groups().iter().enumerate() {
         for col in rg.columns() {
+            let chunk_start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            if chunk_start < 0 || col.compressed_size() < 0 {
+                return Err(bad(format!(
+                    "row group {i}: column chunk {} has a negative offset or size (corrupt footer)",
+                    col.column_path()
+                )));
+            }
             let (s, l) = col.byte_range();
             if s.checked_add(l).is_none_or(|end| end > start) {
                 return Err(bad(format!(

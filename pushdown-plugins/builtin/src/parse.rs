@@ -106,6 +106,18 @@ pub fn parse_parquet(
             metadata.num_row_groups()
         ));
     }
+    // `ColumnChunkMetaData::byte_range` asserts on negative offsets; refuse them first.
+    for col in metadata.row_group(row_group).columns() {
+        let start = col
+            .dictionary_page_offset()
+            .unwrap_or(col.data_page_offset());
+        if start < 0 || col.compressed_size() < 0 {
+            return Err(format!(
+                "column chunk {} has a negative offset or size",
+                col.column_path()
+            ));
+        }
+    }
     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
     let reader_metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
         .map_err(|e| format!("schema: {e}"))?;
