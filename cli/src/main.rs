@@ -60,6 +60,9 @@ struct QueryArgs {
     /// Deadline of one plugin call, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     task_deadline: u64,
+    /// Linear-memory cap of one plugin instance, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 2048)]
+    plugin_memory: usize,
     /// The SQL query (it may start with a `--` comment).
     #[arg(allow_hyphen_values = true)]
     sql: String,
@@ -131,6 +134,7 @@ fn query(args: QueryArgs) -> Result<()> {
         csv_all_varchar: args.csv_all_varchar,
         sandbox: pushdown_storage_node::SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
+            max_memory_bytes: args.plugin_memory << 20,
             ..Default::default()
         },
         ..Default::default()

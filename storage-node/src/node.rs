@@ -282,11 +282,9 @@ impl StorageNode {
                 metrics,
             });
         };
-        let output = self
-            .builtin
-            .call(&self.sandbox, &request, input_len, |slot| {
-                fill_input(&file, &segments, slot)
-            })?;
+        let output = self.builtin.call(&request, input_len, |slot| {
+            fill_input(&file, &segments, slot)
+        })?;
         let (rows_in, rows_selected, batches, ipc_len) =
             decode_result(BUILTIN_PLUGIN, &output.payload, &task.output_schema)?;
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();

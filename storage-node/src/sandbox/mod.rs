@@ -138,10 +138,6 @@ impl Sandbox {
         &self.config
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.config.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
-    }
-
     /// Compiles (or loads from the on-disk cache) and validates a plugin module.
     ///
     /// `bytes` is a binary `.wasm` module or WebAssembly text. The module must export
@@ -189,8 +185,9 @@ impl Sandbox {
             instance_pre,
             sha256: cache::sha256_hex(bytes),
             idle: Arc::default(),
+            limits: self.config.clone(),
         };
-        let version = plugin.abi_version(self)?;
+        let version = plugin.abi_version()?;
         if version != ABI_VERSION {
             return Err(plugin_err(format!(
                 "exports ABI version {version}; this host speaks version {ABI_VERSION}"
@@ -198,6 +195,11 @@ impl Sandbox {
         }
         Ok(plugin)
     }
+}
+
+/// Epoch ticks in `deadline`, at least one.
+fn deadline_ticks(deadline: Duration) -> u64 {
+    (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
 }
 
 /// Idle instances kept per module for reuse.
@@ -225,6 +227,7 @@ pub struct PluginModule {
     instance_pre: InstancePre<HostState>,
     sha256: String,
     idle: Arc<Mutex<Vec<Live>>>,
+    limits: SandboxConfig,
 }
 
 /// What one call to `pushdown_run` returned.
@@ -237,6 +240,20 @@ pub struct CallOutput {
 }
 
 impl PluginModule {
+    /// This plugin's limits in place of the node's: deadline, linear memory, output and
+    /// stdio caps. (The Wasm stack limit and the module-size cap are the engine's.) Idle
+    /// instances made under the old limits are dropped.
+    pub fn with_limits(mut self, limits: SandboxConfig) -> Self {
+        self.limits = limits;
+        self.idle = Arc::default();
+        self
+    }
+
+    /// The limits its calls run under.
+    pub fn limits(&self) -> &SandboxConfig {
+        &self.limits
+    }
+
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -247,12 +264,9 @@ impl PluginModule {
         &self.sha256
     }
 
-    fn new_store(
-        &self,
-        sandbox: &Sandbox,
-    ) -> (Store<HostState>, MemoryOutputPipe, MemoryOutputPipe) {
-        let stdout = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
-        let stderr = MemoryOutputPipe::new(sandbox.config.max_stdio_bytes);
+    fn new_store(&self) -> (Store<HostState>, MemoryOutputPipe, MemoryOutputPipe) {
+        let stdout = MemoryOutputPipe::new(self.limits.max_stdio_bytes);
+        let stderr = MemoryOutputPipe::new(self.limits.max_stdio_bytes);
         // No preopened directories, environment, arguments or network; clocks frozen at the
         // epoch and randomness from a fixed stream, so a task's result depends on its input only.
         let wasi = WasiCtxBuilder::new()
@@ -265,7 +279,7 @@ impl PluginModule {
             .insecure_random_seed(0)
             .build_p1();
         let limits = StoreLimitsBuilder::new()
-            .memory_size(sandbox.config.max_memory_bytes)
+            .memory_size(self.limits.max_memory_bytes)
             .instances(1)
             .tables(4)
             .memories(1)
@@ -276,24 +290,24 @@ impl PluginModule {
             HostState { wasi, limits },
         );
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(sandbox.deadline_ticks());
+        store.set_epoch_deadline(deadline_ticks(self.limits.deadline));
         store.epoch_deadline_trap();
         (store, stdout, stderr)
     }
 
-    fn abi_version(&self, sandbox: &Sandbox) -> Result<u32> {
-        let (mut store, stdout, stderr) = self.new_store(sandbox);
+    fn abi_version(&self) -> Result<u32> {
+        let (mut store, stdout, stderr) = self.new_store();
         let result = (|| -> wasmtime::Result<u32> {
             let instance = self.instance_pre.instantiate(&mut store)?;
             let f = instance.get_typed_func::<(), u32>(&mut store, "pushdown_abi_version")?;
             f.call(&mut store, ())
         })();
-        result.map_err(|e| self.describe(sandbox, e, &stdout, &stderr))
+        result.map_err(|e| self.describe(e, &stdout, &stderr))
     }
 
     /// Instantiates the module in a new store and looks up the ABI's exports.
-    fn instantiate(&self, sandbox: &Sandbox) -> Result<Live> {
-        let (mut store, stdout, stderr) = self.new_store(sandbox);
+    fn instantiate(&self) -> Result<Live> {
+        let (mut store, stdout, stderr) = self.new_store();
         let result = (|| -> wasmtime::Result<(Memory, Alloc, Run, Option<Free>)> {
             let instance = self.instance_pre.instantiate(&mut store)?;
             if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
@@ -320,7 +334,7 @@ impl PluginModule {
                 stdout,
                 stderr,
             }),
-            Err(e) => Err(self.describe(sandbox, e, &stdout, &stderr)),
+            Err(e) => Err(self.describe(e, &stdout, &stderr)),
         }
     }
 
@@ -337,7 +351,6 @@ impl PluginModule {
     /// out-of-bounds or over-cap buffer, or reports an error of its own.
     pub fn call(
         &self,
-        sandbox: &Sandbox,
         request: &[u8],
         input_len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
@@ -353,9 +366,10 @@ impl PluginModule {
         let idle = self.idle.lock().expect("not poisoned").pop();
         let mut live = match idle {
             Some(live) => live,
-            None => self.instantiate(sandbox)?,
+            None => self.instantiate()?,
         };
-        live.store.set_epoch_deadline(sandbox.deadline_ticks());
+        live.store
+            .set_epoch_deadline(deadline_ticks(self.limits.deadline));
         let Live {
             store,
             memory,
@@ -389,10 +403,10 @@ impl PluginModule {
                 (request_ptr, request_len, input_ptr, input_len32),
             )?;
             let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
-            if len > sandbox.config.max_output_bytes {
+            if len > self.limits.max_output_bytes {
                 return Ok(Err(plugin_err(format!(
                     "returned {len} bytes, over the output cap of {} bytes",
-                    sandbox.config.max_output_bytes
+                    self.limits.max_output_bytes
                 ))));
             }
             let data = memory.data(&*store);
@@ -435,7 +449,7 @@ impl PluginModule {
                 Ok(output)
             }
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(self.describe(sandbox, e, &live.stdout, &live.stderr)),
+            Err(e) => Err(self.describe(e, &live.stdout, &live.stderr)),
         }
     }
 
@@ -443,22 +457,20 @@ impl PluginModule {
     /// line of the plugin's stderr (a Rust guest prints its panic message there).
     fn describe(
         &self,
-        sandbox: &Sandbox,
         e: wasmtime::Error,
         stdout: &MemoryOutputPipe,
         stderr: &MemoryOutputPipe,
     ) -> Error {
         let reason = match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!(
-                "trapped: deadline of {:?} exceeded",
-                sandbox.config.deadline
-            ),
+            Some(Trap::Interrupt) => {
+                format!("trapped: deadline of {:?} exceeded", self.limits.deadline)
+            }
             Some(Trap::StackOverflow) => "trapped: stack overflow".to_string(),
             Some(trap) => format!("trapped: {trap}"),
             // The resource limiter refused `memory.grow` (`trap_on_grow_failure`).
             None if e.root_cause().to_string().contains("growing memory") => format!(
                 "trapped: linear memory cap of {} MiB reached",
-                sandbox.config.max_memory_bytes >> 20
+                self.limits.max_memory_bytes >> 20
             ),
             None => format!("failed: {}", e.root_cause()),
         };
@@ -473,8 +485,8 @@ impl PluginModule {
             None => reason,
         };
         for (name, pipe) in [("stdout", stdout), ("stderr", stderr)] {
-            if pipe.contents().len() >= sandbox.config.max_stdio_bytes {
-                let cap = sandbox.config.max_stdio_bytes >> 10;
+            if pipe.contents().len() >= self.limits.max_stdio_bytes {
+                let cap = self.limits.max_stdio_bytes >> 10;
                 message.push_str(&format!(
                     "; its {name} exceeded the {cap} KiB cap and was cut"
                 ));

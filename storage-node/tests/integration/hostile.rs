@@ -96,7 +96,7 @@ fn call_err(node: &StorageNode, name: &str, module: &[u8]) -> String {
         .load(name, module)
         .unwrap_or_else(|e| panic!("{name} loads: {e}"));
     let started = Instant::now();
-    let err = plugin.call(node.sandbox(), b"{}", 64, |slot| {
+    let err = plugin.call(b"{}", 64, |slot| {
         slot.fill(0);
         Ok(())
     });
@@ -169,7 +169,7 @@ fn malformed_arrow_and_wrong_schema_are_refused_by_the_host() {
         .sandbox()
         .load("wrong_schema", module.as_bytes())
         .unwrap();
-    let out = plugin.call(node.sandbox(), b"{}", 1, |_| Ok(())).unwrap();
+    let out = plugin.call(b"{}", 1, |_| Ok(())).unwrap();
     let err = decode_result("wrong_schema", &out.payload, &expected)
         .unwrap_err()
         .to_string();
@@ -178,7 +178,7 @@ fn malformed_arrow_and_wrong_schema_are_refused_by_the_host() {
         .sandbox()
         .load("malformed_arrow", &wat("malformed_arrow.wat"))
         .unwrap();
-    let out = plugin.call(node.sandbox(), b"{}", 1, |_| Ok(())).unwrap();
+    let out = plugin.call(b"{}", 1, |_| Ok(())).unwrap();
     let err = decode_result("malformed_arrow", &out.payload, &expected)
         .unwrap_err()
         .to_string();
@@ -262,13 +262,13 @@ fn hostile_calls_interleaved_with_normal_tasks() {
     for _ in 0..3 {
         assert_eq!(normal_task(&node), expected_sum());
         for p in &plugins {
-            let _ = p.call(node.sandbox(), b"{}", 8, |_| Ok(()));
+            let _ = p.call(b"{}", 8, |_| Ok(()));
         }
     }
     let baseline = rss_bytes();
     for round in 0..20 {
         for p in &plugins {
-            assert!(p.call(node.sandbox(), b"{}", 8, |_| Ok(())).is_err());
+            assert!(p.call(b"{}", 8, |_| Ok(())).is_err());
             assert_eq!(
                 normal_task(&node),
                 expected_sum(),
@@ -293,7 +293,7 @@ fn plugins_see_a_frozen_clock_and_a_fixed_random_stream() {
         .unwrap();
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let out = plugin.call(node.sandbox(), b"{}", 1, |_| Ok(())).unwrap();
+        let out = plugin.call(b"{}", 1, |_| Ok(())).unwrap();
         assert_eq!(&out.payload[..8], &[0u8; 8], "wall clock is 0");
         seen.push(out.payload[8..24].to_vec());
     }
@@ -305,4 +305,32 @@ fn plugins_see_a_frozen_clock_and_a_fixed_random_stream() {
             .all(|b| pushdown_storage_node::RANDOM_STREAM.contains(b)),
         "{seen:?}"
     );
+}
+
+#[test]
+fn limits_can_be_set_per_plugin() {
+    let (_serial, _dir, node) = node();
+    let strict = SandboxConfig {
+        deadline: Duration::from_millis(100),
+        max_memory_bytes: 64 << 20,
+        ..Default::default()
+    };
+    let spin = node
+        .sandbox()
+        .load("spin", &wat("endless_loop.wat"))
+        .unwrap()
+        .with_limits(strict.clone());
+    let err = spin.call(b"{}", 1, |_| Ok(())).unwrap_err().to_string();
+    assert_contains(&err, &["plugin spin: trapped: deadline of 100ms exceeded"]);
+    let bomb = node
+        .sandbox()
+        .load("bomb", &wat("memory_bomb.wat"))
+        .unwrap()
+        .with_limits(strict);
+    let err = bomb.call(b"{}", 1, |_| Ok(())).unwrap_err().to_string();
+    assert_contains(
+        &err,
+        &["plugin bomb: trapped: linear memory cap of 64 MiB reached"],
+    );
+    assert_eq!(normal_task(&node), expected_sum());
 }
