@@ -58,11 +58,11 @@ struct QueryArgs {
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Deadline of one plugin call, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     task_deadline: u64,
     /// Linear-memory cap of one plugin instance, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 2048)]
-    plugin_memory: usize,
+    #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    plugin_memory: u64,
     /// The SQL query (it may start with a `--` comment).
     #[arg(allow_hyphen_values = true)]
     sql: String,
@@ -134,7 +134,7 @@ fn query(args: QueryArgs) -> Result<()> {
         csv_all_varchar: args.csv_all_varchar,
         sandbox: pushdown_storage_node::SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
-            max_memory_bytes: args.plugin_memory << 20,
+            max_memory_bytes: (args.plugin_memory as usize) << 20,
             ..Default::default()
         },
         ..Default::default()
