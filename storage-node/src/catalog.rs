@@ -406,21 +406,13 @@ pub fn open_table(
     let mut table_schema: Option<SchemaRef> = None;
     for path in &source.files {
         let abs_path = root.join(path);
-        let info = match source.format {
+        let (len, units, footer, schema) = match source.format {
             FileFormat::Parquet => {
                 let (len, footer, schema) = read_parquet_footer(path, &abs_path)?;
                 let units = (0..footer.metadata.num_row_groups())
                     .map(TaskUnit::RowGroup)
                     .collect();
-                FileInfo {
-                    path: path.clone(),
-                    abs_path,
-                    len,
-                    format: source.format,
-                    units,
-                    footer: Some(footer),
-                    schema: Arc::new(schema),
-                }
+                (len, units, Some(footer), schema)
             }
             FileFormat::Csv => {
                 let schema = match &table_schema {
@@ -437,16 +429,17 @@ pub fn open_table(
                     .into_iter()
                     .map(TaskUnit::CsvChunk)
                     .collect();
-                FileInfo {
-                    path: path.clone(),
-                    abs_path,
-                    len,
-                    format: source.format,
-                    units,
-                    footer: None,
-                    schema: Arc::new(schema),
-                }
+                (len, units, None, schema)
             }
+        };
+        let info = FileInfo {
+            path: path.clone(),
+            abs_path,
+            len,
+            format: source.format,
+            units,
+            footer,
+            schema: Arc::new(schema),
         };
         match &table_schema {
             None => table_schema = Some(info.schema.clone()),
