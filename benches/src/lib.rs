@@ -74,10 +74,8 @@ fn date(days: i64) -> Box<Expr> {
 
 /// TPC-H Q6's work for one unit of Parquet lineitem: the predicate and `sum(l_extendedprice * l_discount)`.
 pub fn q6_task(file: &str, unit: TaskUnit, format: FileFormat) -> Task {
-    let (price, discount, quantity): (Box<Expr>, Box<Expr>, Box<Expr>) = match format {
-        FileFormat::Parquet => (col("l_extendedprice"), col("l_discount"), col("l_quantity")),
-        FileFormat::Csv => (col("l_extendedprice"), col("l_discount"), col("l_quantity")),
-    };
+    let (price, discount, quantity) =
+        (col("l_extendedprice"), col("l_discount"), col("l_quantity"));
     let (low, high, qty, state_type) = match format {
         FileFormat::Parquet => (
             decimal(5),
