@@ -250,3 +250,19 @@ pub async fn check(engine: &Engine, tables: &BTreeMap<String, (PathBuf, &str)>, 
         assert_same(case.sql, cells(&ours), expected, case.ordered);
     }
 }
+
+/// Runs `cases` over TPC-H lineitem in `format` (`parquet` or `csv`, CSV chunks of
+/// `csv_chunk_size` bytes) and compares with DuckDB on the same file.
+pub async fn check_lineitem(format: &str, csv_chunk_size: u64, cases: &[Case]) {
+    let dir = crate::support::tpch().join(format);
+    let tables = BTreeMap::from([(
+        "lineitem".to_string(),
+        (dir.join(format!("lineitem.{format}")), format),
+    )]);
+    check(
+        &crate::support::engine(&dir, csv_chunk_size),
+        &tables,
+        cases,
+    )
+    .await;
+}

@@ -1,10 +1,7 @@
 //! Filters of every pushed-down kind, projections with ORDER BY and LIMIT, GROUP BY with
 //! each aggregate, empty results; over lineitem as Parquet and as CSV, against DuckDB.
 
-use std::collections::BTreeMap;
-
-use crate::oracle::{check, Case};
-use crate::support::{engine, tpch};
+use crate::oracle::{check_lineitem, Case};
 
 const CASES: &[Case] = &[
     // =, projection, ORDER BY
@@ -45,12 +42,7 @@ const CASES: &[Case] = &[
 ];
 
 async fn run(format: &str, chunk: u64) {
-    let dir = tpch().join(format);
-    let tables = BTreeMap::from([(
-        "lineitem".to_string(),
-        (dir.join(format!("lineitem.{format}")), format),
-    )]);
-    check(&engine(&dir, chunk), &tables, CASES).await;
+    check_lineitem(format, chunk, CASES).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,19 +1,11 @@
 //! TPC-H Q1 and Q6 over lineitem as Parquet and as CSV, against DuckDB.
 
-use std::collections::BTreeMap;
-
-use crate::oracle::{check, Case};
-use crate::support::{engine, tpch};
+use crate::oracle::{check_lineitem, Case};
 
 const Q1: &str = include_str!("../../../datasets/queries/tpch/q1.sql");
 const Q6: &str = include_str!("../../../datasets/queries/tpch/q6.sql");
 
 async fn run(format: &str, chunk: u64) {
-    let dir = tpch().join(format);
-    let tables = BTreeMap::from([(
-        "lineitem".to_string(),
-        (dir.join(format!("lineitem.{format}")), format),
-    )]);
     let cases = [
         Case {
             sql: Q1,
@@ -24,7 +16,7 @@ async fn run(format: &str, chunk: u64) {
             ordered: true,
         },
     ];
-    check(&engine(&dir, chunk), &tables, &cases).await;
+    check_lineitem(format, chunk, &cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
