@@ -1,8 +1,14 @@
-//! Shared data generation and tasks for the criterion benchmarks.
+//! The benchmark harness: criterion benches (`cargo bench -p pushdown-benches`) and the
+//! `pushdown bench` report share the measurements in [`harness`].
 //!
 //! * To get TPC-H lineitem files and a storage node over them, use [`TpchFixture`].
 //! * To build the task of TPC-H Q6 or Q1 for one row group, use [`q6_task`] / [`q1_task`].
+//! * To time a stage native vs Wasm, use [`harness::Nodes::stage_cases`].
+//! * To run everything and write `report.md` and `bench.svg`, use [`report::run_and_write`].
 #![warn(missing_docs)]
+
+pub mod harness;
+pub mod report;
 
 use std::path::PathBuf;
 
@@ -42,6 +48,11 @@ impl TpchFixture {
             csv: dir.path().join("csv"),
             _dir: dir,
         }
+    }
+
+    /// The folder holding `parquet/` and `csv/`.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// A storage node over `dir`, with lineitem opened.

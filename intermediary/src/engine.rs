@@ -171,6 +171,18 @@ impl Query {
         out
     }
 
+    /// Bytes read from storage and bytes of partial results the storage node returned,
+    /// summed over the plan's scans: `(read, returned)`. Call after [`Query::collect`].
+    pub fn scan_bytes(&self) -> (u64, u64) {
+        self.scans().iter().fold((0, 0), |(read, returned), scan| {
+            let m = scan.metrics();
+            (
+                read + m.bytes_read.load(Ordering::Relaxed),
+                returned + m.bytes_returned.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// What the run did, per scanned table: tasks, bytes and rows. Call after [`Query::collect`].
     pub fn run_report(&self) -> String {
         let mut out = String::from("== Run\n");

@@ -23,6 +23,7 @@ mod task;
 
 pub use expr::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
 pub use task::{
+    Stage, StageRun,
     decode_request, encode_request, needed_columns, ByteRange, FileFormat, GuestRequest, Pushdown,
     Task, TaskUnit, PROTOCOL_VERSION,
 };

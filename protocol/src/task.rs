@@ -154,6 +154,56 @@ pub struct GuestRequest {
     /// (DuckDB's `all_varchar`). Defaults to false.
     #[serde(default)]
     pub csv_all_varchar: bool,
+    /// Benchmarks only: run one stage of the pipeline `repeat` times instead of the task
+    /// (see [`StageRun`]). Absent in every request a query sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StageRun>,
+}
+
+/// A stage of the built-in pipeline, for benchmarks that time stages one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Decode the row group or CSV chunk into record batches.
+    Parse,
+    /// Evaluate the predicate and keep the selected rows.
+    Filter,
+    /// Update a partial aggregate with the selected rows and finish it.
+    PartialAggregate,
+    /// Merge partial aggregate states (one per batch) into one.
+    Merge,
+}
+
+impl Stage {
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 4] = [
+        Stage::Parse,
+        Stage::Filter,
+        Stage::PartialAggregate,
+        Stage::Merge,
+    ];
+
+    /// The stage's name: `parse`, `filter`, `partial_aggregate`, `merge`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Parse => "parse",
+            Stage::Filter => "filter",
+            Stage::PartialAggregate => "partial_aggregate",
+            Stage::Merge => "merge",
+        }
+    }
+}
+
+/// Run `stage` of a task `repeat` times over input the guest prepares once beforehand
+/// (the stages before it, run once). The result is the 16-byte row-count header only, no
+/// Arrow IPC. A benchmark times a call with `repeat = n` against one with `repeat = 0` to
+/// get the stage's own cost, the same way natively and in Wasm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRun {
+    /// The stage timed.
+    pub stage: Stage,
+    /// How many times it runs.
+    pub repeat: u32,
 }
 
 /// Encodes a request as JSON bytes.

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use pushdown_protocol::{
-    encode_request, ByteRange, FileFormat, GuestRequest, Task, TaskUnit, PROTOCOL_VERSION,
+    encode_request, ByteRange, FileFormat, GuestRequest, StageRun, Task, TaskUnit,
+    PROTOCOL_VERSION,
 };
 
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
@@ -177,7 +178,7 @@ impl StorageNode {
 
     /// Prunes, then lays out the task's input: the file, the byte segments to read and
     /// the encoded request. `None` when statistics prune the row group.
-    fn plan_input(&self, task: &Task) -> Result<Option<PlannedInput>> {
+    fn plan_input(&self, task: &Task, stage: Option<StageRun>) -> Result<Option<PlannedInput>> {
         let file = self
             .files
             .lock()
@@ -239,6 +240,7 @@ impl StorageNode {
             file_len: file.len,
             batch_size: self.options.batch_size,
             csv_all_varchar: self.options.csv_all_varchar,
+            stage,
         };
         let request = encode_request(&request);
         let input_len =
@@ -251,18 +253,56 @@ impl StorageNode {
         }))
     }
 
-    /// The encoded request and the input bytes the sandbox would get for `task`, or `None`
-    /// when the row group is pruned. For benchmarks that run the same pipeline natively.
+    /// The encoded request and the input bytes the sandbox would get for `task` (with
+    /// `stage`, a stage run instead of the task), or `None` when the row group is pruned.
+    /// For benchmarks that run the same pipeline natively.
     ///
     /// # Errors
     /// As [`StorageNode::run_task`], before the plugin runs.
-    pub fn guest_input(&self, task: &Task) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let Some(planned) = self.plan_input(task)? else {
+    pub fn guest_input(
+        &self,
+        task: &Task,
+        stage: Option<StageRun>,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let Some(planned) = self.plan_input(task, stage)? else {
             return Ok(None);
         };
         let mut input = vec![0u8; planned.input_len];
         fill_input(&planned.file, &planned.segments, &mut input)?;
         Ok(Some((planned.request, input)))
+    }
+
+    /// Runs one stage of `task`'s pipeline `run.repeat` times in the sandbox over input
+    /// prepared once by the earlier stages (see [`StageRun`]). Returns the row counts the
+    /// guest reports, `None` when the row group is pruned. For the benchmarks.
+    ///
+    /// # Errors
+    /// As [`StorageNode::run_task`].
+    pub fn run_stage(&self, task: &Task, run: StageRun) -> Result<Option<(u64, u64)>> {
+        let Some(planned) = self
+            .plan_input(task, Some(run))
+            .map_err(|e| e.context(task_context(task)))?
+        else {
+            return Ok(None);
+        };
+        let output = self
+            .builtin
+            .call(&planned.request, planned.input_len, |slot| {
+                fill_input(&planned.file, &planned.segments, slot)
+            })
+            .map_err(|e| e.context(task_context(task)))?;
+        let (rows_in, rows_selected, _) = split_output(&output.payload).ok_or_else(|| {
+            Error::Plugin {
+                plugin: BUILTIN_PLUGIN.into(),
+                message: "returned a result shorter than its 16-byte header".into(),
+            }
+        })?;
+        Ok(Some((rows_in, rows_selected)))
+    }
+
+    /// The built-in pipeline module.
+    pub fn builtin(&self) -> &PluginModule {
+        &self.builtin
     }
 
     fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
@@ -271,7 +311,7 @@ impl StorageNode {
             segments,
             request,
             input_len,
-        }) = self.plan_input(task)?
+        }) = self.plan_input(task, None)?
         else {
             let metrics = TaskMetrics {
                 pruned: true,

@@ -35,7 +35,7 @@ pub mod abi;
 pub use aggregate::GroupedAggregator;
 pub use eval::{evaluate, evaluate_to_array, literal_array, Value};
 pub use parse::{parse_csv, parse_parquet};
-pub use pipeline::{run_pipeline, run_task, TaskStats};
+pub use pipeline::{merge_aggregator, run_pipeline, run_stage, run_task, TaskStats};
 
 /// Version of the plugin ABI this crate exports (see `pushdown-plugins/ABI.md`).
 pub const ABI_VERSION: u32 = 1;

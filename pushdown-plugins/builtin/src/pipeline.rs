@@ -6,7 +6,10 @@ use arrow_array::RecordBatch;
 use arrow_ipc::writer::StreamWriter;
 use arrow_select::filter::filter_record_batch;
 use bytes::Bytes;
-use pushdown_protocol::{decode_request, FileFormat, GuestRequest, Pushdown, TaskUnit};
+use pushdown_protocol::{
+    decode_request, AggregateFunction, Expr, FileFormat, GuestRequest, PartialAggregate, Pushdown,
+    Stage, StageRun, TaskUnit,
+};
 
 use crate::aggregate::GroupedAggregator;
 use crate::eval::{cast_checked, evaluate, predicate_mask};
@@ -29,25 +32,7 @@ pub fn run_pipeline(
     request: &GuestRequest,
     input: Bytes,
 ) -> Result<(Vec<RecordBatch>, TaskStats), String> {
-    let columns = request.task.needed_columns(&request.file_schema);
-    let batches = match (&request.task.format, &request.task.unit) {
-        (FileFormat::Parquet, TaskUnit::RowGroup(rg)) => parse_parquet(
-            input,
-            &request.segments,
-            request.file_len,
-            *rg,
-            &columns,
-            request.batch_size,
-        )?,
-        (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(
-            input,
-            &request.file_schema,
-            &columns,
-            request.batch_size,
-            !request.csv_all_varchar,
-        )?,
-        (format, unit) => return Err(format!("a {format:?} file cannot be read as {unit:?}")),
-    };
+    let batches = parse_input(request, input)?;
     let mut stats = TaskStats::default();
     let output_schema = Arc::new(request.task.output_schema.clone());
     let mut aggregator = match &request.task.pushdown {
@@ -64,13 +49,7 @@ pub fn run_pipeline(
     let mut out = Vec::new();
     for batch in batches {
         stats.rows_in += batch.num_rows() as u64;
-        let batch = match &request.task.predicate {
-            Some(p) => {
-                let mask = predicate_mask(p, &batch)?;
-                filter_record_batch(&batch, &mask).map_err(|e| e.to_string())?
-            }
-            None => batch,
-        };
+        let batch = filter_batch(request, batch)?;
         stats.rows_selected += batch.num_rows() as u64;
         if batch.num_rows() == 0 {
             continue;
@@ -106,6 +85,184 @@ pub fn run_pipeline(
     Ok((out, stats))
 }
 
+/// Parse: the task's row group or CSV chunk as record batches of the needed columns.
+fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>, String> {
+    let columns = request.task.needed_columns(&request.file_schema);
+    match (&request.task.format, &request.task.unit) {
+        (FileFormat::Parquet, TaskUnit::RowGroup(rg)) => parse_parquet(
+            input,
+            &request.segments,
+            request.file_len,
+            *rg,
+            &columns,
+            request.batch_size,
+        ),
+        (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(
+            input,
+            &request.file_schema,
+            &columns,
+            request.batch_size,
+            !request.csv_all_varchar,
+        ),
+        (format, unit) => Err(format!("a {format:?} file cannot be read as {unit:?}")),
+    }
+}
+
+/// Filter: the rows of `batch` where the task's predicate is true (all rows without one).
+fn filter_batch(request: &GuestRequest, batch: RecordBatch) -> Result<RecordBatch, String> {
+    match &request.task.predicate {
+        Some(p) => {
+            let mask = predicate_mask(p, &batch)?;
+            filter_record_batch(&batch, &mask).map_err(|e| e.to_string())
+        }
+        None => Ok(batch),
+    }
+}
+
+/// The task's partial aggregator, or an error naming `stage` when the task has none.
+fn partial_aggregator(request: &GuestRequest, stage: Stage) -> Result<GroupedAggregator, String> {
+    match &request.task.pushdown {
+        Pushdown::PartialAggregate {
+            group_by,
+            aggregates,
+        } => GroupedAggregator::try_new(
+            group_by.clone(),
+            aggregates.clone(),
+            Arc::new(request.task.output_schema.clone()),
+        ),
+        Pushdown::Project(_) => Err(format!(
+            "stage {} needs a task with a partial aggregate",
+            stage.name()
+        )),
+    }
+}
+
+/// The aggregator that merges partial states of `pushdown`'s aggregate (batches of
+/// `schema`, the partial output schema) into one batch of the same schema: group columns
+/// and states are read by their output names; COUNT states are summed, SUM, MIN and MAX
+/// states folded with the same function (the merge step of a distributed aggregate).
+///
+/// # Errors
+/// A message when `pushdown` is not a partial aggregate or a state type is unsupported.
+pub fn merge_aggregator(
+    pushdown: &Pushdown,
+    schema: &arrow_schema::Schema,
+) -> Result<GroupedAggregator, String> {
+    let Pushdown::PartialAggregate {
+        group_by,
+        aggregates,
+    } = pushdown
+    else {
+        return Err("merging needs a partial aggregate".into());
+    };
+    let name = |i: usize| schema.field(i).name().clone();
+    let merge_by = (0..group_by.len())
+        .map(|i| (name(i), Expr::Column(name(i))))
+        .collect();
+    let merges = aggregates
+        .iter()
+        .enumerate()
+        .map(|(i, (_, a))| {
+            let function = match a.function {
+                AggregateFunction::Count => AggregateFunction::Sum,
+                f => f,
+            };
+            let argument = Expr::Column(name(group_by.len() + i));
+            (
+                name(group_by.len() + i),
+                PartialAggregate {
+                    function,
+                    argument,
+                    state_type: a.state_type.clone(),
+                },
+            )
+        })
+        .collect();
+    GroupedAggregator::try_new(merge_by, merges, Arc::new(schema.clone()))
+}
+
+/// Rows per partial state in the merge stage's input: the selected rows are aggregated in
+/// slices of this many rows, as if each came from its own task.
+const MERGE_SLICE_ROWS: usize = 8192;
+
+/// Runs `run.stage` of the request `run.repeat` times over input prepared once by the
+/// stages before it. Returns the row counts of the stage's input (`rows_in`) and of the
+/// selected rows; nothing else leaves the call, so a benchmark times the stage alone.
+///
+/// # Errors
+/// As [`run_pipeline`]; also when an aggregate stage is asked of a task without one.
+pub fn run_stage(
+    request: &GuestRequest,
+    input: Bytes,
+    run: StageRun,
+) -> Result<TaskStats, String> {
+    let count = |batches: &[RecordBatch]| batches.iter().map(|b| b.num_rows() as u64).sum();
+    if run.stage == Stage::Parse {
+        let mut stats = TaskStats::default();
+        for _ in 0..run.repeat {
+            let parsed = parse_input(request, input.clone())?;
+            stats.rows_in = count(&parsed);
+            stats.rows_selected = stats.rows_in;
+        }
+        return Ok(stats);
+    }
+    let parsed = parse_input(request, input)?;
+    let rows_in = count(&parsed);
+    if run.stage == Stage::Filter {
+        let mut rows_selected = 0;
+        for _ in 0..run.repeat {
+            let mut selected = 0;
+            for batch in &parsed {
+                selected += filter_batch(request, batch.clone())?.num_rows() as u64;
+            }
+            rows_selected = selected;
+        }
+        return Ok(TaskStats {
+            rows_in,
+            rows_selected,
+        });
+    }
+    let selected = parsed
+        .into_iter()
+        .map(|b| filter_batch(request, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows_selected = count(&selected);
+    let stats = TaskStats {
+        rows_in,
+        rows_selected,
+    };
+    if run.stage == Stage::PartialAggregate {
+        for _ in 0..run.repeat {
+            let mut aggregator = partial_aggregator(request, run.stage)?;
+            for batch in &selected {
+                aggregator.update(batch)?;
+            }
+            aggregator.finish()?;
+        }
+        return Ok(stats);
+    }
+    let mut partials = Vec::new();
+    for batch in &selected {
+        for start in (0..batch.num_rows()).step_by(MERGE_SLICE_ROWS) {
+            let len = MERGE_SLICE_ROWS.min(batch.num_rows() - start);
+            let mut aggregator = partial_aggregator(request, run.stage)?;
+            aggregator.update(&batch.slice(start, len))?;
+            partials.push(aggregator.finish()?);
+        }
+    }
+    for _ in 0..run.repeat {
+        let mut merger = merge_aggregator(&request.task.pushdown, &request.task.output_schema)?;
+        for partial in &partials {
+            merger.update(partial)?;
+        }
+        merger.finish()?;
+    }
+    Ok(TaskStats {
+        rows_in: count(&partials),
+        rows_selected: count(&partials),
+    })
+}
+
 /// Encodes batches as an Arrow IPC stream (schema message, then one message per batch).
 ///
 /// # Errors
@@ -123,13 +280,21 @@ pub fn encode_ipc(
 
 /// Runs one task from its JSON request and input bytes, as the Wasm export does.
 ///
-/// Returns `rows_in` (8 bytes, little-endian), `rows_selected` (8 bytes) and then the
+/// When the request names a stage ([`GuestRequest::stage`], benchmarks only), runs that
+/// stage with [`run_stage`] and returns the 16-byte header alone. Otherwise returns `rows_in` (8 bytes, little-endian), `rows_selected` (8 bytes) and then the
 /// Arrow IPC stream of the result batches.
 ///
 /// # Errors
 /// A one-line message when the request is malformed or any stage fails.
 pub fn run_task(request: &[u8], input: Vec<u8>) -> Result<Vec<u8>, String> {
     let request = decode_request(request)?;
+    if let Some(run) = request.stage {
+        let stats = run_stage(&request, Bytes::from(input), run)?;
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&stats.rows_in.to_le_bytes());
+        out.extend_from_slice(&stats.rows_selected.to_le_bytes());
+        return Ok(out);
+    }
     let (batches, stats) = run_pipeline(&request, Bytes::from(input))?;
     let mut out = Vec::with_capacity(16);
     out.extend_from_slice(&stats.rows_in.to_le_bytes());

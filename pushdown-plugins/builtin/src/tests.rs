@@ -182,15 +182,36 @@ fn grouped_partial_aggregates_with_nulls() {
             .iter()
             .map(|(n, a)| Field::new(n, a.state_type.clone(), true)),
     );
-    let mut agg = GroupedAggregator::try_new(
-        vec![("k".into(), *col("k"))],
-        aggregates,
-        Arc::new(Schema::new(fields)),
-    )
-    .unwrap();
+    let schema = Schema::new(fields);
+    let group_by = vec![("k".to_string(), *col("k"))];
+    let new = || {
+        GroupedAggregator::try_new(
+            group_by.clone(),
+            aggregates.clone(),
+            Arc::new(schema.clone()),
+        )
+        .unwrap()
+    };
+    let mut agg = new();
     agg.update(&b).unwrap();
     agg.update(&b.slice(0, 2)).unwrap();
     let out = agg.finish().unwrap();
+    // The same rows as three partial states, merged: the same answer.
+    let pushdown = pushdown_protocol::Pushdown::PartialAggregate {
+        group_by: group_by.clone(),
+        aggregates: aggregates.clone(),
+    };
+    let mut merger = crate::merge_aggregator(&pushdown, &schema).unwrap();
+    for part in [b.slice(0, 3), b.slice(3, 2), b.slice(0, 2)] {
+        let mut partial = new();
+        partial.update(&part).unwrap();
+        merger.update(&partial.finish().unwrap()).unwrap();
+    }
+    let merged = merger.finish().unwrap();
+    assert_eq!(
+        pretty_format_batches(&[merged]).unwrap().to_string(),
+        pretty_format_batches(&[out.clone()]).unwrap().to_string()
+    );
     let expected = "\
 +---+---+----+----+-------+------------+------+
 | k | n | nx | sx | sp    | mind       | maxk |

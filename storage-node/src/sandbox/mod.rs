@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::{
-    Config, Engine, InstancePre, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, PoolingAllocationConfig, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, Trap,
     TypedFunc,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -48,6 +48,14 @@ impl HostMonotonicClock for FrozenClock {
         0
     }
 }
+
+/// Concurrent instances per engine (each reserves 4 GiB of address space plus guards).
+/// Enough for the tasks in flight plus the idle instances kept per module.
+const POOL_SLOTS: u32 = 256;
+
+/// The largest linear memory the pool allows: all of wasm32's 4 GiB. The per-call cap is
+/// [`SandboxConfig::max_memory_bytes`], enforced by the store's limiter.
+const MAX_LINEAR_MEMORY: usize = 4 << 30;
 
 /// Interval of the epoch ticker that enforces deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -110,6 +118,16 @@ impl Sandbox {
         wasm_config.epoch_interruption(true);
         wasm_config.max_wasm_stack(config.max_stack_bytes);
         wasm_config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // Instances come from a pool of pre-reserved slots, and linear memory starts as a
+        // copy-on-write mapping of the module's data segments, so a task's instance costs
+        // microseconds, not a fresh mmap and a copy of the data segments.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS)
+            .max_memory_size(MAX_LINEAR_MEMORY);
+        wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        wasm_config.memory_init_cow(true);
         let engine = Engine::new(&wasm_config)
             .map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -194,6 +212,39 @@ impl Sandbox {
             )));
         }
         Ok(plugin)
+    }
+}
+
+/// Start-up steps one by one, for the benchmarks: compile, load precompiled, instantiate.
+impl Sandbox {
+    /// Compiles `bytes` (binary or text) with this engine, bypassing the on-disk cache, and
+    /// returns the serialized artefact that [`Sandbox::load_precompiled`] takes.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] naming `name` when the module does not compile.
+    pub fn compile_uncached(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+        let plugin_err = |e: wasmtime::Error| Error::Plugin {
+            plugin: name.to_string(),
+            message: format!("does not compile: {e:#}"),
+        };
+        let module = wasmtime::Module::new(&self.engine, bytes).map_err(plugin_err)?;
+        module.serialize().map_err(plugin_err)
+    }
+
+    /// Loads an artefact from [`Sandbox::compile_uncached`] of this same sandbox (what the
+    /// on-disk cache does on a hit) and drops it.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] naming `name` when wasmtime refuses the artefact.
+    pub fn load_precompiled(&self, name: &str, serialized: &[u8]) -> Result<()> {
+        // SAFETY: `serialized` comes from `compile_uncached` of this engine (see its docs),
+        // and wasmtime checks the engine's compatibility hash before using it.
+        unsafe { wasmtime::Module::deserialize(&self.engine, serialized) }
+            .map(drop)
+            .map_err(|e| Error::Plugin {
+                plugin: name.to_string(),
+                message: format!("precompiled artefact refused: {e:#}"),
+            })
     }
 }
 
@@ -303,6 +354,20 @@ impl PluginModule {
             f.call(&mut store, ())
         })();
         result.map_err(|e| self.describe(e, &stdout, &stderr))
+    }
+
+    /// Creates a store (WASI context, limits, deadline) and instantiates the module from its
+    /// pre-linked template in a pooled slot, then drops both: the start-up cost of a task
+    /// that finds no idle instance. For the benchmarks.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] when instantiation fails (e.g. every pool slot is taken).
+    pub fn instantiate_once(&self) -> Result<()> {
+        let (mut store, stdout, stderr) = self.new_store();
+        self.instance_pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| self.describe(e, &stdout, &stderr))
     }
 
     /// Instantiates the module in a new store and looks up the ABI's exports.
