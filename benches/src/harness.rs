@@ -372,48 +372,57 @@ pub fn measure_startup(node: &StorageNode, compiles: usize, instances: usize) ->
 pub struct ProcessRun {
     /// Wall time from spawn to exit.
     pub wall: Duration,
-    /// Peak resident set size in bytes (`ru_maxrss` of the child, from `wait4(2)`).
-    pub max_rss: u64,
+    /// Peak resident set size in bytes, from GNU time's `%M` (`None` without `/usr/bin/time`).
+    pub max_rss: Option<u64>,
 }
 
-/// Runs `command` with stdout and stderr discarded, waits with `wait4(2)` for its rusage.
+/// GNU time, which reports a child's peak RSS (Debian package `time`).
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// Runs `command` with stdout discarded and waits for it; the peak RSS comes from GNU time
+/// when it is installed. (Our own `wait4(2)` would not do: Linux carries a parent's peak
+/// RSS into a child across fork and exec, so a child of a large process reports the
+/// parent's size; GNU time's child is forked from a small process.)
 ///
 /// # Errors
-/// When it cannot start or exits unsuccessfully (the error names the program).
-pub fn run_process(command: &mut Command) -> Result<ProcessRun> {
+/// When it cannot start or exits unsuccessfully (the error names the program and quotes
+/// the last line of its stderr).
+pub fn run_process(command: &Command) -> Result<ProcessRun> {
     let program = command.get_program().to_string_lossy().into_owned();
+    let rss_file = tempfile::NamedTempFile::new()?;
+    let mut run = if Path::new(GNU_TIME).is_file() {
+        let mut c = Command::new(GNU_TIME);
+        c.arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(rss_file.path())
+            .arg(command.get_program());
+        c
+    } else {
+        Command::new(command.get_program())
+    };
+    run.args(command.get_args());
     let start = Instant::now();
-    let child = command
+    let output = run
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .with_context(|| format!("starting {program}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero `rusage` is valid; `wait4` fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not yet reaped (we never call `wait` on `child`).
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = start.elapsed();
-    if rc != pid {
-        bail!("waiting for {program}: {}", std::io::Error::last_os_error());
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr {
-            use std::io::Read;
-            let _ = pipe.read_to_string(&mut stderr);
-        }
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
         bail!(
-            "{program} failed (status {status}): {}",
-            stderr.lines().last().unwrap_or("")
+            "{program} failed ({}): {}",
+            output.status,
+            stderr.lines().rfind(|l| !l.starts_with("Command exited")).unwrap_or("")
         );
     }
-    Ok(ProcessRun {
-        wall,
-        max_rss: (usage.ru_maxrss as u64) * 1024,
-    })
+    let max_rss = std::fs::read_to_string(rss_file.path())
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024);
+    Ok(ProcessRun { wall, max_rss })
 }
 
 /// The median wall time and the largest peak RSS of `runs` runs after one warm-up run.
@@ -421,14 +430,14 @@ pub fn run_process(command: &mut Command) -> Result<ProcessRun> {
 /// # Errors
 /// As [`run_process`].
 pub fn measure_process(runs: usize, mut make: impl FnMut() -> Command) -> Result<ProcessRun> {
-    run_process(&mut make())?;
+    run_process(&make())?;
     let results = (0..runs.max(1))
-        .map(|_| run_process(&mut make()))
+        .map(|_| run_process(&make()))
         .collect::<Result<Vec<_>>>()?;
     let mut walls: Vec<Duration> = results.iter().map(|r| r.wall).collect();
     Ok(ProcessRun {
         wall: median(&mut walls),
-        max_rss: results.iter().map(|r| r.max_rss).max().unwrap_or(0),
+        max_rss: results.iter().filter_map(|r| r.max_rss).max(),
     })
 }
 

@@ -331,7 +331,7 @@ impl Report {
                 fmt_duration(e.pushdown.wall),
                 duck,
                 ratio,
-                fmt_bytes(e.pushdown.max_rss),
+                e.pushdown.max_rss.map_or("–".into(), fmt_bytes),
                 fmt_bytes(e.bytes_read),
                 fmt_bytes(e.bytes_returned)
             );

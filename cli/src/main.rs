@@ -35,6 +35,32 @@ enum Command {
     /// Generate datasets.
     #[command(subcommand)]
     Datasets(DatasetsCommand),
+    /// Benchmark: every pipeline stage native vs Wasm, plugin start-up, and TPC-H Q1/Q6 as
+    /// whole processes beside DuckDB; writes OUT/report.md and OUT/bench.svg.
+    Bench(BenchArgs),
+}
+
+#[derive(Parser)]
+struct BenchArgs {
+    /// TPC-H scale factor of lineitem.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Folder of the TPC-H data (parquet/, csv/); generated when missing
+    /// [default: datasets/generated/tpch-sf<SCALE>].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Folder for report.md and bench.svg.
+    #[arg(long, value_name = "DIR", default_value = "benches/results")]
+    out: PathBuf,
+    /// Threads of both engines in the whole-process runs (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Timed runs of each whole-process measurement, after one warm-up.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    runs: u64,
+    /// The DuckDB CLI [default: `duckdb` on PATH, else .venv/bin/duckdb].
+    #[arg(long, value_name = "PATH")]
+    duckdb: Option<PathBuf>,
 }
 
 #[derive(Parser)]
@@ -221,6 +247,55 @@ fn datasets(command: DatasetsCommand) -> Result<()> {
     }
 }
 
+fn bench(args: BenchArgs) -> Result<()> {
+    if !(args.scale > 0.0 && args.scale.is_finite()) {
+        anyhow::bail!("--scale must be a positive number, got {}", args.scale);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let duckdb = args.duckdb.or_else(pushdown_benches::harness::find_duckdb);
+    if let Some(path) = &duckdb {
+        if !path.is_file() {
+            anyhow::bail!("--duckdb {}: no such file", path.display());
+        }
+    } else {
+        eprintln!("note: no duckdb executable found (PATH, .venv/bin); end-to-end runs without DuckDB");
+    }
+    let options = pushdown_benches::report::BenchOptions {
+        scale: args.scale,
+        data: args.data.unwrap_or_else(|| {
+            PathBuf::from(format!("datasets/generated/tpch-sf{}", args.scale))
+        }),
+        out: args.out,
+        threads,
+        runs: args.runs as usize,
+        pushdown: std::env::current_exe().context("locating the pushdown executable")?,
+        duckdb,
+    };
+    let bar = progress_bar(
+        pushdown_benches::report::step_count(),
+        "{spinner} {pos}/{len} {wide_bar} {elapsed} {msg}",
+    );
+    let mut started = 0;
+    let report = pushdown_benches::report::run_and_write(&options, &mut |step| {
+        if started > 0 {
+            bar.inc(1);
+        }
+        started += 1;
+        bar.set_message(step.to_string());
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    print!("{}", report.markdown());
+    eprintln!(
+        "wrote {} and {}",
+        options.out.join("report.md").display(),
+        options.out.join("bench.svg").display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Logs (plugin failures, denied calls) go to stderr only when asked: RUST_LOG=warn.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
@@ -234,6 +309,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Datasets(c) => datasets(c),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
