@@ -16,7 +16,7 @@ use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use hashbrown::HashMap;
 use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate};
 
-use crate::eval::{cast_checked, evaluate, Value};
+use crate::eval::{cast_checked, evaluate, evaluate_memo, Memo, Value};
 
 /// One state column, updated batch by batch.
 trait Accumulator {
@@ -261,6 +261,7 @@ pub struct GroupedAggregator {
     index: HashMap<Box<[u8]>, u32>,
     num_groups: usize,
     group_ids: Vec<u32>,
+    memo: Memo,
 }
 
 impl GroupedAggregator {
@@ -288,6 +289,7 @@ impl GroupedAggregator {
             index: HashMap::new(),
             num_groups,
             group_ids: Vec::new(),
+            memo: Memo::default(),
         })
     }
 
@@ -301,8 +303,9 @@ impl GroupedAggregator {
             return Ok(());
         }
         self.assign_groups(batch)?;
+        self.memo.clear();
         for ((_, aggregate), acc) in self.aggregates.iter().zip(self.accumulators.iter_mut()) {
-            let value = evaluate(&aggregate.argument, batch)?;
+            let value = evaluate_memo(&aggregate.argument, batch, &mut self.memo)?;
             match (&aggregate.function, value) {
                 (AggregateFunction::Count, Value::Scalar(s)) => {
                     if s.is_valid(0) {

@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use arrow_arith::boolean::{and_kleene, is_not_null, is_null, not, or_kleene};
 use arrow_arith::numeric;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Decimal128Type;
 use arrow_array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar, StringArray,
+    new_null_array, Array, ArrayRef, BooleanArray, Datum, Decimal128Array, Float64Array,
+    RecordBatch, Scalar, StringArray,
 };
 use arrow_buffer::Buffer;
 use arrow_cast::cast::{cast_with_options, CastOptions};
@@ -122,19 +125,7 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
                     .map_err(|e| e.to_string())
             })?
         }
-        Expr::Arithmetic(op, l, r) => {
-            let (l, r) = (evaluate(l, batch)?, evaluate(r, batch)?);
-            binary(l, r, |a, b| {
-                match op {
-                    ArithmeticOp::Add => numeric::add_wrapping(a, b),
-                    ArithmeticOp::Sub => numeric::sub_wrapping(a, b),
-                    ArithmeticOp::Mul => numeric::mul_wrapping(a, b),
-                    ArithmeticOp::Div => numeric::div(a, b),
-                    ArithmeticOp::Rem => numeric::rem(a, b),
-                }
-                .map_err(|e| e.to_string())
-            })?
-        }
+        Expr::Arithmetic(op, l, r) => arithmetic(*op, evaluate(l, batch)?, evaluate(r, batch)?)?,
         Expr::And(items) | Expr::Or(items) => {
             let is_and = matches!(expr, Expr::And(_));
             let mut acc = Value::Scalar(Arc::new(BooleanArray::from(vec![is_and])));
@@ -199,21 +190,156 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
                     .map_err(|e| e.to_string())
             })?
         }
-        Expr::Cast(e, to) => {
-            let v = evaluate(e, batch)?;
-            if v.data_type() == to {
-                v
-            } else {
-                v.map(|a| cast_checked(a, to))?
-            }
-        }
+        Expr::Cast(e, to) => cast_value(evaluate(e, batch)?, to)?,
     })
+}
+
+/// Results of the sub-expressions evaluated over one batch, so an expression that several
+/// aggregates share (`l_extendedprice * (1 - l_discount)` in TPC-H Q1, or the `CAST` under
+/// both halves of an AVG) is computed once per batch.
+#[derive(Default)]
+pub(crate) struct Memo(Vec<(Expr, Value)>);
+
+impl Memo {
+    /// Forgets every result (call before the next batch).
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// [`evaluate`], reusing and recording the results of arithmetic and casts in `memo`.
+///
+/// # Errors
+/// As [`evaluate`].
+pub(crate) fn evaluate_memo(
+    expr: &Expr,
+    batch: &RecordBatch,
+    memo: &mut Memo,
+) -> Result<Value, String> {
+    if !matches!(expr, Expr::Arithmetic(..) | Expr::Cast(..)) {
+        return evaluate(expr, batch);
+    }
+    if let Some((_, v)) = memo.0.iter().find(|(e, _)| e == expr) {
+        return Ok(v.clone());
+    }
+    let value = match expr {
+        Expr::Arithmetic(op, l, r) => arithmetic(
+            *op,
+            evaluate_memo(l, batch, memo)?,
+            evaluate_memo(r, batch, memo)?,
+        )?,
+        Expr::Cast(e, to) => cast_value(evaluate_memo(e, batch, memo)?, to)?,
+        _ => unreachable!("only arithmetic and casts are memoized"),
+    };
+    memo.0.push((expr.clone(), value.clone()));
+    Ok(value)
+}
+
+/// `l op r` with the Arrow kernels' types and semantics (integer overflow wraps, as in
+/// DataFusion's defaults; division by zero is an error).
+fn arithmetic(op: ArithmeticOp, l: Value, r: Value) -> Result<Value, String> {
+    if op == ArithmeticOp::Mul {
+        if let Some(out) = mul_decimal128(&l, &r)? {
+            return Ok(out);
+        }
+    }
+    binary(l, r, |a, b| {
+        match op {
+            ArithmeticOp::Add => numeric::add_wrapping(a, b),
+            ArithmeticOp::Sub => numeric::sub_wrapping(a, b),
+            ArithmeticOp::Mul => numeric::mul_wrapping(a, b),
+            ArithmeticOp::Div => numeric::div(a, b),
+            ArithmeticOp::Rem => numeric::rem(a, b),
+        }
+        .map_err(|e| e.to_string())
+    })
+}
+
+/// `a * b` of two 128-bit decimals where one side is an array: the same values and type as
+/// `numeric::mul_wrapping`, but each product is computed with one 64-bit multiplication
+/// when both operands and the product fit in 64 bits (the common case, and far cheaper
+/// than a 128-bit multiplication, which `wasm32` has no instruction for). `None` when the
+/// operands are not both Decimal128 or the scalar side is NULL.
+fn mul_decimal128(l: &Value, r: &Value) -> Result<Option<Value>, String> {
+    let (DataType::Decimal128(..), DataType::Decimal128(..)) = (l.data_type(), r.data_type())
+    else {
+        return Ok(None);
+    };
+    // The result type exactly as the Arrow kernel derives it (precision p1 + p2 + 1, at
+    // most 38; scale s1 + s2).
+    let (la, ra) = match (l, r) {
+        (Value::Array(a) | Value::Scalar(a), Value::Array(b) | Value::Scalar(b)) => (a, b),
+    };
+    let out_type = numeric::mul_wrapping(&la.slice(0, 0), &ra.slice(0, 0))
+        .map_err(|e| e.to_string())?
+        .data_type()
+        .clone();
+    #[inline(always)]
+    fn product(x: i128, y: i128) -> Result<i128, arrow_schema::ArrowError> {
+        match (i64::try_from(x), i64::try_from(y)) {
+            (Ok(a), Ok(b)) => Ok(match a.checked_mul(b) {
+                Some(p) => i128::from(p),
+                // Two 64-bit factors always fit in 128 bits.
+                None => i128::from(a) * i128::from(b),
+            }),
+            // The Arrow kernel checks decimal overflow whatever the `_wrapping` name says.
+            _ => x.checked_mul(y).ok_or_else(|| {
+                arrow_schema::ArrowError::ArithmeticOverflow(format!(
+                    "Overflow happened on: {x:?} * {y:?}"
+                ))
+            }),
+        }
+    }
+    let out: Decimal128Array = match (l, r) {
+        (Value::Array(a), Value::Array(b)) => {
+            arrow_arith::arity::try_binary::<_, _, _, Decimal128Type>(
+                a.as_primitive::<Decimal128Type>(),
+                b.as_primitive::<Decimal128Type>(),
+                product,
+            )
+            .map_err(|e| e.to_string())?
+        }
+        (Value::Array(a), Value::Scalar(s)) | (Value::Scalar(s), Value::Array(a)) => {
+            let s = s.as_primitive::<Decimal128Type>();
+            if s.is_null(0) {
+                return Ok(None);
+            }
+            let y = s.value(0);
+            a.as_primitive::<Decimal128Type>()
+                .try_unary(|x| product(x, y))
+                .map_err(|e| e.to_string())?
+        }
+        (Value::Scalar(_), Value::Scalar(_)) => return Ok(None),
+    };
+    Ok(Some(Value::Array(Arc::new(out.with_data_type(out_type)))))
+}
+
+/// Casts a value; a no-op when it already has type `to`.
+fn cast_value(v: Value, to: &DataType) -> Result<Value, String> {
+    if v.data_type() == to {
+        Ok(v)
+    } else {
+        v.map(|a| cast_checked(a, to))
+    }
 }
 
 /// Casts with DataFusion's default semantics: a value that does not fit is an error.
 pub(crate) fn cast_checked(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, String> {
     if a.data_type() == to {
         return Ok(a.clone());
+    }
+    if let (DataType::Decimal128(_, scale), DataType::Float64) = (a.data_type(), to) {
+        // Arrow computes `x as f64 / 10^scale`; converting through i64 when x fits gives
+        // the same f64 (both round to nearest) without a 128-bit conversion routine.
+        let divisor = 10_f64.powi(i32::from(*scale));
+        let out: Float64Array = a.as_primitive::<Decimal128Type>().unary(|x| {
+            let f = match i64::try_from(x) {
+                Ok(x) => x as f64,
+                Err(_) => x as f64,
+            };
+            f / divisor
+        });
+        return Ok(Arc::new(out));
     }
     let options = CastOptions {
         safe: false,

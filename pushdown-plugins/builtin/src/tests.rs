@@ -139,6 +139,69 @@ fn decimal_arithmetic_matches_arrow_kernels() {
 }
 
 #[test]
+fn fast_decimal_multiply_and_cast_equal_the_arrow_kernels() {
+    // Values that fit in 64 bits, products that do not, factors that do not, and NULLs.
+    let big = i128::from(i64::MAX) * 1000;
+    let xs = vec![
+        Some(150),
+        Some(-7),
+        Some(i128::from(i64::MAX)),
+        Some(big),
+        Some(i128::MAX / 300),
+        None,
+        Some(i128::from(i64::MIN)),
+    ];
+    let ys = vec![
+        Some(250),
+        None,
+        Some(3),
+        Some(-2),
+        Some(5),
+        Some(1),
+        Some(-1),
+    ];
+    let dec = |v: Vec<Option<i128>>, p, s| -> ArrayRef {
+        Arc::new(
+            Decimal128Array::from(v)
+                .with_precision_and_scale(p, s)
+                .unwrap(),
+        )
+    };
+    let b = RecordBatch::try_from_iter(vec![("x", dec(xs, 38, 2)), ("y", dec(ys, 20, 3))])
+        .unwrap();
+    let (x, y) = (b.column(0), b.column(1));
+    let cases = [
+        (Expr::Arithmetic(ArithmeticOp::Mul, col("x"), col("y")), arrow_arith::numeric::mul_wrapping(x, y).unwrap()),
+        (
+            Expr::Arithmetic(
+                ArithmeticOp::Mul,
+                col("x"),
+                Box::new(Expr::Literal(Literal::Decimal("-125".into(), DataType::Decimal128(4, 1)))),
+            ),
+            arrow_arith::numeric::mul_wrapping(
+                x,
+                &arrow_array::Scalar::new(dec(vec![Some(-125)], 4, 1)),
+            )
+            .unwrap(),
+        ),
+    ];
+    for (e, expected) in cases {
+        assert_eq!(&evaluate_to_array(&e, &b).unwrap(), &expected, "{e}");
+    }
+    // A product beyond 128 bits is an error, as in the Arrow kernel.
+    let e = Expr::Arithmetic(
+        ArithmeticOp::Mul,
+        col("x"),
+        Box::new(Expr::Literal(Literal::Decimal("1000".into(), DataType::Decimal128(4, 0)))),
+    );
+    let err = evaluate_to_array(&e, &b).unwrap_err();
+    assert!(err.contains("Overflow"), "{err}");
+    let cast = Expr::Cast(col("x"), DataType::Float64);
+    let expected = arrow_cast::cast(x, &DataType::Float64).unwrap();
+    assert_eq!(&evaluate_to_array(&cast, &b).unwrap(), &expected);
+}
+
+#[test]
 fn grouped_partial_aggregates_with_nulls() {
     let b = batch();
     let state = |function, argument: Expr, t: DataType| PartialAggregate {
