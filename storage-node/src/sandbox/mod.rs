@@ -128,6 +128,11 @@ impl Sandbox {
             .max_memory_size(MAX_LINEAR_MEMORY);
         wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         wasm_config.memory_init_cow(true);
+        // `PUSHDOWN_WASM_PERFMAP=1`: write /tmp/perf-<pid>.map so `perf report` names the
+        // guest's functions (needs wasmtime's `profiling` feature).
+        if std::env::var_os("PUSHDOWN_WASM_PERFMAP").is_some() {
+            wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm_config)
             .map_err(|e| Error::Internal(format!("wasmtime engine: {e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
