@@ -264,7 +264,7 @@ impl Nodes {
             ),
             case(
                 "partial_aggregate",
-                "partial aggregate (Q1, 2 group keys, 5 sums/counts)",
+                "partial aggregate (Q1: 2 group keys, 8 sums, 4 counts)",
                 Stage::PartialAggregate,
                 &self.parquet,
                 q1.clone(),
