@@ -32,9 +32,7 @@ fn benches(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("task/{}", case.id));
         group.sample_size(10);
         for mode in [Mode::Native, Mode::Wasm] {
-            group.bench_function(mode.name(), |b| {
-                b.iter(|| case.call(mode).expect("runs"))
-            });
+            group.bench_function(mode.name(), |b| b.iter(|| case.call(mode).expect("runs")));
         }
         group.finish();
     }

@@ -15,13 +15,21 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("startup");
     group.sample_size(10);
     group.bench_function("compile_from_bytes", |b| {
-        b.iter(|| sandbox.compile_uncached(BUILTIN_PLUGIN, BUILTIN_WASM).expect("compiles"))
+        b.iter(|| {
+            sandbox
+                .compile_uncached(BUILTIN_PLUGIN, BUILTIN_WASM)
+                .expect("compiles")
+        })
     });
     let artefact = sandbox
         .compile_uncached(BUILTIN_PLUGIN, BUILTIN_WASM)
         .expect("compiles");
     group.bench_function("load_precompiled", |b| {
-        b.iter(|| sandbox.load_precompiled(BUILTIN_PLUGIN, &artefact).expect("loads"))
+        b.iter(|| {
+            sandbox
+                .load_precompiled(BUILTIN_PLUGIN, &artefact)
+                .expect("loads")
+        })
     });
     group.sample_size(100);
     let module = node.builtin();

@@ -415,7 +415,10 @@ pub fn run_process(command: &Command) -> Result<ProcessRun> {
         bail!(
             "{program} failed ({}): {}",
             output.status,
-            stderr.lines().rfind(|l| !l.starts_with("Command exited")).unwrap_or("")
+            stderr
+                .lines()
+                .rfind(|l| !l.starts_with("Command exited"))
+                .unwrap_or("")
         );
     }
     let max_rss = std::fs::read_to_string(rss_file.path())

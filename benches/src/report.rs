@@ -260,14 +260,21 @@ impl Report {
     pub fn markdown(&self) -> String {
         let o = &self.options;
         let mut md = String::new();
-        let _ = writeln!(md, "# pushdown bench: TPC-H lineitem, scale factor {}\n", o.scale);
+        let _ = writeln!(
+            md,
+            "# pushdown bench: TPC-H lineitem, scale factor {}\n",
+            o.scale
+        );
         let _ = writeln!(md, "Machine: {}. Threads: {}.\n", self.machine, o.threads);
         let _ = writeln!(
             md,
             "Command: `pushdown bench --scale {} --threads {} --runs {}`\n",
             o.scale, o.threads, o.runs
         );
-        let _ = writeln!(md, "## Stages, native vs Wasm (one row group / CSV chunk, same code)\n");
+        let _ = writeln!(
+            md,
+            "## Stages, native vs Wasm (one row group / CSV chunk, same code)\n"
+        );
         let _ = writeln!(md, "| stage | native | Wasm | Wasm / native |");
         let _ = writeln!(md, "|:---|---:|---:|---:|");
         for s in &self.stages {
@@ -299,17 +306,32 @@ impl Report {
             );
         }
         let (compile, load, instantiate, size) = self.startup;
-        let _ = writeln!(md, "\n## Plugin start-up (built-in module, {})\n", fmt_bytes(size as u64));
+        let _ = writeln!(
+            md,
+            "\n## Plugin start-up (built-in module, {})\n",
+            fmt_bytes(size as u64)
+        );
         let _ = writeln!(md, "| step | median |");
         let _ = writeln!(md, "|:---|---:|");
-        let _ = writeln!(md, "| compile from bytes (Cranelift) | {} |", fmt_duration(compile));
-        let _ = writeln!(md, "| load precompiled module (cache hit) | {} |", fmt_duration(load));
+        let _ = writeln!(
+            md,
+            "| compile from bytes (Cranelift) | {} |",
+            fmt_duration(compile)
+        );
+        let _ = writeln!(
+            md,
+            "| load precompiled module (cache hit) | {} |",
+            fmt_duration(load)
+        );
         let _ = writeln!(
             md,
             "| instantiate from pre-linked template, pooling allocator (target ≤ 10 µs) | {} |",
             fmt_duration(instantiate)
         );
-        let _ = writeln!(md, "\n## End to end, whole processes, same files and threads\n");
+        let _ = writeln!(
+            md,
+            "\n## End to end, whole processes, same files and threads\n"
+        );
         let _ = writeln!(md, "| query | format | pushdown | DuckDB | pushdown / DuckDB | pushdown peak RSS | bytes read from storage | bytes returned to the intermediary |");
         let _ = writeln!(md, "|:---|:---|---:|---:|---:|---:|---:|---:|");
         for e in &self.end_to_end {
@@ -375,10 +397,7 @@ impl Report {
             .map(|e| {
                 (
                     format!("{} {}", e.query, e.format),
-                    [
-                        ms(e.pushdown.wall),
-                        e.duckdb.map_or(0.0, |d| ms(d.wall)),
-                    ],
+                    [ms(e.pushdown.wall), e.duckdb.map_or(0.0, |d| ms(d.wall))],
                 )
             })
             .collect();

@@ -16,7 +16,11 @@ fn stages_and_tasks_agree_native_and_wasm() {
         let native = case.call(Mode::Native, 2).unwrap();
         let wasm = case.call(Mode::Wasm, 2).unwrap();
         assert!(native > 0, "{}: no rows", case.id);
-        assert_eq!(native, wasm, "{}: native and Wasm saw different rows", case.id);
+        assert_eq!(
+            native, wasm,
+            "{}: native and Wasm saw different rows",
+            case.id
+        );
         // repeat = 0 still prepares the input; the stage simply does not run.
         assert!(case.time(Mode::Wasm, 0).is_ok(), "{}", case.id);
     }
@@ -42,7 +46,10 @@ fn a_stage_needing_an_aggregate_on_a_projection_fails_clearly() {
         repeat: 1,
     };
     let err = node.run_stage(&task, run).unwrap_err().to_string();
-    assert!(err.contains("stage merge needs a task with a partial aggregate"), "{err}");
+    assert!(
+        err.contains("stage merge needs a task with a partial aggregate"),
+        "{err}"
+    );
     assert!(err.contains("lineitem.parquet: row group 0"), "{err}");
 }
 
@@ -63,7 +70,10 @@ fn process_runs_report_the_childs_own_peak_memory() {
     let err = run_process(&python("import sys; sys.exit('no such table: x')"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("python3 failed") && err.contains("no such table: x"), "{err}");
+    assert!(
+        err.contains("python3 failed") && err.contains("no such table: x"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -111,8 +121,16 @@ fn the_report_renders_tables_and_a_chart() {
     assert!((geo - geometric_mean(&[2.0, 0.5])).abs() < 1e-9 && (geo - 1.0).abs() < 1e-9);
     assert_eq!(max, 2.0);
     let md = report.markdown();
-    assert!(md.contains("| parse (x) | 10.00 ms | 20.00 ms | 2.00× |"), "{md}");
-    assert!(md.contains("| Q6 | Parquet | 150.00 ms | 100.00 ms | 1.50× | 100.0 MiB | 63.0 MiB | 2.0 KiB |"), "{md}");
+    assert!(
+        md.contains("| parse (x) | 10.00 ms | 20.00 ms | 2.00× |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| Q6 | Parquet | 150.00 ms | 100.00 ms | 1.50× | 100.0 MiB | 63.0 MiB | 2.0 KiB |"
+        ),
+        "{md}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("bench.svg");
     report.svg(&svg).unwrap();

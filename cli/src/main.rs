@@ -260,13 +260,15 @@ fn bench(args: BenchArgs) -> Result<()> {
             anyhow::bail!("--duckdb {}: no such file", path.display());
         }
     } else {
-        eprintln!("note: no duckdb executable found (PATH, .venv/bin); end-to-end runs without DuckDB");
+        eprintln!(
+            "note: no duckdb executable found (PATH, .venv/bin); end-to-end runs without DuckDB"
+        );
     }
     let options = pushdown_benches::report::BenchOptions {
         scale: args.scale,
-        data: args.data.unwrap_or_else(|| {
-            PathBuf::from(format!("datasets/generated/tpch-sf{}", args.scale))
-        }),
+        data: args
+            .data
+            .unwrap_or_else(|| PathBuf::from(format!("datasets/generated/tpch-sf{}", args.scale))),
         out: args.out,
         threads,
         runs: args.runs as usize,

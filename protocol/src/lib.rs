@@ -23,7 +23,6 @@ mod task;
 
 pub use expr::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
 pub use task::{
-    Stage, StageRun,
     decode_request, encode_request, needed_columns, ByteRange, FileFormat, GuestRequest, Pushdown,
-    Task, TaskUnit, PROTOCOL_VERSION,
+    Stage, StageRun, Task, TaskUnit, PROTOCOL_VERSION,
 };

@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use pushdown_protocol::{
-    encode_request, ByteRange, FileFormat, GuestRequest, StageRun, Task, TaskUnit,
-    PROTOCOL_VERSION,
+    encode_request, ByteRange, FileFormat, GuestRequest, StageRun, Task, TaskUnit, PROTOCOL_VERSION,
 };
 
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
@@ -291,12 +290,11 @@ impl StorageNode {
                 fill_input(&planned.file, &planned.segments, slot)
             })
             .map_err(|e| e.context(task_context(task)))?;
-        let (rows_in, rows_selected, _) = split_output(&output.payload).ok_or_else(|| {
-            Error::Plugin {
+        let (rows_in, rows_selected, _) =
+            split_output(&output.payload).ok_or_else(|| Error::Plugin {
                 plugin: BUILTIN_PLUGIN.into(),
                 message: "returned a result shorter than its 16-byte header".into(),
-            }
-        })?;
+            })?;
         Ok(Some((rows_in, rows_selected)))
     }
 

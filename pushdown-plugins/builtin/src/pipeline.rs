@@ -191,11 +191,7 @@ const MERGE_SLICE_ROWS: usize = 8192;
 ///
 /// # Errors
 /// As [`run_pipeline`]; also when an aggregate stage is asked of a task without one.
-pub fn run_stage(
-    request: &GuestRequest,
-    input: Bytes,
-    run: StageRun,
-) -> Result<TaskStats, String> {
+pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<TaskStats, String> {
     let count = |batches: &[RecordBatch]| batches.iter().map(|b| b.num_rows() as u64).sum();
     if run.stage == Stage::Parse {
         let mut stats = TaskStats::default();

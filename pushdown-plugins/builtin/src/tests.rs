@@ -167,16 +167,21 @@ fn fast_decimal_multiply_and_cast_equal_the_arrow_kernels() {
                 .unwrap(),
         )
     };
-    let b = RecordBatch::try_from_iter(vec![("x", dec(xs, 38, 2)), ("y", dec(ys, 20, 3))])
-        .unwrap();
+    let b = RecordBatch::try_from_iter(vec![("x", dec(xs, 38, 2)), ("y", dec(ys, 20, 3))]).unwrap();
     let (x, y) = (b.column(0), b.column(1));
     let cases = [
-        (Expr::Arithmetic(ArithmeticOp::Mul, col("x"), col("y")), arrow_arith::numeric::mul_wrapping(x, y).unwrap()),
+        (
+            Expr::Arithmetic(ArithmeticOp::Mul, col("x"), col("y")),
+            arrow_arith::numeric::mul_wrapping(x, y).unwrap(),
+        ),
         (
             Expr::Arithmetic(
                 ArithmeticOp::Mul,
                 col("x"),
-                Box::new(Expr::Literal(Literal::Decimal("-125".into(), DataType::Decimal128(4, 1)))),
+                Box::new(Expr::Literal(Literal::Decimal(
+                    "-125".into(),
+                    DataType::Decimal128(4, 1),
+                ))),
             ),
             arrow_arith::numeric::mul_wrapping(
                 x,
@@ -192,7 +197,10 @@ fn fast_decimal_multiply_and_cast_equal_the_arrow_kernels() {
     let e = Expr::Arithmetic(
         ArithmeticOp::Mul,
         col("x"),
-        Box::new(Expr::Literal(Literal::Decimal("1000".into(), DataType::Decimal128(4, 0)))),
+        Box::new(Expr::Literal(Literal::Decimal(
+            "1000".into(),
+            DataType::Decimal128(4, 0),
+        ))),
     );
     let err = evaluate_to_array(&e, &b).unwrap_err();
     assert!(err.contains("Overflow"), "{err}");

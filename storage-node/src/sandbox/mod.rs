@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, PoolingAllocationConfig, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, Trap,
-    TypedFunc,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
