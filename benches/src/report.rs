@@ -275,36 +275,14 @@ impl Report {
             md,
             "## Stages, native vs Wasm (one row group / CSV chunk, same code)\n"
         );
-        let _ = writeln!(md, "| stage | native | Wasm | Wasm / native |");
-        let _ = writeln!(md, "|:---|---:|---:|---:|");
-        for s in &self.stages {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {:.2}× |",
-                s.label,
-                fmt_duration(s.native),
-                fmt_duration(s.wasm),
-                s.ratio()
-            );
-        }
+        native_vs_wasm_table(&mut md, "stage", &self.stages);
         let (geo, max) = self.stage_summary();
         let _ = writeln!(
             md,
             "\nGeometric mean of Wasm / native over the stages: **{geo:.2}×** (target ≤ 1.25×); largest: **{max:.2}×** (target ≤ 2×).\n"
         );
         let _ = writeln!(md, "## Whole tasks, native vs Wasm (read, parse, filter, aggregate, encode and decode the result)\n");
-        let _ = writeln!(md, "| task | native | Wasm | Wasm / native |");
-        let _ = writeln!(md, "|:---|---:|---:|---:|");
-        for s in &self.tasks {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {:.2}× |",
-                s.label,
-                fmt_duration(s.native),
-                fmt_duration(s.wasm),
-                s.ratio()
-            );
-        }
+        native_vs_wasm_table(&mut md, "task", &self.tasks);
         let (compile, load, instantiate, size) = self.startup;
         let _ = writeln!(
             md,
@@ -412,6 +390,22 @@ impl Report {
         )?;
         root.present().map_err(draw_err)?;
         Ok(())
+    }
+}
+
+/// A Markdown table of `rows`: `first` (what each row is), native, Wasm, their ratio.
+fn native_vs_wasm_table(md: &mut String, first: &str, rows: &[NativeVsWasm]) {
+    let _ = writeln!(md, "| {first} | native | Wasm | Wasm / native |");
+    let _ = writeln!(md, "|:---|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2}× |",
+            r.label,
+            fmt_duration(r.native),
+            fmt_duration(r.wasm),
+            r.ratio()
+        );
     }
 }
 
