@@ -5,6 +5,8 @@ use std::fmt;
 use arrow_schema::DataType;
 use serde::{Deserialize, Serialize};
 
+use crate::plugin::PluginRef;
+
 /// A scalar expression over the columns of one file, evaluated per row with SQL
 /// three-valued logic. Column references are by name in the file's schema.
 ///
@@ -56,6 +58,16 @@ pub enum Expr {
     },
     /// `CAST(expr AS data_type)`; an unrepresentable value is an error, as in DataFusion.
     Cast(Box<Expr>, DataType),
+    /// A registered scalar function plugin applied to `args`, returning `return_type`
+    /// (see `pushdown-plugins/ABI.md`).
+    Call {
+        /// The plugin.
+        plugin: PluginRef,
+        /// The arguments, one column each.
+        args: Vec<Expr>,
+        /// The type of the column it returns.
+        return_type: DataType,
+    },
 }
 
 /// A comparison operator.
@@ -128,7 +140,7 @@ impl Literal {
 }
 
 /// An aggregate function whose partial state the storage node computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AggregateFunction {
     /// Number of non-null values (or of rows, when the argument is a literal).
     Count,
@@ -138,6 +150,8 @@ pub enum AggregateFunction {
     Min,
     /// Largest non-null value; NULL when there are none.
     Max,
+    /// A registered aggregate plugin; the state is its opaque `Binary` partial state.
+    Plugin(PluginRef),
 }
 
 /// One column of a partial aggregate state: `function(argument)` per group,
@@ -153,6 +167,33 @@ pub struct PartialAggregate {
 }
 
 impl Expr {
+    /// Adds the plugins the expression calls to `out`.
+    pub fn collect_plugins(&self, out: &mut std::collections::BTreeSet<PluginRef>) {
+        match self {
+            Expr::Column(_) | Expr::Literal(_) => {}
+            Expr::Cmp(_, l, r) | Expr::Arithmetic(_, l, r) => {
+                l.collect_plugins(out);
+                r.collect_plugins(out);
+            }
+            Expr::And(items) | Expr::Or(items) => items.iter().for_each(|e| e.collect_plugins(out)),
+            Expr::Not(e) | Expr::Cast(e, _) | Expr::IsNull { expr: e, .. } => {
+                e.collect_plugins(out)
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.collect_plugins(out);
+                list.iter().for_each(|e| e.collect_plugins(out));
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.collect_plugins(out);
+                pattern.collect_plugins(out);
+            }
+            Expr::Call { plugin, args, .. } => {
+                out.insert(plugin.clone());
+                args.iter().for_each(|e| e.collect_plugins(out));
+            }
+        }
+    }
+
     /// Adds the names of the columns the expression reads to `out`.
     pub fn collect_columns(&self, out: &mut std::collections::BTreeSet<String>) {
         match self {
@@ -172,6 +213,7 @@ impl Expr {
                 expr.collect_columns(out);
                 list.iter().for_each(|e| e.collect_columns(out));
             }
+            Expr::Call { args, .. } => args.iter().for_each(|e| e.collect_columns(out)),
             Expr::Like { expr, pattern, .. } => {
                 expr.collect_columns(out);
                 pattern.collect_columns(out);
@@ -242,6 +284,10 @@ impl fmt::Display for Expr {
                 if *case_insensitive { "ILIKE" } else { "LIKE" }
             ),
             Expr::Cast(e, t) => write!(f, "CAST({e} AS {t})"),
+            Expr::Call { plugin, args, .. } => {
+                write!(f, "{plugin}")?;
+                join(f, args, ",")
+            }
         }
     }
 }
@@ -295,11 +341,12 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 impl fmt::Display for PartialAggregate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self.function {
+        let name = match &self.function {
             AggregateFunction::Count => "count",
             AggregateFunction::Sum => "sum",
             AggregateFunction::Min => "min",
             AggregateFunction::Max => "max",
+            AggregateFunction::Plugin(p) => p.name.as_str(),
         };
         write!(f, "{name}({}) -> {}", self.argument, self.state_type)
     }

@@ -19,9 +19,11 @@
 #![warn(missing_docs)]
 
 mod expr;
+pub mod plugin;
 mod task;
 
 pub use expr::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
+pub use plugin::{PluginKind, PluginRef, PluginSignature};
 pub use task::{
     decode_request, encode_request, needed_columns, ByteRange, FileFormat, GuestRequest, Pushdown,
     Stage, StageRun, Task, TaskUnit, PROTOCOL_VERSION,

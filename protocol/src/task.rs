@@ -3,19 +3,24 @@
 use arrow_schema::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::expr::{Expr, PartialAggregate};
+use crate::expr::{AggregateFunction, Expr, PartialAggregate};
+use crate::plugin::PluginRef;
 
 /// Version of the JSON encoding of [`Task`] and [`GuestRequest`]. A guest refuses a
 /// request whose version differs.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The on-disk format of a table's files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileFormat {
     /// Apache Parquet; one task per row group.
     Parquet,
     /// RFC 4180 CSV with a header row; one task per chunk of whole records.
     Csv,
+    /// Lines read by a registered parser plugin; one task per chunk of whole lines. The
+    /// storage node runs the parser on the chunk and hands its Arrow IPC output to the
+    /// built-in pipeline as the input.
+    Plugin(PluginRef),
 }
 
 /// A half-open byte range `[start, end)` of a file.
@@ -46,6 +51,14 @@ pub enum TaskUnit {
     RowGroup(usize),
     /// One chunk of a CSV file: whole records, starting after the header.
     CsvChunk(ByteRange),
+    /// One chunk of whole lines for a parser plugin; `first_line` is the 1-based line
+    /// number of its first line in the file.
+    Lines {
+        /// The chunk's bytes.
+        range: ByteRange,
+        /// Line number of the chunk's first line, counted from 1.
+        first_line: u64,
+    },
 }
 
 /// What the sandboxed pipeline computes over the rows that pass the predicate.
@@ -85,6 +98,34 @@ impl Task {
     /// [`needed_columns`].
     pub fn needed_columns(&self, file_schema: &Schema) -> Vec<String> {
         needed_columns(self.predicate.as_ref(), &self.pushdown, file_schema)
+    }
+
+    /// Every plugin the task runs besides the built-in pipeline: its parser, the scalar
+    /// functions it calls and its aggregate plugins, each once, sorted by name.
+    pub fn plugins(&self) -> Vec<PluginRef> {
+        let mut out = std::collections::BTreeSet::new();
+        if let FileFormat::Plugin(p) = &self.format {
+            out.insert(p.clone());
+        }
+        if let Some(p) = &self.predicate {
+            p.collect_plugins(&mut out);
+        }
+        match &self.pushdown {
+            Pushdown::Project(exprs) => exprs.iter().for_each(|(_, e)| e.collect_plugins(&mut out)),
+            Pushdown::PartialAggregate {
+                group_by,
+                aggregates,
+            } => {
+                group_by.iter().for_each(|(_, e)| e.collect_plugins(&mut out));
+                for (_, a) in aggregates {
+                    a.argument.collect_plugins(&mut out);
+                    if let AggregateFunction::Plugin(p) = &a.function {
+                        out.insert(p.clone());
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 }
 
