@@ -14,7 +14,7 @@ use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::parquet_to_arrow_schema;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
-use pushdown_protocol::{ByteRange, FileFormat, TaskUnit};
+use pushdown_protocol::{ByteRange, FileFormat, PluginRef, TaskUnit};
 
 use crate::error::{Error, Result};
 
@@ -77,7 +77,16 @@ pub struct TableInfo {
     pub files: Vec<Arc<FileInfo>>,
 }
 
-fn format_of(path: &Path) -> Option<FileFormat> {
+/// The format of a file of table `table`: a parser plugin's when `formats` names one for
+/// the table (any extension), else by extension (`.parquet`, `.csv`).
+fn format_of(
+    path: &Path,
+    table: &str,
+    formats: &BTreeMap<String, PluginRef>,
+) -> Option<FileFormat> {
+    if let Some(parser) = formats.get(table) {
+        return Some(FileFormat::Plugin(parser.clone()));
+    }
     match path.extension()?.to_str()? {
         "parquet" => Some(FileFormat::Parquet),
         "csv" => Some(FileFormat::Csv),
@@ -85,12 +94,16 @@ fn format_of(path: &Path) -> Option<FileFormat> {
     }
 }
 
-/// Lists the tables of `root`.
+/// Lists the tables of `root`. `formats` maps a table name to the parser plugin that reads
+/// its files: `DIR/<t>.<any extension>` or every file of folder `DIR/<t>/`.
 ///
 /// # Errors
 /// [`Error::NotFound`] when `root` is not a readable directory; [`Error::DuplicateTable`]
 /// when two sources claim one name; [`Error::BadData`] for a folder that mixes formats.
-pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
+pub fn list_tables(
+    root: &Path,
+    formats: &BTreeMap<String, PluginRef>,
+) -> Result<BTreeMap<String, TableSource>> {
     let not_found = |message: String| Error::NotFound {
         path: root.display().to_string(),
         message,
@@ -126,7 +139,7 @@ pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
                 .filter_map(|p| {
                     Some((
                         format!("{file_name}/{}", p.file_name()?.to_str()?),
-                        format_of(&p)?,
+                        format_of(&p, &file_name, formats)?,
                     ))
                 })
                 .collect();
@@ -148,10 +161,11 @@ pub fn list_tables(root: &Path) -> Result<BTreeMap<String, TableSource>> {
                 files: files.into_iter().map(|(p, _)| p).collect(),
                 origin: format!("{file_name}/"),
             }
-        } else if let Some(format) = format_of(&path) {
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
+        } else if let Some((stem, format)) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|stem| Some((stem, format_of(&path, stem, formats)?)))
+        {
             TableSource {
                 name: stem.to_string(),
                 format,
@@ -391,6 +405,57 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
     Ok(chunks)
 }
 
+/// Cuts a file into chunks of whole lines of about `chunk_size` bytes for a parser plugin,
+/// numbering each chunk's first line (from 1) in the same pass. Returns the file's length
+/// and the units.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read.
+pub fn line_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<(u64, Vec<TaskUnit>)> {
+    let io = |error| Error::Io {
+        path: path.to_string(),
+        error,
+    };
+    let mut file = File::open(abs_path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let chunk_size = chunk_size.max(1);
+    let mut units = Vec::new();
+    let (mut chunk_start, mut chunk_line, mut line) = (0u64, 1u64, 1u64);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+            let boundary = offset + i as u64 + 1;
+            line += 1;
+            if boundary - chunk_start >= chunk_size {
+                units.push(TaskUnit::Lines {
+                    range: ByteRange {
+                        start: chunk_start,
+                        end: boundary,
+                    },
+                    first_line: chunk_line,
+                });
+                (chunk_start, chunk_line) = (boundary, line);
+            }
+        }
+        offset += n as u64;
+    }
+    if chunk_start < len {
+        units.push(TaskUnit::Lines {
+            range: ByteRange {
+                start: chunk_start,
+                end: len,
+            },
+            first_line: chunk_line,
+        });
+    }
+    Ok((len, units))
+}
+
 /// Opens a table: reads every file's footer or header and cuts it into units.
 ///
 /// # Errors
@@ -401,12 +466,13 @@ pub fn open_table(
     source: &TableSource,
     csv_chunk_size: u64,
     csv_all_varchar: bool,
+    parser_schemas: &BTreeMap<String, SchemaRef>,
 ) -> Result<TableInfo> {
     let mut files = Vec::with_capacity(source.files.len());
     let mut table_schema: Option<SchemaRef> = None;
     for path in &source.files {
         let abs_path = root.join(path);
-        let (len, units, footer, schema) = match source.format {
+        let (len, units, footer, schema) = match &source.format {
             FileFormat::Parquet => {
                 let (len, footer, schema) = read_parquet_footer(path, &abs_path)?;
                 let units = (0..footer.metadata.num_row_groups())
@@ -431,12 +497,19 @@ pub fn open_table(
                     .collect();
                 (len, units, None, schema)
             }
+            FileFormat::Plugin(parser) => {
+                let schema = parser_schemas.get(&parser.sha256).ok_or_else(|| {
+                    Error::Internal(format!("no schema for parser {}", parser.name))
+                })?;
+                let (len, units) = line_chunks(path, &abs_path, csv_chunk_size)?;
+                (len, units, None, schema.as_ref().clone())
+            }
         };
         let info = FileInfo {
             path: path.clone(),
             abs_path,
             len,
-            format: source.format,
+            format: source.format.clone(),
             units,
             footer,
             schema: Arc::new(schema),
@@ -458,7 +531,7 @@ pub fn open_table(
     }
     Ok(TableInfo {
         name: source.name.clone(),
-        format: source.format,
+        format: source.format.clone(),
         schema: table_schema.unwrap_or_else(|| Arc::new(Schema::empty())),
         files,
     })
@@ -514,11 +587,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("b")).unwrap();
         std::fs::write(dir.path().join("b/1.csv"), "x\n1\n").unwrap();
         std::fs::write(dir.path().join("b/2.csv"), "x\n2\n").unwrap();
-        let tables = list_tables(dir.path()).unwrap();
+        let tables = list_tables(dir.path(), &BTreeMap::new()).unwrap();
         assert_eq!(tables.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(tables["b"].files, ["b/1.csv", "b/2.csv"]);
         std::fs::write(dir.path().join("b.parquet"), "x").unwrap();
-        let err = list_tables(dir.path()).unwrap_err().to_string();
+        let err = list_tables(dir.path(), &BTreeMap::new()).unwrap_err().to_string();
         assert!(
             err.contains("table b is defined twice")
                 && err.contains("b/")

@@ -14,12 +14,14 @@
 //! * To open a data directory and run tasks, use [`StorageNode`].
 //! * To list or open tables without a node, use the functions of [`catalog`].
 //! * To run your own module under the same limits, use [`Sandbox`] and [`PluginModule`].
+//! * To register, list and fetch user plugins, use [`Registry`].
 #![warn(missing_docs)]
 
 pub mod catalog;
 mod error;
 mod node;
 mod prune;
+pub mod registry;
 mod sandbox;
 
 pub use catalog::{FileInfo, TableInfo, TableSource};
@@ -29,4 +31,5 @@ pub use node::{
     BUILTIN_WASM,
 };
 pub use prune::row_group_may_match;
+pub use registry::{RegisteredPlugin, Registry};
 pub use sandbox::{CallOutput, PluginModule, Sandbox, SandboxConfig, ABI_VERSION, RANDOM_STREAM};

@@ -9,13 +9,17 @@ use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
+use arrow_schema::SchemaRef;
+use pushdown_protocol::plugin::EXPORT_PARSE;
 use pushdown_protocol::{
-    encode_request, ByteRange, FileFormat, GuestRequest, StageRun, Task, TaskUnit, PROTOCOL_VERSION,
+    encode_request, ByteRange, FileFormat, GuestRequest, PluginKind, PluginRef, StageRun, Task,
+    TaskUnit, PROTOCOL_VERSION,
 };
 
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::error::{Error, Result};
 use crate::prune::row_group_may_match;
+use crate::registry::Registry;
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
 
 /// The built-in pipeline module, built for `wasm32-wasip1` by `build.rs`.
@@ -36,6 +40,10 @@ pub struct NodeOptions {
     pub csv_all_varchar: bool,
     /// Limits of every plugin call.
     pub sandbox: SandboxConfig,
+    /// The plugin registry user plugins are fetched from (by SHA-256). None: no user plugins.
+    pub registry: Option<PathBuf>,
+    /// Tables whose files a parser plugin reads, by table name (`--format TABLE=PARSER`).
+    pub formats: BTreeMap<String, PluginRef>,
 }
 
 impl Default for NodeOptions {
@@ -45,6 +53,8 @@ impl Default for NodeOptions {
             batch_size: 65_536,
             csv_all_varchar: false,
             sandbox: SandboxConfig::default(),
+            registry: None,
+            formats: BTreeMap::new(),
         }
     }
 }
@@ -83,6 +93,11 @@ pub struct StorageNode {
     builtin: PluginModule,
     tables: Mutex<HashMap<String, Arc<TableInfo>>>,
     files: Mutex<HashMap<String, Arc<FileInfo>>>,
+    registry: Option<Registry>,
+    /// User plugins loaded so far, by SHA-256.
+    plugins: Mutex<HashMap<String, PluginModule>>,
+    /// The declared schema of each parser of `options.formats`, by SHA-256.
+    parser_schemas: BTreeMap<String, SchemaRef>,
 }
 
 /// Describes a task's place for error messages: `lineitem.parquet: row group 3`.
@@ -90,6 +105,10 @@ pub fn task_context(task: &Task) -> String {
     match &task.unit {
         TaskUnit::RowGroup(rg) => format!("{}: row group {rg}", task.file),
         TaskUnit::CsvChunk(r) => format!("{}: bytes {}..{}", task.file, r.start, r.end),
+        TaskUnit::Lines { range, first_line } => format!(
+            "{}: bytes {}..{} (from line {first_line})",
+            task.file, range.start, range.end
+        ),
     }
 }
 
@@ -101,9 +120,31 @@ impl StorageNode {
     /// built-in module does not load.
     pub fn open(root: impl AsRef<Path>, options: NodeOptions) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        catalog::list_tables(&root)?;
+        catalog::list_tables(&root, &options.formats)?;
         let sandbox = Sandbox::new(options.sandbox.clone())?;
         let builtin = sandbox.load(BUILTIN_PLUGIN, BUILTIN_WASM)?;
+        let registry = options.registry.as_ref().map(Registry::open).transpose()?;
+        let mut parser_schemas = BTreeMap::new();
+        for (table, parser) in &options.formats {
+            let registered = registry
+                .as_ref()
+                .map(|r| r.get(&parser.name))
+                .transpose()?
+                .flatten()
+                .filter(|p| p.sha256 == parser.sha256 && p.kind == PluginKind::Parser)
+                .ok_or_else(|| Error::NotFound {
+                    path: table.clone(),
+                    message: format!("parser {} is not a registered parser plugin", parser.name),
+                })?;
+            let schema = registered
+                .signature
+                .schema()
+                .map_err(|message| Error::Plugin {
+                    plugin: parser.name.clone(),
+                    message,
+                })?;
+            parser_schemas.insert(parser.sha256.clone(), Arc::new(schema));
+        }
         Ok(Self {
             root,
             options,
@@ -111,7 +152,45 @@ impl StorageNode {
             builtin,
             tables: Mutex::default(),
             files: Mutex::default(),
+            registry,
+            plugins: Mutex::default(),
+            parser_schemas,
         })
+    }
+
+    /// The user plugin `plugin`, loaded from the registry by SHA-256 and compiled once (the
+    /// compiled module is cached on disk too). A module whose bytes do not hash to the
+    /// reference's SHA-256 is never run.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] without a registry or when the module is not in it;
+    /// [`Error::Plugin`] when it does not load.
+    pub fn plugin(&self, plugin: &PluginRef) -> Result<PluginModule> {
+        if let Some(p) = self.plugins.lock().expect("not poisoned").get(&plugin.sha256) {
+            return Ok(p.clone());
+        }
+        let registry = self.registry.as_ref().ok_or_else(|| Error::NotFound {
+            path: plugin.name.clone(),
+            message: "this node has no plugin registry".into(),
+        })?;
+        let bytes = registry.module(plugin)?;
+        let (module, _) = self.sandbox.load_plugin(&plugin.name, &bytes)?;
+        if module.sha256() != plugin.sha256 {
+            return Err(Error::Plugin {
+                plugin: plugin.name.clone(),
+                message: format!("module hashes to {}, not {}", module.sha256(), plugin.sha256),
+            });
+        }
+        self.plugins
+            .lock()
+            .expect("not poisoned")
+            .insert(plugin.sha256.clone(), module.clone());
+        Ok(module)
+    }
+
+    /// The registry this node fetches user plugins from, when it has one.
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_ref()
     }
 
     /// The data directory.
@@ -134,7 +213,7 @@ impl StorageNode {
     /// # Errors
     /// As [`catalog::list_tables`].
     pub fn list_tables(&self) -> Result<BTreeMap<String, TableSource>> {
-        catalog::list_tables(&self.root)
+        catalog::list_tables(&self.root, &self.options.formats)
     }
 
     /// Opens table `name` (once; later calls return the cached table), or `None` when the
@@ -154,6 +233,7 @@ impl StorageNode {
             &source,
             self.options.csv_chunk_size,
             self.options.csv_all_varchar,
+            &self.parser_schemas,
         )?);
         let mut files = self.files.lock().expect("not poisoned");
         for f in &table.files {
@@ -223,6 +303,11 @@ impl StorageNode {
                 segments
             }
             (TaskUnit::CsvChunk(range), None) if task.format == FileFormat::Csv => vec![*range],
+            (TaskUnit::Lines { range, .. }, None)
+                if matches!(task.format, FileFormat::Plugin(_)) =>
+            {
+                vec![*range]
+            }
             _ => {
                 return Err(Error::Internal(format!(
                     "task unit {:?} does not fit a {:?} file",
@@ -320,9 +405,38 @@ impl StorageNode {
                 metrics,
             });
         };
-        let output = self.builtin.call(&request, input_len, |slot| {
-            fill_input(&file, &segments, slot)
-        })?;
+        let mut plugins = HashMap::new();
+        for p in task.plugins() {
+            plugins.insert(p.name.clone(), self.plugin(&p)?);
+        }
+        let output = match (&task.format, &task.unit) {
+            (FileFormat::Plugin(parser), TaskUnit::Lines { first_line, .. }) => {
+                // The parser reads the chunk straight from storage; its Arrow IPC output is
+                // the pipeline's input.
+                let parser = self.plugin(parser)?;
+                let parsed = parser.invoke_with(
+                    EXPORT_PARSE,
+                    input_len,
+                    |slot| fill_input(&file, &segments, slot),
+                    Some(*first_line),
+                )?;
+                self.builtin.call_with_plugins(
+                    &request,
+                    parsed.payload.len(),
+                    |slot| {
+                        slot.copy_from_slice(&parsed.payload);
+                        Ok(())
+                    },
+                    Arc::new(plugins),
+                )?
+            }
+            _ => self.builtin.call_with_plugins(
+                &request,
+                input_len,
+                |slot| fill_input(&file, &segments, slot),
+                Arc::new(plugins),
+            )?,
+        };
         let (rows_in, rows_selected, batches, ipc_len) =
             decode_result(BUILTIN_PLUGIN, &output.payload, &task.output_schema)?;
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();

@@ -14,7 +14,8 @@ use arrow_buffer::NullBuffer;
 use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use hashbrown::HashMap;
-use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate};
+use pushdown_protocol::plugin::NUM_GROUPS_KEY;
+use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate, PluginRef};
 
 use crate::eval::{cast_checked, evaluate, evaluate_memo, Memo, Value};
 
@@ -193,13 +194,64 @@ impl Accumulator for Ordered {
     }
 }
 
+/// A user aggregate plugin: the argument values and group ids are kept, and the plugin's
+/// update runs once over all of them when the state is finished (one call per task).
+struct Plugin {
+    plugin: PluginRef,
+    values: Vec<ArrayRef>,
+    groups: Vec<u32>,
+}
+
+impl Accumulator for Plugin {
+    fn update(
+        &mut self,
+        values: &ArrayRef,
+        groups: &[u32],
+        _num_groups: usize,
+    ) -> Result<(), String> {
+        self.values.push(values.clone());
+        self.groups.extend_from_slice(groups);
+        Ok(())
+    }
+
+    fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String> {
+        if self.values.is_empty() {
+            // No row: NULL states, which merge as the plugin's initial state.
+            return Ok(arrow_array::new_null_array(&DataType::Binary, num_groups));
+        }
+        let parts: Vec<&dyn Array> = self.values.iter().map(|a| a.as_ref()).collect();
+        let values = arrow_select::concat::concat(&parts).map_err(|e| e.to_string())?;
+        let n = values.len();
+        let groups: ArrayRef = Arc::new(arrow_array::UInt32Array::from(std::mem::take(
+            &mut self.groups,
+        )));
+        self.values.clear();
+        let metadata = [(NUM_GROUPS_KEY.to_string(), num_groups.to_string())].into();
+        let input = crate::host::encode(vec![groups, values], n, metadata)?;
+        crate::host::call_column(
+            &self.plugin,
+            crate::host::PluginOp::Update,
+            &input,
+            &DataType::Binary,
+            num_groups,
+        )
+    }
+}
+
 fn accumulator(aggregate: &PartialAggregate) -> Result<Box<dyn Accumulator>, String> {
-    let f = aggregate.function;
+    if let AggregateFunction::Plugin(plugin) = &aggregate.function {
+        return Ok(Box::new(Plugin {
+            plugin: plugin.clone(),
+            values: Vec::new(),
+            groups: Vec::new(),
+        }));
+    }
+    let f = aggregate.function.clone();
     let t = aggregate.state_type.clone();
     macro_rules! primitive {
         ($ty:ty) => {
             Box::new(Primitive::<$ty> {
-                function: f,
+                function: f.clone(),
                 values: Vec::new(),
                 seen: Vec::new(),
                 data_type: t.clone(),
@@ -319,6 +371,9 @@ impl GroupedAggregator {
                 }
                 (AggregateFunction::Count, Value::Array(a)) => {
                     acc.update(&a, &self.group_ids, self.num_groups)?
+                }
+                (AggregateFunction::Plugin(_), value) => {
+                    acc.update(&value.into_array(n)?, &self.group_ids, self.num_groups)?
                 }
                 (_, value) => {
                     let values = cast_checked(&value.into_array(n)?, &aggregate.state_type)?;

@@ -191,6 +191,24 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
             })?
         }
         Expr::Cast(e, to) => cast_value(evaluate(e, batch)?, to)?,
+        Expr::Call {
+            plugin,
+            args,
+            return_type,
+        } => {
+            let columns = args
+                .iter()
+                .map(|a| evaluate(a, batch)?.into_array(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            let input = crate::host::encode(columns, n, Default::default())?;
+            Value::Array(crate::host::call_column(
+                plugin,
+                crate::host::PluginOp::Scalar,
+                &input,
+                return_type,
+                n,
+            )?)
+        }
     })
 }
 

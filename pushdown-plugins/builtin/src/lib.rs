@@ -26,6 +26,7 @@
 mod aggregate;
 mod eval;
 pub mod fuzz;
+mod host;
 mod parse;
 mod pipeline;
 
@@ -33,6 +34,7 @@ mod pipeline;
 pub mod abi;
 
 pub use aggregate::GroupedAggregator;
+pub use host::{set_native_host, NativeHost, PluginOp};
 pub use eval::{evaluate, evaluate_to_array, literal_array, Value};
 pub use parse::{parse_csv, parse_parquet};
 pub use pipeline::{merge_aggregator, run_pipeline, run_stage, run_task, TaskStats};

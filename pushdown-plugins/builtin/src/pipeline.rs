@@ -104,8 +104,49 @@ fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>,
             request.batch_size,
             !request.csv_all_varchar,
         ),
+        (FileFormat::Plugin(parser), TaskUnit::Lines { .. }) => {
+            parse_ipc(input, &request.file_schema, &columns, parser)
+        }
         (format, unit) => Err(format!("a {format:?} file cannot be read as {unit:?}")),
     }
+}
+
+/// The Arrow IPC stream a parser plugin made of the chunk (the storage node ran it), as
+/// batches of the needed columns; its schema must be the parser's declared one.
+fn parse_ipc(
+    input: Bytes,
+    file_schema: &arrow_schema::Schema,
+    columns: &[String],
+    parser: &pushdown_protocol::PluginRef,
+) -> Result<Vec<RecordBatch>, String> {
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(input), None)
+        .map_err(|e| format!("parser {parser} returned malformed Arrow IPC: {e}"))?;
+    let types = |s: &arrow_schema::Schema| {
+        s.fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect::<Vec<_>>()
+    };
+    if types(&reader.schema()) != types(file_schema) {
+        return Err(format!(
+            "parser {parser} returned columns of other types than it declares"
+        ));
+    }
+    let indices: Vec<usize> = columns
+        .iter()
+        .map(|c| file_schema.index_of(c).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let projected = Arc::new(file_schema.project(&indices).map_err(|e| e.to_string())?);
+    reader
+        .map(|b| {
+            let b = b.map_err(|e| format!("parser {parser} returned malformed Arrow IPC: {e}"))?;
+            let columns = indices.iter().map(|&i| b.column(i).clone()).collect();
+            let options =
+                arrow_array::RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            RecordBatch::try_new_with_options(projected.clone(), columns, &options)
+                .map_err(|e| format!("parser {parser}: {e}"))
+        })
+        .collect()
 }
 
 /// Filter: the rows of `batch` where the task's predicate is true (all rows without one).
@@ -163,21 +204,24 @@ pub fn merge_aggregator(
         .iter()
         .enumerate()
         .map(|(i, (_, a))| {
-            let function = match a.function {
+            let function = match &a.function {
                 AggregateFunction::Count => AggregateFunction::Sum,
-                f => f,
+                AggregateFunction::Plugin(p) => {
+                    return Err(format!("merging plugin {p}'s states runs in the intermediary"))
+                }
+                f => f.clone(),
             };
             let argument = Expr::Column(name(group_by.len() + i));
-            (
+            Ok((
                 name(group_by.len() + i),
                 PartialAggregate {
                     function,
                     argument,
                     state_type: a.state_type.clone(),
                 },
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<Vec<_>, String>>()?;
     GroupedAggregator::try_new(merge_by, merges, Arc::new(schema.clone()))
 }
 

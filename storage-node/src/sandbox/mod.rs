@@ -10,8 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use pushdown_protocol::plugin::{
+    COMMON_EXPORTS, EXPORT_FINALIZE, EXPORT_MERGE, EXPORT_SCALAR, EXPORT_SIGNATURE, EXPORT_UPDATE,
+};
+use pushdown_protocol::PluginSignature;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    Caller, Config, Engine, Instance, InstanceAllocationStrategy, InstancePre, Linker, Memory,
     PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -106,6 +112,78 @@ impl Drop for Sandbox {
 struct HostState {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
+    /// The user plugins the current call may call through `pushdown.call_plugin`, by name.
+    plugins: Arc<HashMap<String, PluginModule>>,
+    /// The result or error message of the last `pushdown.call_plugin`, until `take_result`.
+    pending: Vec<u8>,
+}
+
+/// Operations of the `pushdown.call_plugin` host import, by code.
+const HOST_OPS: [&str; 4] = [EXPORT_SCALAR, EXPORT_UPDATE, EXPORT_MERGE, EXPORT_FINALIZE];
+
+/// Adds the host functions the built-in pipeline imports from module `pushdown`:
+/// `call_plugin(name_ptr, name_len, op, in_ptr, in_len) -> i64` runs export `HOST_OPS[op]`
+/// of the named user plugin over the input bytes and returns the result's length (or, for
+/// an error, `-1 - len` of the message); `take_result(dst)` copies that result into linear
+/// memory at `dst`. See `pushdown-plugins/ABI.md`.
+fn add_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    fn memory(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<Memory> {
+        caller
+            .get_export("memory")
+            .and_then(|e| e.into_memory())
+            .ok_or_else(|| wasmtime::format_err!("no exported memory"))
+    }
+    linker.func_wrap(
+        "pushdown",
+        "call_plugin",
+        |mut caller: Caller<'_, HostState>,
+         name_ptr: u32,
+         name_len: u32,
+         op: u32,
+         in_ptr: u32,
+         in_len: u32|
+         -> wasmtime::Result<i64> {
+            let mem = memory(&mut caller)?;
+            let data = mem.data(&caller);
+            let slice = |ptr: u32, len: u32| {
+                data.get(ptr as usize..ptr as usize + len as usize)
+                    .ok_or_else(|| wasmtime::format_err!("call_plugin: bytes {ptr}+{len} outside linear memory"))
+            };
+            let name = String::from_utf8_lossy(slice(name_ptr, name_len)?).into_owned();
+            let input = slice(in_ptr, in_len)?.to_vec();
+            let export = HOST_OPS
+                .get(op as usize)
+                .ok_or_else(|| wasmtime::format_err!("call_plugin: unknown operation {op}"))?;
+            let plugin = caller.data().plugins.get(&name).cloned();
+            let result = match plugin {
+                None => Err(format!("plugin {name} is not available to this task")),
+                Some(p) => p
+                    .invoke(export, &input, None)
+                    .map(|out| out.payload)
+                    .map_err(|e| e.to_string()),
+            };
+            let (code, bytes) = match result {
+                Ok(b) => (b.len() as i64, b),
+                Err(m) => (-1 - m.len() as i64, m.into_bytes()),
+            };
+            caller.data_mut().pending = bytes;
+            Ok(code)
+        },
+    )?;
+    linker.func_wrap(
+        "pushdown",
+        "take_result",
+        |mut caller: Caller<'_, HostState>, dst: u32| -> wasmtime::Result<()> {
+            let mem = memory(&mut caller)?;
+            let pending = std::mem::take(&mut caller.data_mut().pending);
+            mem.data_mut(&mut caller)
+                .get_mut(dst as usize..dst as usize + pending.len())
+                .ok_or_else(|| wasmtime::format_err!("take_result: destination outside linear memory"))?
+                .copy_from_slice(&pending);
+            Ok(())
+        },
+    )?;
+    Ok(())
 }
 
 impl Sandbox {
@@ -161,15 +239,54 @@ impl Sandbox {
         &self.config
     }
 
-    /// Compiles (or loads from the on-disk cache) and validates a plugin module.
+    /// Compiles (or loads from the on-disk cache) and validates a pipeline module: the
+    /// built-in one, or any module with its ABI.
     ///
     /// `bytes` is a binary `.wasm` module or WebAssembly text. The module must export
     /// `memory`, `pushdown_abi_version() -> i32` returning [`ABI_VERSION`], `pushdown_alloc`
-    /// and `pushdown_run`, and import nothing but WASI preview 1.
+    /// and `pushdown_run`, and import nothing but WASI preview 1 and the host calls of
+    /// module `pushdown` (`call_plugin`, `take_result`).
     ///
     /// # Errors
     /// [`Error::Plugin`] when it does not compile, lacks an export, or has another ABI version.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PluginModule> {
+        let plugin = self.link(name, bytes, true)?;
+        for export in ["memory", "pushdown_abi_version", "pushdown_alloc", "pushdown_run"] {
+            plugin.require_export(export)?;
+        }
+        plugin.check_version()?;
+        Ok(plugin)
+    }
+
+    /// Compiles (or loads from the on-disk cache) and validates a user plugin, returning it
+    /// with its declared signature.
+    ///
+    /// The module must import nothing but WASI preview 1, export what every plugin exports
+    /// ([`COMMON_EXPORTS`]), return [`ABI_VERSION`], declare a well-formed signature, and
+    /// export what its kind needs ([`pushdown_protocol::PluginKind::exports`]); see `pushdown-plugins/ABI.md`.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] saying which of these fails.
+    pub fn load_plugin(&self, name: &str, bytes: &[u8]) -> Result<(PluginModule, PluginSignature)> {
+        let plugin = self.link(name, bytes, false)?;
+        for export in COMMON_EXPORTS {
+            plugin.require_export(export)?;
+        }
+        plugin.check_version()?;
+        let json = plugin.signature_bytes()?;
+        let signature = PluginSignature::parse(&json).map_err(|m| plugin.error(format!("declares a malformed signature: {m}")))?;
+        for export in signature.kind.exports() {
+            plugin.require_export(export).map_err(|_| {
+                plugin.error(format!(
+                    "declares kind {} but does not export {export}, which a {} plugin needs",
+                    signature.kind, signature.kind
+                ))
+            })?;
+        }
+        Ok((plugin, signature))
+    }
+
+    fn link(&self, name: &str, bytes: &[u8], host_calls: bool) -> Result<PluginModule> {
         let plugin_err = |message: String| Error::Plugin {
             plugin: name.to_string(),
             message,
@@ -186,37 +303,22 @@ impl Sandbox {
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
             .map_err(|e| Error::Internal(format!("WASI linker: {e:#}")))?;
+        if host_calls {
+            add_host_calls(&mut linker)
+                .map_err(|e| Error::Internal(format!("host calls: {e:#}")))?;
+        }
         let instance_pre = linker.instantiate_pre(&module).map_err(|e| {
             plugin_err(format!(
                 "cannot be linked (it may import something beyond WASI preview 1): {e:#}"
             ))
         })?;
-        for export in [
-            "memory",
-            "pushdown_abi_version",
-            "pushdown_alloc",
-            "pushdown_run",
-        ] {
-            if module.get_export(export).is_none() {
-                return Err(plugin_err(format!(
-                    "does not export {export}, which the pushdown ABI requires"
-                )));
-            }
-        }
-        let plugin = PluginModule {
+        Ok(PluginModule {
             name: name.to_string(),
             instance_pre,
             sha256: cache::sha256_hex(bytes),
             idle: Arc::default(),
             limits: self.config.clone(),
-        };
-        let version = plugin.abi_version()?;
-        if version != ABI_VERSION {
-            return Err(plugin_err(format!(
-                "exports ABI version {version}; this host speaks version {ABI_VERSION}"
-            )));
-        }
-        Ok(plugin)
+        })
     }
 }
 
@@ -262,18 +364,72 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 const MAX_IDLE_INSTANCES: usize = 8;
 
 type Alloc = TypedFunc<u32, u32>;
-type Run = TypedFunc<(u32, u32, u32, u32), u64>;
 type Free = TypedFunc<(u32, u32), ()>;
 
 /// An instance with its store and the ABI's exports.
 struct Live {
     store: Store<HostState>,
+    instance: Instance,
     memory: Memory,
     alloc: Alloc,
-    run: Run,
     free: Option<Free>,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+}
+
+impl Live {
+    /// Allocates `len` bytes in the guest and lets `fill` write them; returns the pointer.
+    fn write_input(
+        &mut self,
+        plugin: &PluginModule,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> wasmtime::Result<Result<u32>> {
+        let Ok(len32) = u32::try_from(len) else {
+            return Ok(Err(plugin.error(format!("input of {len} bytes exceeds 4 GiB"))));
+        };
+        let ptr = self.alloc.call(&mut self.store, len32)?;
+        let data = self.memory.data_mut(&mut self.store);
+        let Some(slot) = data.get_mut(ptr as usize..ptr as usize + len) else {
+            return Ok(Err(plugin.error(format!(
+                "pushdown_alloc returned {ptr}, outside linear memory"
+            ))));
+        };
+        Ok(fill(slot).map(|()| ptr))
+    }
+
+    /// Reads the result buffer `(ptr << 32) | len` an entry point returned: status byte,
+    /// then the payload or an error message.
+    fn read_result(&self, plugin: &PluginModule, packed: u64) -> Result<(CallOutput, u32, u32)> {
+        let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+        if len > plugin.limits.max_output_bytes {
+            return Err(plugin.error(format!(
+                "returned {len} bytes, over the output cap of {} bytes",
+                plugin.limits.max_output_bytes
+            )));
+        }
+        let data = self.memory.data(&self.store);
+        let Some(out) = data.get(ptr..ptr.saturating_add(len)) else {
+            return Err(plugin.error(format!(
+                "returned bytes {ptr}..{} outside its linear memory of {} bytes",
+                ptr.saturating_add(len),
+                data.len()
+            )));
+        };
+        let memory_bytes = data.len();
+        match out.split_first() {
+            Some((0, payload)) => Ok((
+                CallOutput {
+                    payload: payload.to_vec(),
+                    memory_bytes,
+                },
+                ptr as u32,
+                len as u32,
+            )),
+            Some((1, message)) => Err(plugin.error(String::from_utf8_lossy(message).into_owned())),
+            _ => Err(plugin.error("returned a result without a valid status byte".into())),
+        }
+    }
 }
 
 /// A compiled, linked plugin, ready to instantiate per call.
@@ -320,6 +476,32 @@ impl PluginModule {
         &self.sha256
     }
 
+    fn error(&self, message: String) -> Error {
+        Error::Plugin {
+            plugin: self.name.clone(),
+            message,
+        }
+    }
+
+    fn require_export(&self, export: &str) -> Result<()> {
+        match self.instance_pre.module().get_export(export) {
+            Some(_) => Ok(()),
+            None => Err(self.error(format!(
+                "does not export {export}, which the pushdown ABI requires"
+            ))),
+        }
+    }
+
+    fn check_version(&self) -> Result<()> {
+        let version = self.abi_version()?;
+        if version != ABI_VERSION {
+            return Err(self.error(format!(
+                "exports ABI version {version}; this host speaks version {ABI_VERSION}"
+            )));
+        }
+        Ok(())
+    }
+
     fn new_store(&self) -> (Store<HostState>, MemoryOutputPipe, MemoryOutputPipe) {
         let stdout = MemoryOutputPipe::new(self.limits.max_stdio_bytes);
         let stderr = MemoryOutputPipe::new(self.limits.max_stdio_bytes);
@@ -343,7 +525,12 @@ impl PluginModule {
             .build();
         let mut store = Store::new(
             self.instance_pre.module().engine(),
-            HostState { wasi, limits },
+            HostState {
+                wasi,
+                limits,
+                plugins: Arc::default(),
+                pending: Vec::new(),
+            },
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(self.limits.deadline));
@@ -359,6 +546,33 @@ impl PluginModule {
             f.call(&mut store, ())
         })();
         result.map_err(|e| self.describe(e, &stdout, &stderr))
+    }
+
+    /// The raw bytes `pushdown_signature` returns (a user plugin's JSON signature).
+    fn signature_bytes(&self) -> Result<Vec<u8>> {
+        self.with_instance(Arc::default(), |live| {
+            let f = live
+                .instance
+                .get_typed_func::<(), u64>(&mut live.store, EXPORT_SIGNATURE)?;
+            let packed = f.call(&mut live.store, ())?;
+            let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+            let data = live.memory.data(&live.store);
+            Ok(match data.get(ptr..ptr.saturating_add(len)) {
+                Some(bytes) if len <= 1 << 20 => Ok((
+                    CallOutput {
+                        payload: bytes.to_vec(),
+                        memory_bytes: data.len(),
+                    },
+                    ptr as u32,
+                    len as u32,
+                )),
+                _ => Err(self.error(format!(
+                    "{EXPORT_SIGNATURE} returned bytes {ptr}..{} outside its linear memory or over 1 MiB",
+                    ptr.saturating_add(len)
+                ))),
+            })
+        })
+        .map(|out| out.payload)
     }
 
     /// Creates a store (WASI context, limits, deadline) and instantiates the module from its
@@ -378,7 +592,7 @@ impl PluginModule {
     /// Instantiates the module in a new store and looks up the ABI's exports.
     fn instantiate(&self) -> Result<Live> {
         let (mut store, stdout, stderr) = self.new_store();
-        let result = (|| -> wasmtime::Result<(Memory, Alloc, Run, Option<Free>)> {
+        let result = (|| -> wasmtime::Result<(Instance, Memory, Alloc, Option<Free>)> {
             let instance = self.instance_pre.instantiate(&mut store)?;
             if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
                 init.call(&mut store, ())?;
@@ -387,19 +601,17 @@ impl PluginModule {
                 .get_memory(&mut store, "memory")
                 .ok_or_else(|| wasmtime::format_err!("no exported memory"))?;
             let alloc = instance.get_typed_func::<u32, u32>(&mut store, "pushdown_alloc")?;
-            let run =
-                instance.get_typed_func::<(u32, u32, u32, u32), u64>(&mut store, "pushdown_run")?;
             let free = instance
                 .get_typed_func::<(u32, u32), ()>(&mut store, "pushdown_free")
                 .ok();
-            Ok((memory, alloc, run, free))
+            Ok((instance, memory, alloc, free))
         })();
         match result {
-            Ok((memory, alloc, run, free)) => Ok(Live {
+            Ok((instance, memory, alloc, free)) => Ok(Live {
                 store,
+                instance,
                 memory,
                 alloc,
-                run,
                 free,
                 stdout,
                 stderr,
@@ -408,31 +620,19 @@ impl PluginModule {
         }
     }
 
-    /// Runs `pushdown_run`: `request` and the input (written by `fill` straight into linear
-    /// memory, `input_len` bytes) go in, the result buffer comes out.
+    /// Runs `f` on an instance: an idle one of this module or a new one, with a fresh
+    /// deadline and `plugins` reachable through the host calls. `f` returns the call's
+    /// output and the result buffer `(ptr, len)`.
     ///
-    /// The instance comes from this module's idle instances or is created. After a call that
-    /// succeeded without printing anything, and when the module exports `pushdown_free`, the
-    /// result buffer is freed and the instance kept for the next call; after anything else
-    /// (a trap, an error, output on stdout or stderr) it is dropped, never reused.
-    ///
-    /// # Errors
-    /// [`Error::Plugin`] when the call traps (deadline, memory cap, panic), returns an
-    /// out-of-bounds or over-cap buffer, or reports an error of its own.
-    pub fn call(
+    /// After a call that succeeded without printing anything, and when the module exports
+    /// `pushdown_free`, the result buffer is freed and the instance kept for the next call;
+    /// after anything else (a trap, an error, output on stdout or stderr) it is dropped,
+    /// never reused.
+    fn with_instance(
         &self,
-        request: &[u8],
-        input_len: usize,
-        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+        plugins: Arc<HashMap<String, PluginModule>>,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<Result<(CallOutput, u32, u32)>>,
     ) -> Result<CallOutput> {
-        let plugin_err = |message: String| Error::Plugin {
-            plugin: self.name.clone(),
-            message,
-        };
-        let as_u32 = |n: usize| {
-            u32::try_from(n).map_err(|_| plugin_err(format!("input of {n} bytes exceeds 4 GiB")))
-        };
-        let (request_len, input_len32) = (as_u32(request.len())?, as_u32(input_len)?);
         let idle = self.idle.lock().expect("not poisoned").pop();
         let mut live = match idle {
             Some(live) => live,
@@ -440,71 +640,9 @@ impl PluginModule {
         };
         live.store
             .set_epoch_deadline(deadline_ticks(self.limits.deadline));
-        let Live {
-            store,
-            memory,
-            alloc,
-            run,
-            ..
-        } = &mut live;
-        let result = (|| -> wasmtime::Result<Result<(CallOutput, u32, u32)>> {
-            let request_ptr = alloc.call(&mut *store, request_len)?;
-            let input_ptr = alloc.call(&mut *store, input_len32)?;
-            let data = memory.data_mut(&mut *store);
-            let Some(slot) =
-                data.get_mut(request_ptr as usize..request_ptr as usize + request.len())
-            else {
-                return Ok(Err(plugin_err(format!(
-                    "pushdown_alloc returned {request_ptr}, outside linear memory"
-                ))));
-            };
-            slot.copy_from_slice(request);
-            let Some(slot) = data.get_mut(input_ptr as usize..input_ptr as usize + input_len)
-            else {
-                return Ok(Err(plugin_err(format!(
-                    "pushdown_alloc returned {input_ptr}, outside linear memory"
-                ))));
-            };
-            if let Err(e) = fill(slot) {
-                return Ok(Err(e));
-            }
-            let packed = run.call(
-                &mut *store,
-                (request_ptr, request_len, input_ptr, input_len32),
-            )?;
-            let (ptr, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
-            if len > self.limits.max_output_bytes {
-                return Ok(Err(plugin_err(format!(
-                    "returned {len} bytes, over the output cap of {} bytes",
-                    self.limits.max_output_bytes
-                ))));
-            }
-            let data = memory.data(&*store);
-            let Some(out) = data.get(ptr..ptr.saturating_add(len)) else {
-                return Ok(Err(plugin_err(format!(
-                    "returned bytes {ptr}..{} outside its linear memory of {} bytes",
-                    ptr.saturating_add(len),
-                    data.len()
-                ))));
-            };
-            let memory_bytes = data.len();
-            Ok(match out.split_first() {
-                Some((0, payload)) => Ok((
-                    CallOutput {
-                        payload: payload.to_vec(),
-                        memory_bytes,
-                    },
-                    ptr as u32,
-                    len as u32,
-                )),
-                Some((1, message)) => {
-                    Err(plugin_err(String::from_utf8_lossy(message).into_owned()))
-                }
-                _ => Err(plugin_err(
-                    "returned a result without a valid status byte".into(),
-                )),
-            })
-        })();
+        live.store.data_mut().plugins = plugins;
+        let result = f(&mut live);
+        live.store.data_mut().plugins = Arc::default();
         match result {
             Ok(Ok((output, ptr, len))) => {
                 let quiet = live.stdout.contents().is_empty() && live.stderr.contents().is_empty();
@@ -521,6 +659,100 @@ impl PluginModule {
             Ok(Err(e)) => Err(e),
             Err(e) => Err(self.describe(e, &live.stdout, &live.stderr)),
         }
+    }
+
+    /// Runs `pushdown_run`: `request` and the input (written by `fill` straight into linear
+    /// memory, `input_len` bytes) go in, the result buffer comes out. Instances are reused
+    /// as [`PluginModule::with_instance`] says.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] when the call traps (deadline, memory cap, panic), returns an
+    /// out-of-bounds or over-cap buffer, or reports an error of its own.
+    pub fn call(
+        &self,
+        request: &[u8],
+        input_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<CallOutput> {
+        self.call_with_plugins(request, input_len, fill, Arc::default())
+    }
+
+    /// [`PluginModule::call`] with the user plugins the pipeline may call through the
+    /// `pushdown.call_plugin` host import, by name.
+    ///
+    /// # Errors
+    /// As [`PluginModule::call`]; a failing user plugin's error comes back through the
+    /// pipeline's own.
+    pub fn call_with_plugins(
+        &self,
+        request: &[u8],
+        input_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+        plugins: Arc<HashMap<String, PluginModule>>,
+    ) -> Result<CallOutput> {
+        self.with_instance(plugins, |live| {
+            let request_ptr = match live.write_input(self, request.len(), |slot| {
+                slot.copy_from_slice(request);
+                Ok(())
+            })? {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let input_ptr = match live.write_input(self, input_len, fill)? {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let run = live
+                .instance
+                .get_typed_func::<(u32, u32, u32, u32), u64>(&mut live.store, "pushdown_run")?;
+            let packed = run.call(
+                &mut live.store,
+                (request_ptr, request.len() as u32, input_ptr, input_len as u32),
+            )?;
+            Ok(live.read_result(self, packed))
+        })
+    }
+
+    /// Calls a user plugin's entry point `export` (`pushdown_scalar`,
+    /// `pushdown_aggregate_update`, ...; `pushdown_parse` with `first_line`) over `input`.
+    ///
+    /// # Errors
+    /// As [`PluginModule::call`].
+    pub fn invoke(&self, export: &str, input: &[u8], first_line: Option<u64>) -> Result<CallOutput> {
+        self.invoke_with(export, input.len(), |slot| {
+            slot.copy_from_slice(input);
+            Ok(())
+        }, first_line)
+    }
+
+    /// [`PluginModule::invoke`] with the input written by `fill` straight into linear memory.
+    ///
+    /// # Errors
+    /// As [`PluginModule::call`].
+    pub fn invoke_with(
+        &self,
+        export: &str,
+        input_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+        first_line: Option<u64>,
+    ) -> Result<CallOutput> {
+        self.with_instance(Arc::default(), |live| {
+            let ptr = match live.write_input(self, input_len, fill)? {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let packed = match first_line {
+                None => live
+                    .instance
+                    .get_typed_func::<(u32, u32), u64>(&mut live.store, export)?
+                    .call(&mut live.store, (ptr, input_len as u32))?,
+                Some(line) => live
+                    .instance
+                    .get_typed_func::<(u32, u32, u64), u64>(&mut live.store, export)?
+                    .call(&mut live.store, (ptr, input_len as u32, line))?,
+            };
+            Ok(live.read_result(self, packed))
+        })
     }
 
     /// Turns a wasmtime error (usually a trap) into a one-line plugin error with the last
