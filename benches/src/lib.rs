@@ -87,14 +87,14 @@ fn date(days: i64) -> Box<Expr> {
 pub fn q6_task(file: &str, unit: TaskUnit, format: FileFormat) -> Task {
     let (price, discount, quantity) =
         (col("l_extendedprice"), col("l_discount"), col("l_quantity"));
-    let (low, high, qty, state_type) = match format {
+    let (low, high, qty, state_type) = match &format {
         FileFormat::Parquet => (
             decimal(5),
             decimal(7),
             decimal(2400),
             DataType::Decimal128(38, 4),
         ),
-        FileFormat::Csv => (
+        FileFormat::Csv | FileFormat::Plugin(_) => (
             Box::new(Expr::Literal(Literal::Float(0.05, DataType::Float64))),
             Box::new(Expr::Literal(Literal::Float(0.07, DataType::Float64))),
             Box::new(Expr::Literal(Literal::Float(24.0, DataType::Float64))),

@@ -14,6 +14,7 @@ use pushdown_intermediary::{Engine, Progress};
 use pushdown_storage_node::NodeOptions;
 
 mod output;
+mod plugin;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,9 @@ enum Command {
     /// Benchmark: every pipeline stage native vs Wasm, plugin start-up, and TPC-H Q1/Q6 as
     /// whole processes beside DuckDB; writes OUT/report.md and OUT/bench.svg.
     Bench(BenchArgs),
+    /// User plugins: scalar functions, aggregates and parsers compiled to wasm32-wasip1.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 #[derive(Parser)]
@@ -86,6 +90,12 @@ struct QueryArgs {
     /// Deadline of one plugin call, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     task_deadline: u64,
+    /// Read table TABLE (DIR/TABLE.* or folder DIR/TABLE/) with the registered parser
+    /// plugin PARSER, e.g. `--format access=access_log`. Repeatable.
+    #[arg(long, value_name = "TABLE=PARSER")]
+    format: Vec<String>,
+    #[command(flatten)]
+    registry: plugin::RegistryArg,
     /// Linear-memory cap of one plugin instance, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=4096))]
     plugin_memory: u64,
@@ -155,7 +165,16 @@ fn query(args: QueryArgs) -> Result<()> {
         .num_threads(threads)
         .build_global()
         .context("starting the task pool")?;
+    let registry_dir = args.registry.dir();
+    let formats = plugin::formats(&args.format, &registry_dir)?;
+    // The registry is opened only when it exists: queries without plugins create nothing.
+    let registry = registry_dir
+        .join("registry.sqlite3")
+        .is_file()
+        .then_some(registry_dir);
     let options = NodeOptions {
+        registry,
+        formats,
         csv_chunk_size: args.csv_chunk_size,
         csv_all_varchar: args.csv_all_varchar,
         sandbox: pushdown_storage_node::SandboxConfig {
@@ -312,6 +331,7 @@ fn main() -> ExitCode {
         }
         Command::Datasets(c) => datasets(c),
         Command::Bench(args) => bench(args),
+        Command::Plugin(c) => plugin::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

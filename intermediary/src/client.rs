@@ -29,7 +29,7 @@ pub trait StorageClient: Send + Sync + fmt::Debug {
 }
 
 /// A storage node in the same process.
-pub struct LocalStorage(pub StorageNode);
+pub struct LocalStorage(pub Arc<StorageNode>);
 
 impl fmt::Debug for LocalStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,18 +12,41 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::{collect, displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use pushdown_protocol::{needed_columns, Pushdown};
-use pushdown_storage_node::{NodeOptions, StorageNode};
+use pushdown_protocol::PluginRef;
+use pushdown_storage_node::{NodeOptions, RegisteredPlugin, StorageNode};
 
 use crate::avg::FloatAvg;
+use crate::plugins::PluginLoader;
 use crate::client::{LocalStorage, StorageClient};
 use crate::error::{Error, Result};
 use crate::rule::PushdownRule;
 use crate::scan::{Progress, PushdownScanExec};
 use crate::table::PushdownSchema;
 
+/// Names of DataFusion's built-in scalar, aggregate and window functions (lower case), which
+/// plugins may not take.
+pub fn builtin_function_names() -> std::collections::BTreeSet<String> {
+    let state = SessionStateBuilder::new().with_default_features().build();
+    let mut names = std::collections::BTreeSet::new();
+    for (name, f) in state.scalar_functions() {
+        names.insert(name.clone());
+        names.extend(f.aliases().iter().cloned());
+    }
+    for (name, f) in state.aggregate_functions() {
+        names.insert(name.clone());
+        names.extend(f.aliases().iter().cloned());
+    }
+    for name in state.window_functions().keys() {
+        names.insert(name.clone());
+    }
+    names
+}
+
 /// Runs SQL over the tables of a storage node.
 pub struct Engine {
     ctx: SessionContext,
+    /// Names of the plugin functions registered, sorted.
+    plugin_functions: std::sync::Mutex<Vec<String>>,
 }
 
 /// A planned query: the physical plan, with the pushdown split applied.
@@ -49,7 +72,10 @@ impl Engine {
             let _ =
                 catalog.register_schema("public", Arc::new(PushdownSchema::new(node, progress)));
         }
-        Self { ctx }
+        Self {
+            ctx,
+            plugin_functions: Default::default(),
+        }
     }
 
     /// Embedded mode: a storage node over the local folder `data`, in this process.
@@ -61,8 +87,34 @@ impl Engine {
         options: NodeOptions,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<Self> {
-        let node = StorageNode::open(data, options)?;
-        Ok(Self::new(Arc::new(LocalStorage(node)), progress))
+        let node = Arc::new(StorageNode::open(data, options)?);
+        let engine = Self::new(Arc::new(LocalStorage(node.clone())), progress);
+        if let Some(registry) = node.registry() {
+            let registered = registry.list()?;
+            let loader: PluginLoader = Arc::new(move |r: &PluginRef| node.plugin(r));
+            engine.register_plugins(&registered, loader)?;
+        }
+        Ok(engine)
+    }
+
+    /// Makes registered scalar and aggregate plugins callable from SQL, loading their
+    /// modules with `loader` when first called.
+    ///
+    /// # Errors
+    /// [`Error::Plugins`] when a stored signature is malformed.
+    pub fn register_plugins(&self, plugins: &[RegisteredPlugin], loader: PluginLoader) -> Result<()> {
+        let (scalars, aggregates) = crate::plugins::functions(plugins, loader).map_err(Error::Plugins)?;
+        let mut names = self.plugin_functions.lock().expect("not poisoned");
+        for f in scalars {
+            names.push(f.name().to_string());
+            self.ctx.register_udf(f);
+        }
+        for f in aggregates {
+            names.push(f.name().to_string());
+            self.ctx.register_udaf(f);
+        }
+        names.sort();
+        Ok(())
     }
 
     /// Parses, plans and splits `sql`.
@@ -71,7 +123,7 @@ impl Engine {
     /// [`Error::Query`] for SQL syntax errors, unknown tables or columns, and SQL the
     /// engine does not support.
     pub async fn plan(&self, sql: &str) -> Result<Query> {
-        let df = self.ctx.sql(sql).await?;
+        let df = self.ctx.sql(sql).await.map_err(|e| self.unknown_function(e))?;
         let plan = df.create_physical_plan().await?;
         Ok(Query {
             plan,
@@ -85,6 +137,32 @@ impl Engine {
     /// As [`Engine::plan`] and [`Query::collect`].
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         self.plan(sql).await?.collect().await
+    }
+}
+
+impl Engine {
+    /// Rewrites DataFusion's "Invalid function 'f'" into a message that names `f` and lists
+    /// the registered plugin functions.
+    fn unknown_function(&self, e: datafusion::common::DataFusionError) -> Error {
+        let text = e.to_string();
+        let name = text
+            .split_once("Invalid function '")
+            .and_then(|(_, rest)| rest.split_once('\''))
+            .map(|(name, _)| name.to_string());
+        match name {
+            Some(name) => {
+                let registered = self.plugin_functions.lock().expect("not poisoned");
+                let list = if registered.is_empty() {
+                    "none".to_string()
+                } else {
+                    registered.join(", ")
+                };
+                Error::Plugins(format!(
+                    "unknown function {name}: it is neither built in nor a registered plugin (registered plugin functions: {list}; see `pushdown plugin list`)"
+                ))
+            }
+            None => Error::Query(e),
+        }
     }
 }
 
@@ -121,9 +199,10 @@ impl Query {
         for scan in self.scans() {
             let t = scan.table();
             let units: usize = t.files.iter().map(|f| f.units.len()).sum();
-            let unit = match t.format {
+            let unit = match &t.format {
                 pushdown_protocol::FileFormat::Parquet => "row groups",
                 pushdown_protocol::FileFormat::Csv => "CSV chunks",
+                pushdown_protocol::FileFormat::Plugin(_) => "line chunks",
             };
             let _ = writeln!(
                 out,

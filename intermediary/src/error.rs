@@ -13,6 +13,9 @@ pub enum Error {
     /// unsupported SQL, or an error of the final merge.
     #[error("{}", describe(.0))]
     Query(DataFusionError),
+    /// A plugin function is unknown or its registration is unusable.
+    #[error("{0}")]
+    Plugins(String),
 }
 
 impl From<DataFusionError> for Error {

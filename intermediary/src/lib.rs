@@ -18,6 +18,7 @@ mod avg;
 mod client;
 mod engine;
 mod error;
+pub mod plugins;
 mod rule;
 mod scan;
 mod table;
@@ -25,7 +26,7 @@ mod translate;
 
 pub use avg::FloatAvg;
 pub use client::{LocalStorage, StorageClient};
-pub use engine::{Engine, Query};
+pub use engine::{builtin_function_names, Engine, Query};
 pub use error::{Error, Result};
 pub use rule::PushdownRule;
 pub use scan::{Progress, PushdownScanExec, ScanMetrics};

@@ -17,6 +17,7 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate};
 
+use crate::plugins::PluginAggregate;
 use crate::scan::PushdownScanExec;
 use crate::translate::{conjuncts, translate};
 
@@ -180,6 +181,17 @@ fn partial_states(
         let Some(argument) = translate(arg, inputs, &schema) else {
             return Ok(None);
         };
+        let inner: &dyn std::any::Any = a.fun().inner().as_ref();
+        if let Some(plugin) = inner.downcast_ref::<PluginAggregate>() {
+            // The storage node runs the plugin's update; its Binary state is merged and
+            // finalized by the plugin in the intermediary's final aggregate.
+            states.push(PartialAggregate {
+                function: AggregateFunction::Plugin(plugin.reference().clone()),
+                argument,
+                state_type: datafusion::arrow::datatypes::DataType::Binary,
+            });
+            continue;
+        }
         let fields = a.state_fields()?;
         let types: Vec<_> = fields.iter().map(|f| f.data_type().clone()).collect();
         use datafusion::arrow::datatypes::DataType;

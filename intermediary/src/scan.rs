@@ -206,7 +206,7 @@ impl PushdownScanExec {
             for unit in &file.units {
                 tasks.push(Task {
                     file: file.path.clone(),
-                    format: file.format,
+                    format: file.format.clone(),
                     unit: unit.clone(),
                     predicate: self.predicate.clone(),
                     pushdown: self.pushdown.clone(),

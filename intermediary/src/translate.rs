@@ -9,8 +9,10 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{
     BinaryExpr, CastExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, LikeExpr, Literal, NotExpr,
 };
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use pushdown_protocol::{ArithmeticOp, CmpOp, Expr, Literal as Lit};
+
+use crate::plugins::PluginScalar;
 
 /// Converts a DataFusion constant, or `None` for a type the sandbox does not handle.
 pub fn literal(value: &ScalarValue) -> Option<Lit> {
@@ -139,6 +141,21 @@ pub fn translate(e: &Arc<dyn PhysicalExpr>, inputs: &[Expr], schema: &Schema) ->
             expr: sub(i.expr())?,
             list,
             negated: i.negated(),
+        });
+    }
+    if let Some(f) = e.downcast_ref::<ScalarFunctionExpr>() {
+        // A registered scalar plugin runs on the storage node like any other expression.
+        let inner: &dyn std::any::Any = f.fun().inner().as_ref();
+        let plugin = inner.downcast_ref::<PluginScalar>()?;
+        let args = f
+            .args()
+            .iter()
+            .map(|a| translate(a, inputs, schema))
+            .collect::<Option<Vec<_>>>()?;
+        return Some(Expr::Call {
+            plugin: plugin.reference().clone(),
+            args,
+            return_type: out_type,
         });
     }
     if let Some(l) = e.downcast_ref::<LikeExpr>() {

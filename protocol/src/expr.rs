@@ -285,8 +285,8 @@ impl fmt::Display for Expr {
             ),
             Expr::Cast(e, t) => write!(f, "CAST({e} AS {t})"),
             Expr::Call { plugin, args, .. } => {
-                write!(f, "{plugin}")?;
-                join(f, args, ",")
+                let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+                write!(f, "{plugin}({})", args.join(", "))
             }
         }
     }

@@ -62,6 +62,45 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Validates the module in `path` (`.wasm`, or WebAssembly text): it compiles in
+/// `sandbox`, imports only WASI preview 1, exports what its kind needs, has the host's ABI
+/// version, and declares a well-formed signature (see [`Sandbox::load_plugin`]). Returns
+/// the binary module and the signature, renamed to `name` when given.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::Plugin`] saying what is wrong.
+pub fn validate(
+    sandbox: &Sandbox,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<(Vec<u8>, PluginSignature)> {
+    let source = path.display().to_string();
+    let raw = std::fs::read(path).map_err(|error| Error::Io {
+        path: source.clone(),
+        error,
+    })?;
+    let label = name.map(str::to_string).unwrap_or_else(|| {
+        path.file_name()
+            .map_or_else(|| source.clone(), |s| s.to_string_lossy().into_owned())
+    });
+    let plugin_err = |message: String| Error::Plugin {
+        plugin: label.clone(),
+        message,
+    };
+    // Text is converted to binary first, so the hash names the bytes that run.
+    let bytes = wat::parse_bytes(&raw)
+        .map_err(|e| plugin_err(format!("is neither a Wasm module nor valid WebAssembly text: {e}")))?
+        .into_owned();
+    let (_, mut signature) = sandbox.load_plugin(&label, &bytes)?;
+    if let Some(name) = name {
+        signature.name = name.to_string();
+        signature
+            .check()
+            .map_err(|m| plugin_err(format!("cannot be registered as {name:?}: {m}")))?;
+    }
+    Ok((bytes, signature))
+}
+
 impl Registry {
     /// The default directory; see the module doc.
     pub fn default_dir() -> PathBuf {
@@ -115,47 +154,32 @@ impl Registry {
         &self.dir
     }
 
-    /// Validates and stores the module in `path` (`.wasm`, or WebAssembly text `.wat`)
-    /// under its declared name, or `name` when given. A plugin of the same name is replaced.
-    ///
-    /// Validation: the module compiles in `sandbox`, imports only WASI preview 1, exports
-    /// what its kind needs, has the host's ABI version, and declares a well-formed
-    /// signature (see [`Sandbox::load_plugin`]).
+    /// Validates the module in `path` ([`validate`]) and stores it under its declared
+    /// name, or `name` when given. A plugin of the same name is replaced.
     ///
     /// # Errors
-    /// [`Error::Io`] when the file cannot be read; [`Error::Plugin`] saying what is wrong
-    /// with the module (nothing is stored then); [`Error::Internal`] for database errors.
+    /// As [`validate`] (nothing is stored then) and [`Registry::store`].
     pub fn register(
         &self,
         sandbox: &Sandbox,
         path: &Path,
         name: Option<&str>,
     ) -> Result<RegisteredPlugin> {
-        let source = path.display().to_string();
-        let raw = std::fs::read(path).map_err(|error| Error::Io {
-            path: source.clone(),
-            error,
-        })?;
-        let label = name.map(str::to_string).unwrap_or_else(|| {
-            path.file_stem()
-                .map_or_else(|| source.clone(), |s| s.to_string_lossy().into_owned())
-        });
-        let plugin_err = |message: String| Error::Plugin {
-            plugin: label.clone(),
-            message,
-        };
-        // Text is converted to binary first, so the hash names the bytes that run.
-        let bytes = wat::parse_bytes(&raw)
-            .map_err(|e| plugin_err(format!("is not valid WebAssembly text: {e}")))?
-            .into_owned();
-        let (_, mut signature) = sandbox.load_plugin(&label, &bytes)?;
-        if let Some(name) = name {
-            signature.name = name.to_string();
-            signature
-                .check()
-                .map_err(|m| plugin_err(format!("cannot be registered as {name:?}: {m}")))?;
-        }
-        let sha256 = sha256_hex(&bytes);
+        let (bytes, signature) = validate(sandbox, path, name)?;
+        self.store(&bytes, signature, &path.display().to_string())
+    }
+
+    /// Stores validated module bytes with their signature, in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for database errors.
+    pub fn store(
+        &self,
+        bytes: &[u8],
+        signature: PluginSignature,
+        source: &str,
+    ) -> Result<RegisteredPlugin> {
+        let sha256 = sha256_hex(bytes);
         let json = serde_json::to_string(&signature).expect("a signature serializes");
         let mut conn = self.conn.lock().expect("not poisoned");
         let tx = conn.transaction().map_err(db_err(&self.dir))?;
@@ -181,7 +205,7 @@ impl Registry {
             sha256,
             signature,
             size: bytes.len() as u64,
-            source,
+            source: source.to_string(),
         })
     }
 

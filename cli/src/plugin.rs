@@ -1,0 +1,555 @@
+//! `pushdown plugin new|build|register|list|remove`: from a new crate to a registered
+//! plugin that SQL can call.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use pushdown_protocol::{PluginKind, PluginRef};
+use pushdown_storage_node::{Registry, Sandbox, SandboxConfig};
+
+/// The SDK crate of this checkout, for `plugin new`.
+const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../pushdown-plugins/sdk");
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin crate NAME/ that builds and has a passing test.
+    New {
+        /// The plugin's name (an identifier; SQL calls it by this name).
+        name: String,
+        /// What it provides.
+        #[arg(long, value_enum)]
+        kind: Kind,
+        /// Folder to create the crate in.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The pushdown-plugin SDK crate [default: the one of this pushdown checkout].
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate for wasm32-wasip1 (release) and print the module's path.
+    Build {
+        /// The crate's folder.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Validate a module (.wasm or WebAssembly text .wat) and store it in the registry.
+    Register {
+        /// The module.
+        file: PathBuf,
+        /// Register under this name instead of the one the plugin declares.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// List the registered plugins.
+    List {
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// Remove a registered plugin.
+    Remove {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+}
+
+/// Where the plugin registry lives.
+#[derive(Parser)]
+pub struct RegistryArg {
+    /// The plugin registry folder [default: $PUSHDOWN_REGISTRY, else
+    /// $XDG_DATA_HOME/pushdown, else ~/.local/share/pushdown].
+    #[arg(long, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
+}
+
+impl RegistryArg {
+    /// The folder.
+    pub fn dir(&self) -> PathBuf {
+        self.registry.clone().unwrap_or_else(Registry::default_dir)
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// A scalar function (SELECT, WHERE).
+    Scalar,
+    /// An aggregate (init, update, merge, finalize).
+    Aggregate,
+    /// A parser that makes a file format queryable.
+    Parser,
+}
+
+pub fn run(command: PluginCommand) -> Result<()> {
+    match command {
+        PluginCommand::New {
+            name,
+            kind,
+            dir,
+            sdk,
+        } => new(&name, kind, &dir, sdk),
+        PluginCommand::Build { path } => build(&path).map(|wasm| println!("{}", wasm.display())),
+        PluginCommand::Register {
+            file,
+            name,
+            registry,
+        } => register(&file, name.as_deref(), &registry.dir()),
+        PluginCommand::List { registry } => list(&registry.dir()),
+        PluginCommand::Remove { name, registry } => {
+            let registry = Registry::open(registry.dir())?;
+            if !registry.remove(&name)? {
+                bail!(
+                    "no plugin named {name} (registered: {})",
+                    names(&registry)?
+                );
+            }
+            println!("removed plugin {name}");
+            Ok(())
+        }
+    }
+}
+
+fn names(registry: &Registry) -> Result<String> {
+    let all: Vec<String> = registry.list()?.into_iter().map(|p| p.name).collect();
+    Ok(if all.is_empty() {
+        "none".into()
+    } else {
+        all.join(", ")
+    })
+}
+
+fn register(file: &Path, name: Option<&str>, dir: &Path) -> Result<()> {
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let (bytes, signature) = pushdown_storage_node::registry::validate(&sandbox, file, name)?;
+    // A plugin must not shadow a built-in SQL function; checked before anything is stored.
+    if pushdown_intermediary::builtin_function_names().contains(&signature.name) {
+        bail!(
+            "{}: plugin {}: {} is the name of a built-in SQL function; register it under another name with --name",
+            file.display(),
+            signature.name,
+            signature.name
+        );
+    }
+    let registry = Registry::open(dir)?;
+    let registered = registry.store(&bytes, signature, &file.display().to_string())?;
+    println!(
+        "registered {} plugin {} {}\n  sha256 {}, {} bytes, in {}",
+        registered.kind,
+        registered.name,
+        registered.signature.describe(),
+        registered.sha256,
+        registered.size,
+        registry.dir().display()
+    );
+    Ok(())
+}
+
+fn list(dir: &Path) -> Result<()> {
+    let registry = Registry::open(dir)?;
+    let plugins = registry.list()?;
+    if plugins.is_empty() {
+        println!("no plugins registered in {}", registry.dir().display());
+        return Ok(());
+    }
+    let rows: Vec<[String; 4]> = plugins
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.kind.to_string(),
+                p.signature.describe(),
+                p.sha256[..16].to_string(),
+            ]
+        })
+        .collect();
+    let header = ["name", "kind", "signature", "sha256"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths = [width(0), width(1), width(2), width(3)];
+    let line = |r: [&str; 4]| {
+        format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )
+    };
+    println!("{}", line(header));
+    for r in &rows {
+        println!("{}", line([&r[0], &r[1], &r[2], &r[3]]));
+    }
+    Ok(())
+}
+
+/// Resolves `--format TABLE=PARSER` against the registry.
+pub fn formats(specs: &[String], dir: &Path) -> Result<BTreeMap<String, PluginRef>> {
+    let mut out = BTreeMap::new();
+    if specs.is_empty() {
+        return Ok(out);
+    }
+    let registry = Registry::open(dir)?;
+    for spec in specs {
+        let Some((table, parser)) = spec.split_once('=') else {
+            bail!("--format {spec}: expected TABLE=PARSER, e.g. access=access_log");
+        };
+        let parsers: Vec<String> = registry
+            .list()?
+            .into_iter()
+            .filter(|p| p.kind == PluginKind::Parser)
+            .map(|p| p.name)
+            .collect();
+        match registry.get(parser)? {
+            Some(p) if p.kind == PluginKind::Parser => {
+                out.insert(table.to_string(), p.reference());
+            }
+            Some(p) => bail!("--format {spec}: plugin {parser} is a {} plugin, not a parser", p.kind),
+            None => bail!(
+                "--format {spec}: no parser plugin named {parser} (registered parsers: {})",
+                if parsers.is_empty() { "none".into() } else { parsers.join(", ") }
+            ),
+        }
+    }
+    Ok(out)
+}
+
+fn new(name: &str, kind: Kind, dir: &Path, sdk: Option<PathBuf>) -> Result<()> {
+    let kind_name = match kind {
+        Kind::Scalar => "scalar",
+        Kind::Aggregate => "aggregate",
+        Kind::Parser => "parser",
+    };
+    let probe = pushdown_protocol::PluginSignature {
+        kind: kind_name.parse().map_err(anyhow::Error::msg)?,
+        name: name.to_string(),
+        arguments: vec!["Float64".into()],
+        returns: Some("Float64".into()),
+        columns: vec![],
+    };
+    if let Err(m) = probe.check() {
+        if m.contains("name") {
+            bail!("plugin new {name}: {m}");
+        }
+    }
+    let sdk = sdk.unwrap_or_else(|| PathBuf::from(SDK_DIR));
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("the SDK crate {} is missing; pass --sdk DIR", sdk.display()))?;
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    std::fs::create_dir_all(root.join("src"))
+        .with_context(|| format!("creating {}", root.display()))?;
+    let type_name: String = name
+        .split('_')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let mut c = s.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let manifest = format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[lib]
+# cdylib: the Wasm module (`pushdown plugin build`); rlib: the same code natively for tests.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+pushdown-plugin = {{ path = "{sdk}" }}
+
+# A crate of its own, not a member of an enclosing workspace.
+[workspace]
+"#,
+        sdk = sdk.display()
+    );
+    let template = match kind {
+        Kind::Scalar => SCALAR_TEMPLATE,
+        Kind::Aggregate => AGGREGATE_TEMPLATE,
+        Kind::Parser => PARSER_TEMPLATE,
+    };
+    let source = template
+        .replace("__NAME__", name)
+        .replace("__TYPE__", &type_name);
+    std::fs::write(root.join("Cargo.toml"), manifest)?;
+    std::fs::write(root.join("src/lib.rs"), source)?;
+    std::fs::write(root.join(".gitignore"), "/target\n")?;
+    // Pin the dependency versions pushdown itself was built and tested with.
+    let lock = sdk.join("../../Cargo.lock");
+    if lock.is_file() {
+        std::fs::copy(&lock, root.join("Cargo.lock"))?;
+    }
+    println!(
+        "created {kind_name} plugin {name} in {}\n  cd {} && cargo test && pushdown plugin build && pushdown plugin register <the .wasm it prints>",
+        root.display(),
+        root.display()
+    );
+    Ok(())
+}
+
+/// Builds the crate at `path` for wasm32-wasip1 and returns the module's path.
+pub fn build(path: &Path) -> Result<PathBuf> {
+    let manifest = path.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!("{} has no Cargo.toml: not a plugin crate", path.display());
+    }
+    if let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    {
+        let installed = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && !installed.lines().any(|l| l.trim() == "wasm32-wasip1") {
+            bail!("the Rust target wasm32-wasip1 is not installed; install it with `rustup target add wasm32-wasip1`");
+        }
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--lib",
+            "--target",
+            "wasm32-wasip1",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        // A small module: no debug info (the name section stays for traps and profiles).
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("running cargo")?;
+    let manifest = manifest.canonicalize()?;
+    let mut wasm = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let ours = msg["manifest_path"]
+            .as_str()
+            .and_then(|p| Path::new(p).canonicalize().ok())
+            .is_some_and(|p| p == manifest);
+        if !ours {
+            continue;
+        }
+        if let Some(files) = msg["filenames"].as_array() {
+            wasm = files
+                .iter()
+                .filter_map(|f| f.as_str())
+                .find(|f| f.ends_with(".wasm"))
+                .map(PathBuf::from)
+                .or(wasm);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo build for wasm32-wasip1 failed in {}", path.display());
+    }
+    wasm.with_context(|| format!("{}: the build made no .wasm module; is crate-type \"cdylib\" set?", path.display()))
+}
+
+const SCALAR_TEMPLATE: &str = r#"//! Scalar plugin `__NAME__(x DOUBLE) -> DOUBLE`: twice its argument (NULL stays NULL).
+//! Replace `evaluate` with your function; `pushdown-plugin`'s crate doc has more.
+
+use std::sync::Arc;
+
+use pushdown_plugin::array::{cast::AsArray, types::Float64Type, ArrayRef, Float64Array};
+use pushdown_plugin::schema::DataType;
+use pushdown_plugin::{Result, ScalarFunction};
+
+pub struct __TYPE__;
+
+impl ScalarFunction for __TYPE__ {
+    const NAME: &'static str = "__NAME__";
+
+    fn arguments() -> Vec<DataType> {
+        vec![DataType::Float64]
+    }
+
+    fn returns() -> DataType {
+        DataType::Float64
+    }
+
+    fn evaluate(args: &[ArrayRef]) -> Result<ArrayRef> {
+        let x = args[0].as_primitive::<Float64Type>();
+        let out: Float64Array = x.unary(|v| 2.0 * v);
+        Ok(Arc::new(out))
+    }
+}
+
+pushdown_plugin::export!(scalar __TYPE__);
+
+#[cfg(test)]
+mod tests {
+    use pushdown_plugin::array::Array;
+    use pushdown_plugin::testing;
+
+    use super::*;
+
+    #[test]
+    fn doubles_and_keeps_nulls() {
+        let x: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.5), None]));
+        let out = testing::call_scalar::<__TYPE__>(&[x]).unwrap();
+        assert_eq!(out.as_primitive::<Float64Type>().value(0), 3.0);
+        assert!(out.is_null(1));
+    }
+}
+"#;
+
+const AGGREGATE_TEMPLATE: &str = r#"//! Aggregate plugin `__NAME__(x DOUBLE) -> DOUBLE`: the sum of squares of the non-NULL
+//! values, NULL when there are none. Storage nodes fold rows into partial states (`update`),
+//! the intermediary merges them (`merge`) and finalizes; `pushdown-plugin`'s crate doc has more.
+
+use pushdown_plugin::array::{cast::AsArray, types::Float64Type, ArrayRef};
+use pushdown_plugin::schema::DataType;
+use pushdown_plugin::{AggregateFunction, Result};
+
+pub struct __TYPE__;
+
+impl AggregateFunction for __TYPE__ {
+    const NAME: &'static str = "__NAME__";
+    /// (sum of squares, values seen)
+    type State = (f64, u64);
+    type Output = Option<f64>;
+
+    fn arguments() -> Vec<DataType> {
+        vec![DataType::Float64]
+    }
+
+    fn init() -> (f64, u64) {
+        (0.0, 0)
+    }
+
+    fn update(state: &mut (f64, u64), args: &[ArrayRef]) -> Result<()> {
+        for v in args[0].as_primitive::<Float64Type>().iter().flatten() {
+            state.0 += v * v;
+            state.1 += 1;
+        }
+        Ok(())
+    }
+
+    fn merge(state: &mut (f64, u64), other: (f64, u64)) -> Result<()> {
+        state.0 += other.0;
+        state.1 += other.1;
+        Ok(())
+    }
+
+    fn finalize(state: (f64, u64)) -> Result<Option<f64>> {
+        Ok((state.1 > 0).then_some(state.0))
+    }
+}
+
+pushdown_plugin::export!(aggregate __TYPE__);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pushdown_plugin::array::{Array, Float64Array};
+    use pushdown_plugin::testing;
+
+    use super::*;
+
+    #[test]
+    fn sums_squares_across_partial_states() {
+        let x: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.0), None, Some(2.0), Some(3.0)]));
+        let out = testing::aggregate::<__TYPE__>(&[x], 2).unwrap();
+        assert_eq!(out.as_primitive::<Float64Type>().value(0), 14.0);
+        let none: ArrayRef = Arc::new(Float64Array::from(vec![None]));
+        assert!(testing::aggregate::<__TYPE__>(&[none], 1).unwrap().is_null(0));
+    }
+}
+"#;
+
+const PARSER_TEMPLATE: &str = r#"//! Parser plugin `__NAME__`: lines of `key=value`, columns `key VARCHAR, value BIGINT`.
+//! Query with `pushdown query --format TABLE=__NAME__ ...`; `pushdown-plugin`'s crate doc has more.
+
+use std::sync::Arc;
+
+use pushdown_plugin::array::builder::{Int64Builder, StringBuilder};
+use pushdown_plugin::array::RecordBatch;
+use pushdown_plugin::schema::{DataType, Field, Schema};
+use pushdown_plugin::{Error, Parser, Result};
+
+pub struct __TYPE__;
+
+impl Parser for __TYPE__ {
+    const NAME: &'static str = "__NAME__";
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Int64, false),
+        ])
+    }
+
+    fn parse(chunk: &[u8], first_line: u64) -> Result<Vec<RecordBatch>> {
+        let text = std::str::from_utf8(chunk).map_err(|e| Error::new(format!("not UTF-8: {e}")))?;
+        let (mut keys, mut values) = (StringBuilder::new(), Int64Builder::new());
+        for (i, line) in text.lines().enumerate() {
+            let number = first_line + i as u64;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| Error::new(format!("line {number}: expected key=value")))?;
+            let v: i64 = v
+                .trim()
+                .parse()
+                .map_err(|e| Error::new(format!("line {number}: value {v:?}: {e}")))?;
+            keys.append_value(k.trim());
+            values.append_value(v);
+        }
+        let batch = RecordBatch::try_new(
+            Arc::new(Self::schema()),
+            vec![Arc::new(keys.finish()), Arc::new(values.finish())],
+        )?;
+        Ok(vec![batch])
+    }
+}
+
+pushdown_plugin::export!(parser __TYPE__);
+
+#[cfg(test)]
+mod tests {
+    use pushdown_plugin::testing;
+
+    use super::*;
+
+    #[test]
+    fn parses_lines_and_names_a_bad_one() {
+        let batches = testing::parse::<__TYPE__>(b"a=1\nb = 2\n", 1).unwrap();
+        assert_eq!(batches[0].num_rows(), 2);
+        let err = testing::parse::<__TYPE__>(b"a=1\nnope\n", 10).unwrap_err();
+        assert_eq!(err.message(), "line 11: expected key=value");
+    }
+}
+"#;
