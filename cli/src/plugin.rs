@@ -127,12 +127,19 @@ fn names(registry: &Registry) -> Result<String> {
 fn register(file: &Path, name: Option<&str>, dir: &Path) -> Result<()> {
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let (bytes, signature) = pushdown_storage_node::registry::validate(&sandbox, file, name)?;
-    // A plugin must not shadow a built-in SQL function; checked before anything is stored.
-    if pushdown_intermediary::builtin_function_names().contains(&signature.name) {
+    // The core aggregates the pushdown split relies on cannot be replaced; any other
+    // built-in function may be, with a note (checked before anything is stored).
+    if ["count", "sum", "min", "max", "avg"].contains(&signature.name.as_str()) {
         bail!(
-            "{}: plugin {}: {} is the name of a built-in SQL function; register it under another name with --name",
+            "{}: plugin {}: {} is a core SQL aggregate and cannot be replaced; register it under another name with --name",
             file.display(),
             signature.name,
+            signature.name
+        );
+    }
+    if pushdown_intermediary::builtin_function_names().contains(&signature.name) {
+        eprintln!(
+            "note: plugin {} replaces the built-in SQL function of that name in queries",
             signature.name
         );
     }

@@ -206,7 +206,7 @@ impl Query {
             };
             let _ = writeln!(
                 out,
-                "table {} ({:?}, {} file(s), {units} {unit})",
+                "table {} ({}, {} file(s), {units} {unit})",
                 t.name,
                 t.format,
                 t.files.len()

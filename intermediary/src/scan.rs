@@ -223,7 +223,7 @@ impl DisplayAs for PushdownScanExec {
         let units: usize = self.table.files.iter().map(|f| f.units.len()).sum();
         write!(
             f,
-            "PushdownScanExec: table={}, format={:?}, files={}, tasks={units}",
+            "PushdownScanExec: table={}, format={}, files={}, tasks={units}",
             self.table.name,
             self.table.format,
             self.table.files.len()

@@ -23,6 +23,16 @@ pub enum FileFormat {
     Plugin(PluginRef),
 }
 
+impl std::fmt::Display for FileFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileFormat::Parquet => f.write_str("Parquet"),
+            FileFormat::Csv => f.write_str("CSV"),
+            FileFormat::Plugin(p) => write!(f, "parser {}", p.name),
+        }
+    }
+}
+
 /// A half-open byte range `[start, end)` of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ByteRange {
