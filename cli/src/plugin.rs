@@ -104,10 +104,7 @@ pub fn run(command: PluginCommand) -> Result<()> {
         PluginCommand::Remove { name, registry } => {
             let registry = Registry::open(registry.dir())?;
             if !registry.remove(&name)? {
-                bail!(
-                    "no plugin named {name} (registered: {})",
-                    names(&registry)?
-                );
+                bail!("no plugin named {name} (registered: {})", names(&registry)?);
             }
             println!("removed plugin {name}");
             Ok(())
@@ -224,10 +221,17 @@ pub fn formats(specs: &[String], dir: &Path) -> Result<BTreeMap<String, PluginRe
             Some(p) if p.kind == PluginKind::Parser => {
                 out.insert(table.to_string(), p.reference());
             }
-            Some(p) => bail!("--format {spec}: plugin {parser} is a {} plugin, not a parser", p.kind),
+            Some(p) => bail!(
+                "--format {spec}: plugin {parser} is a {} plugin, not a parser",
+                p.kind
+            ),
             None => bail!(
                 "--format {spec}: no parser plugin named {parser} (registered parsers: {})",
-                if parsers.is_empty() { "none".into() } else { parsers.join(", ") }
+                if parsers.is_empty() {
+                    "none".into()
+                } else {
+                    parsers.join(", ")
+                }
             ),
         }
     }
@@ -379,7 +383,12 @@ pub fn build(path: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build for wasm32-wasip1 failed in {}", path.display());
     }
-    wasm.with_context(|| format!("{}: the build made no .wasm module; is crate-type \"cdylib\" set?", path.display()))
+    wasm.with_context(|| {
+        format!(
+            "{}: the build made no .wasm module; is crate-type \"cdylib\" set?",
+            path.display()
+        )
+    })
 }
 
 const SCALAR_TEMPLATE: &str = r#"//! Scalar plugin `__NAME__(x DOUBLE) -> DOUBLE`: twice its argument (NULL stays NULL).

@@ -11,14 +11,14 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::{collect, displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use pushdown_protocol::{needed_columns, Pushdown};
 use pushdown_protocol::PluginRef;
+use pushdown_protocol::{needed_columns, Pushdown};
 use pushdown_storage_node::{NodeOptions, RegisteredPlugin, StorageNode};
 
 use crate::avg::FloatAvg;
-use crate::plugins::PluginLoader;
 use crate::client::{LocalStorage, StorageClient};
 use crate::error::{Error, Result};
+use crate::plugins::PluginLoader;
 use crate::rule::PushdownRule;
 use crate::scan::{Progress, PushdownScanExec};
 use crate::table::PushdownSchema;
@@ -102,8 +102,13 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::Plugins`] when a stored signature is malformed.
-    pub fn register_plugins(&self, plugins: &[RegisteredPlugin], loader: PluginLoader) -> Result<()> {
-        let (scalars, aggregates) = crate::plugins::functions(plugins, loader).map_err(Error::Plugins)?;
+    pub fn register_plugins(
+        &self,
+        plugins: &[RegisteredPlugin],
+        loader: PluginLoader,
+    ) -> Result<()> {
+        let (scalars, aggregates) =
+            crate::plugins::functions(plugins, loader).map_err(Error::Plugins)?;
         let mut names = self.plugin_functions.lock().expect("not poisoned");
         for f in scalars {
             names.push(f.name().to_string());
@@ -123,7 +128,11 @@ impl Engine {
     /// [`Error::Query`] for SQL syntax errors, unknown tables or columns, and SQL the
     /// engine does not support.
     pub async fn plan(&self, sql: &str) -> Result<Query> {
-        let df = self.ctx.sql(sql).await.map_err(|e| self.unknown_function(e))?;
+        let df = self
+            .ctx
+            .sql(sql)
+            .await
+            .map_err(|e| self.unknown_function(e))?;
         let plan = df.create_physical_plan().await?;
         Ok(Query {
             plan,

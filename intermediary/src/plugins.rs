@@ -12,7 +12,9 @@ use std::hash::{Hash, Hasher};
 use std::io::Cursor;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BinaryArray, RecordBatch, RecordBatchOptions, UInt32Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -42,7 +44,11 @@ struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (sha256 {})", self.reference.name, self.reference.sha256)
+        write!(
+            f,
+            "{} (sha256 {})",
+            self.reference.name, self.reference.sha256
+        )
     }
 }
 
@@ -69,8 +75,8 @@ impl Plugin {
         num_rows: usize,
         num_groups: Option<usize>,
     ) -> Result<ArrayRef> {
-        let module = (self.loader)(&self.reference)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let module =
+            (self.loader)(&self.reference).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let metadata: HashMap<String, String> = num_groups
             .map(|n| (NUM_GROUPS_KEY.to_string(), n.to_string()))
             .into_iter()
@@ -225,13 +231,18 @@ impl PluginAccumulator {
         let n = self.states.len();
         let states: ArrayRef = Arc::new(BinaryArray::from_iter_values(self.states.iter()));
         let groups: ArrayRef = Arc::new(UInt32Array::from(vec![0u32; n]));
-        let out = self.plugin.call(EXPORT_MERGE, vec![groups, states], n, Some(1))?;
+        let out = self
+            .plugin
+            .call(EXPORT_MERGE, vec![groups, states], n, Some(1))?;
         let state = out
             .as_any()
             .downcast_ref::<BinaryArray>()
             .filter(|a| a.len() == 1 && a.is_valid(0))
             .ok_or_else(|| {
-                exec_datafusion_err!("plugin {}: merge must return one Binary state", self.plugin.reference.name)
+                exec_datafusion_err!(
+                    "plugin {}: merge must return one Binary state",
+                    self.plugin.reference.name
+                )
             })?
             .value(0)
             .to_vec();
@@ -262,7 +273,10 @@ impl Accumulator for PluginAccumulator {
             .downcast_ref::<BinaryArray>()
             .filter(|a| a.len() == 1 && a.is_valid(0))
             .ok_or_else(|| {
-                exec_datafusion_err!("plugin {}: update must return one Binary state", self.plugin.reference.name)
+                exec_datafusion_err!(
+                    "plugin {}: update must return one Binary state",
+                    self.plugin.reference.name
+                )
             })?
             .value(0)
             .to_vec();
@@ -270,9 +284,14 @@ impl Accumulator for PluginAccumulator {
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let Some(states) = states.first().and_then(|s| s.as_any().downcast_ref::<BinaryArray>())
+        let Some(states) = states
+            .first()
+            .and_then(|s| s.as_any().downcast_ref::<BinaryArray>())
         else {
-            return Err(exec_datafusion_err!("plugin {}: partial states must be Binary", self.plugin.reference.name));
+            return Err(exec_datafusion_err!(
+                "plugin {}: partial states must be Binary",
+                self.plugin.reference.name
+            ));
         };
         for state in states.iter().flatten() {
             self.keep(state)?;
@@ -332,11 +351,13 @@ pub fn functions(
                 signature: signature()?,
                 returns: p.signature.return_type().map_err(describe)?,
             })),
-            PluginKind::Aggregate => aggregates.push(AggregateUDF::new_from_impl(PluginAggregate {
-                plugin,
-                signature: signature()?,
-                returns: p.signature.return_type().map_err(describe)?,
-            })),
+            PluginKind::Aggregate => {
+                aggregates.push(AggregateUDF::new_from_impl(PluginAggregate {
+                    plugin,
+                    signature: signature()?,
+                    returns: p.signature.return_type().map_err(describe)?,
+                }))
+            }
             PluginKind::Parser => {}
         }
     }

@@ -152,8 +152,8 @@ impl PluginSignature {
     /// cannot parse, arguments or a result on a parser, columns on a function, a parser
     /// without columns or with a duplicate column.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
-        let s: PluginSignature = serde_json::from_slice(json)
-            .map_err(|e| format!("malformed signature JSON: {e}"))?;
+        let s: PluginSignature =
+            serde_json::from_slice(json).map_err(|e| format!("malformed signature JSON: {e}"))?;
         s.check()?;
         Ok(s)
     }
@@ -283,10 +283,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.schema().unwrap().field(0).data_type(), &DataType::Int32);
         let err = |json: &str| PluginSignature::parse(json.as_bytes()).unwrap_err();
-        assert!(err(r#"{"kind":"scalar","name":"f","arguments":["Floaty"],"returns":"Int64"}"#)
-            .contains("argument 1 has the malformed type \"Floaty\""));
+        assert!(
+            err(r#"{"kind":"scalar","name":"f","arguments":["Floaty"],"returns":"Int64"}"#)
+                .contains("argument 1 has the malformed type \"Floaty\"")
+        );
         assert!(err(r#"{"kind":"scalar","name":"f"}"#).contains("must declare its result"));
-        assert!(err(r#"{"kind":"scalar","name":"1f","returns":"Int64"}"#).contains("not an identifier"));
+        assert!(
+            err(r#"{"kind":"scalar","name":"1f","returns":"Int64"}"#).contains("not an identifier")
+        );
         assert!(err(r#"{"kind":"parser","name":"p"}"#).contains("at least one column"));
         assert!(err(r#"{"kind":"window","name":"p"}"#).contains("malformed signature JSON"));
         assert!(err(

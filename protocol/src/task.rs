@@ -126,7 +126,9 @@ impl Task {
                 group_by,
                 aggregates,
             } => {
-                group_by.iter().for_each(|(_, e)| e.collect_plugins(&mut out));
+                group_by
+                    .iter()
+                    .for_each(|(_, e)| e.collect_plugins(&mut out));
                 for (_, a) in aggregates {
                     a.argument.collect_plugins(&mut out);
                     if let AggregateFunction::Plugin(p) = &a.function {

@@ -591,7 +591,9 @@ mod tests {
         assert_eq!(tables.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(tables["b"].files, ["b/1.csv", "b/2.csv"]);
         std::fs::write(dir.path().join("b.parquet"), "x").unwrap();
-        let err = list_tables(dir.path(), &BTreeMap::new()).unwrap_err().to_string();
+        let err = list_tables(dir.path(), &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("table b is defined twice")
                 && err.contains("b/")

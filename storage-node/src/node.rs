@@ -166,7 +166,12 @@ impl StorageNode {
     /// [`Error::NotFound`] without a registry or when the module is not in it;
     /// [`Error::Plugin`] when it does not load.
     pub fn plugin(&self, plugin: &PluginRef) -> Result<PluginModule> {
-        if let Some(p) = self.plugins.lock().expect("not poisoned").get(&plugin.sha256) {
+        if let Some(p) = self
+            .plugins
+            .lock()
+            .expect("not poisoned")
+            .get(&plugin.sha256)
+        {
             return Ok(p.clone());
         }
         let registry = self.registry.as_ref().ok_or_else(|| Error::NotFound {
@@ -178,7 +183,11 @@ impl StorageNode {
         if module.sha256() != plugin.sha256 {
             return Err(Error::Plugin {
                 plugin: plugin.name.clone(),
-                message: format!("module hashes to {}, not {}", module.sha256(), plugin.sha256),
+                message: format!(
+                    "module hashes to {}, not {}",
+                    module.sha256(),
+                    plugin.sha256
+                ),
             });
         }
         self.plugins

@@ -89,7 +89,11 @@ pub fn validate(
     };
     // Text is converted to binary first, so the hash names the bytes that run.
     let bytes = wat::parse_bytes(&raw)
-        .map_err(|e| plugin_err(format!("is neither a Wasm module nor valid WebAssembly text: {e}")))?
+        .map_err(|e| {
+            plugin_err(format!(
+                "is neither a Wasm module nor valid WebAssembly text: {e}"
+            ))
+        })?
         .into_owned();
     let (_, mut signature) = sandbox.load_plugin(&label, &bytes)?;
     if let Some(name) = name {
@@ -235,9 +239,8 @@ impl Registry {
         let mut out = Vec::new();
         for row in rows {
             let (name, sha256, json, size, source) = row.map_err(db_err(&self.dir))?;
-            let signature = PluginSignature::parse(json.as_bytes()).map_err(|m| {
-                Error::Internal(format!("plugin registry: plugin {name}: {m}"))
-            })?;
+            let signature = PluginSignature::parse(json.as_bytes())
+                .map_err(|m| Error::Internal(format!("plugin registry: plugin {name}: {m}")))?;
             out.push(RegisteredPlugin {
                 name,
                 kind: signature.kind,

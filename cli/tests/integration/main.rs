@@ -4,4 +4,5 @@
 mod bad_input;
 mod malformed;
 mod output;
+mod plugins;
 mod support;

@@ -34,8 +34,8 @@ mod pipeline;
 pub mod abi;
 
 pub use aggregate::GroupedAggregator;
-pub use host::{set_native_host, NativeHost, PluginOp};
 pub use eval::{evaluate, evaluate_to_array, literal_array, Value};
+pub use host::{set_native_host, NativeHost, PluginOp};
 pub use parse::{parse_csv, parse_parquet};
 pub use pipeline::{merge_aggregator, run_pipeline, run_stage, run_task, TaskStats};
 

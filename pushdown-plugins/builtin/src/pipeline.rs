@@ -141,8 +141,7 @@ fn parse_ipc(
         .map(|b| {
             let b = b.map_err(|e| format!("parser {parser} returned malformed Arrow IPC: {e}"))?;
             let columns = indices.iter().map(|&i| b.column(i).clone()).collect();
-            let options =
-                arrow_array::RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
             RecordBatch::try_new_with_options(projected.clone(), columns, &options)
                 .map_err(|e| format!("parser {parser}: {e}"))
         })
@@ -207,7 +206,9 @@ pub fn merge_aggregator(
             let function = match &a.function {
                 AggregateFunction::Count => AggregateFunction::Sum,
                 AggregateFunction::Plugin(p) => {
-                    return Err(format!("merging plugin {p}'s states runs in the intermediary"))
+                    return Err(format!(
+                        "merging plugin {p}'s states runs in the intermediary"
+                    ))
                 }
                 f => f.clone(),
             };

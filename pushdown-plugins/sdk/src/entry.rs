@@ -120,7 +120,9 @@ fn groups_of(batch: &RecordBatch) -> Result<(usize, &UInt32Array), String> {
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("input lacks the schema metadata {NUM_GROUPS_KEY}"))?;
     if num_groups > MAX_GROUPS {
-        return Err(format!("{num_groups} groups is over the limit of {MAX_GROUPS}"));
+        return Err(format!(
+            "{num_groups} groups is over the limit of {MAX_GROUPS}"
+        ));
     }
     let groups = batch
         .columns()
@@ -128,7 +130,9 @@ fn groups_of(batch: &RecordBatch) -> Result<(usize, &UInt32Array), String> {
         .and_then(|c| c.as_primitive_opt::<UInt32Type>())
         .ok_or("the first input column must be the UInt32 group ids")?;
     if let Some(g) = groups.values().iter().find(|&&g| g as usize >= num_groups) {
-        return Err(format!("group id {g} is out of range for {num_groups} groups"));
+        return Err(format!(
+            "group id {g} is out of range for {num_groups} groups"
+        ));
     }
     Ok((num_groups, groups))
 }
@@ -217,7 +221,12 @@ pub fn parse<T: Parser>(chunk: &[u8], first_line: u64) -> Result<Vec<u8>, String
     let schema: Schema = T::schema();
     let batches = T::parse(chunk, first_line).map_err(|e| e.0)?;
     for b in &batches {
-        let types = |s: &Schema| s.fields().iter().map(|f| f.data_type().clone()).collect::<Vec<_>>();
+        let types = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect::<Vec<_>>()
+        };
         if types(b.schema_ref()) != types(&schema) {
             return Err(format!(
                 "{} produced a batch of schema {:?}, but declares {:?}",

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, UInt64Array};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, UInt64Array,
+};
 use arrow_schema::DataType;
 
 use crate::{Error, Result};
@@ -193,10 +195,16 @@ mod tests {
     fn states_round_trip_and_truncation_is_an_error() {
         let s: (u64, f64, Option<i32>, Vec<u8>) = (7, 2.5, Some(-3), vec![1, 2, 3]);
         let bytes = encode_state(&s);
-        assert_eq!(decode_state::<(u64, f64, Option<i32>, Vec<u8>)>(&bytes).unwrap(), s);
+        assert_eq!(
+            decode_state::<(u64, f64, Option<i32>, Vec<u8>)>(&bytes).unwrap(),
+            s
+        );
         let err = decode_state::<(u64, f64, Option<i32>, Vec<u8>)>(&bytes[..bytes.len() - 1])
             .unwrap_err();
         assert!(err.message().contains("truncated"), "{err}");
-        assert!(decode_state::<u32>(&[0; 5]).unwrap_err().message().contains("trailing"));
+        assert!(decode_state::<u32>(&[0; 5])
+            .unwrap_err()
+            .message()
+            .contains("trailing"));
     }
 }

@@ -76,7 +76,10 @@ pub fn aggregate<T: AggregateFunction>(args: &[ArrayRef], parts: usize) -> Resul
         groups_meta(1),
     )?)?;
     let merged = first_column(&merged)?;
-    first_column(&entry::finalize::<T>(&batch_of(vec![merged], HashMap::new())?)?)
+    first_column(&entry::finalize::<T>(&batch_of(
+        vec![merged],
+        HashMap::new(),
+    )?)?)
 }
 
 /// Parses `chunk` (whose first line is line `first_line`) as the storage node would.

@@ -147,7 +147,11 @@ fn add_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let data = mem.data(&caller);
             let slice = |ptr: u32, len: u32| {
                 data.get(ptr as usize..ptr as usize + len as usize)
-                    .ok_or_else(|| wasmtime::format_err!("call_plugin: bytes {ptr}+{len} outside linear memory"))
+                    .ok_or_else(|| {
+                        wasmtime::format_err!(
+                            "call_plugin: bytes {ptr}+{len} outside linear memory"
+                        )
+                    })
             };
             let name = String::from_utf8_lossy(slice(name_ptr, name_len)?).into_owned();
             let input = slice(in_ptr, in_len)?.to_vec();
@@ -178,7 +182,9 @@ fn add_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let pending = std::mem::take(&mut caller.data_mut().pending);
             mem.data_mut(&mut caller)
                 .get_mut(dst as usize..dst as usize + pending.len())
-                .ok_or_else(|| wasmtime::format_err!("take_result: destination outside linear memory"))?
+                .ok_or_else(|| {
+                    wasmtime::format_err!("take_result: destination outside linear memory")
+                })?
                 .copy_from_slice(&pending);
             Ok(())
         },
@@ -251,7 +257,12 @@ impl Sandbox {
     /// [`Error::Plugin`] when it does not compile, lacks an export, or has another ABI version.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PluginModule> {
         let plugin = self.link(name, bytes, true)?;
-        for export in ["memory", "pushdown_abi_version", "pushdown_alloc", "pushdown_run"] {
+        for export in [
+            "memory",
+            "pushdown_abi_version",
+            "pushdown_alloc",
+            "pushdown_run",
+        ] {
             plugin.require_export(export)?;
         }
         plugin.check_version()?;
@@ -274,7 +285,8 @@ impl Sandbox {
         }
         plugin.check_version()?;
         let json = plugin.signature_bytes()?;
-        let signature = PluginSignature::parse(&json).map_err(|m| plugin.error(format!("declares a malformed signature: {m}")))?;
+        let signature = PluginSignature::parse(&json)
+            .map_err(|m| plugin.error(format!("declares a malformed signature: {m}")))?;
         for export in signature.kind.exports() {
             plugin.require_export(export).map_err(|_| {
                 plugin.error(format!(
@@ -386,7 +398,9 @@ impl Live {
         fill: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> wasmtime::Result<Result<u32>> {
         let Ok(len32) = u32::try_from(len) else {
-            return Ok(Err(plugin.error(format!("input of {len} bytes exceeds 4 GiB"))));
+            return Ok(Err(
+                plugin.error(format!("input of {len} bytes exceeds 4 GiB"))
+            ));
         };
         let ptr = self.alloc.call(&mut self.store, len32)?;
         let data = self.memory.data_mut(&mut self.store);
@@ -707,7 +721,12 @@ impl PluginModule {
                 .get_typed_func::<(u32, u32, u32, u32), u64>(&mut live.store, "pushdown_run")?;
             let packed = run.call(
                 &mut live.store,
-                (request_ptr, request.len() as u32, input_ptr, input_len as u32),
+                (
+                    request_ptr,
+                    request.len() as u32,
+                    input_ptr,
+                    input_len as u32,
+                ),
             )?;
             Ok(live.read_result(self, packed))
         })
@@ -718,11 +737,21 @@ impl PluginModule {
     ///
     /// # Errors
     /// As [`PluginModule::call`].
-    pub fn invoke(&self, export: &str, input: &[u8], first_line: Option<u64>) -> Result<CallOutput> {
-        self.invoke_with(export, input.len(), |slot| {
-            slot.copy_from_slice(input);
-            Ok(())
-        }, first_line)
+    pub fn invoke(
+        &self,
+        export: &str,
+        input: &[u8],
+        first_line: Option<u64>,
+    ) -> Result<CallOutput> {
+        self.invoke_with(
+            export,
+            input.len(),
+            |slot| {
+                slot.copy_from_slice(input);
+                Ok(())
+            },
+            first_line,
+        )
     }
 
     /// [`PluginModule::invoke`] with the input written by `fill` straight into linear memory.

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use pushdown_plugin::array::builder::{Int32Builder, Int64Builder, StringBuilder, TimestampSecondBuilder};
+use pushdown_plugin::array::builder::{
+    Int32Builder, Int64Builder, StringBuilder, TimestampSecondBuilder,
+};
 use pushdown_plugin::array::{ArrayRef, RecordBatch};
 use pushdown_plugin::schema::{DataType, Field, Schema, TimeUnit};
 use pushdown_plugin::{Error, Parser, Result};
@@ -70,11 +72,19 @@ impl<'a> Cursor<'a> {
     }
 
     /// A field between `open` and `close`; inside quotes `\"` does not close.
-    fn delimited(&mut self, open: char, close: char, what: &str) -> std::result::Result<&'a str, String> {
+    fn delimited(
+        &mut self,
+        open: char,
+        close: char,
+        what: &str,
+    ) -> std::result::Result<&'a str, String> {
         self.skip_spaces();
         let rest = self.rest();
         if !rest.starts_with(open) {
-            return Err(format!("expected {open} before the {what} at column {}", self.at + 1));
+            return Err(format!(
+                "expected {open} before the {what} at column {}",
+                self.at + 1
+            ));
         }
         let bytes = rest.as_bytes();
         let mut i = 1;
@@ -88,7 +98,10 @@ impl<'a> Cursor<'a> {
                 _ => i += 1,
             }
         }
-        Err(format!("the {what} opened at column {} never closes", self.at + 1))
+        Err(format!(
+            "the {what} opened at column {} never closes",
+            self.at + 1
+        ))
     }
 }
 
@@ -115,8 +128,18 @@ pub fn parse_time(t: &str) -> std::result::Result<i64, String> {
     let mut next = || parts.next().ok_or_else(bad);
     let day: u32 = next()?.parse().map_err(|_| bad())?;
     let month = match next()? {
-        "Jan" => 1, "Feb" => 2, "Mar" => 3, "Apr" => 4, "May" => 5, "Jun" => 6,
-        "Jul" => 7, "Aug" => 8, "Sep" => 9, "Oct" => 10, "Nov" => 11, "Dec" => 12,
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
         _ => return Err(bad()),
     };
     let year: i64 = next()?.parse().map_err(|_| bad())?;
@@ -135,7 +158,9 @@ pub fn parse_time(t: &str) -> std::result::Result<i64, String> {
     if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    let offset = sign * (digits[..2].parse::<i64>().map_err(|_| bad())? * 3600 + digits[2..].parse::<i64>().map_err(|_| bad())? * 60);
+    let offset = sign
+        * (digits[..2].parse::<i64>().map_err(|_| bad())? * 3600
+            + digits[2..].parse::<i64>().map_err(|_| bad())? * 60);
     let local = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
     Ok(local - offset)
 }
@@ -160,7 +185,10 @@ pub fn parse_line(line: &str) -> std::result::Result<Entry<'_>, String> {
     let bytes_text = c.word("size")?;
     let bytes = match bytes_text {
         "-" => None,
-        b => Some(b.parse::<i64>().map_err(|_| format!("malformed size {b:?}"))?),
+        b => Some(
+            b.parse::<i64>()
+                .map_err(|_| format!("malformed size {b:?}"))?,
+        ),
     };
     c.skip_spaces();
     let (referer, user_agent) = if c.rest().is_empty() {
@@ -170,11 +198,24 @@ pub fn parse_line(line: &str) -> std::result::Result<Entry<'_>, String> {
         let agent = dash(c.delimited('"', '"', "user agent")?);
         c.skip_spaces();
         if !c.rest().is_empty() {
-            return Err(format!("unexpected text after the user agent at column {}", c.at + 1));
+            return Err(format!(
+                "unexpected text after the user agent at column {}",
+                c.at + 1
+            ));
         }
         (referer, agent)
     };
-    Ok(Entry { ip, ident, user, time, request, status, bytes, referer, user_agent })
+    Ok(Entry {
+        ip,
+        ident,
+        user,
+        time,
+        request,
+        status,
+        bytes,
+        referer,
+        user_agent,
+    })
 }
 
 impl Parser for AccessLog {
@@ -212,12 +253,24 @@ impl Parser for AccessLog {
                 .map_err(|e| Error::new(format!("line {number}: not UTF-8: {e}")))?;
             let e = parse_line(line).map_err(|m| Error::new(format!("line {number}: {m}")))?;
             let mut request = e.request.split(' ');
-            let (method, path, protocol) = match (request.next(), request.next(), request.next(), request.next()) {
+            let (method, path, protocol) = match (
+                request.next(),
+                request.next(),
+                request.next(),
+                request.next(),
+            ) {
                 (Some(m), Some(p), Some(v), None) => (Some(m), Some(p), Some(v)),
                 _ => (None, None, None),
             };
             for (b, v) in strings.iter_mut().zip([
-                Some(e.ip), e.ident, e.user, method, path, protocol, e.referer, e.user_agent,
+                Some(e.ip),
+                e.ident,
+                e.user,
+                method,
+                path,
+                protocol,
+                e.referer,
+                e.user_agent,
             ]) {
                 b.append_option(v);
             }
@@ -228,14 +281,22 @@ impl Parser for AccessLog {
         let mut s = strings.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef);
         let mut next = || s.next().expect("eight string columns");
         let columns: Vec<ArrayRef> = vec![
-            next(), next(), next(),
+            next(),
+            next(),
+            next(),
             Arc::new(time.finish()),
-            next(), next(), next(),
+            next(),
+            next(),
+            next(),
             Arc::new(status.finish()),
             Arc::new(bytes.finish()),
-            next(), next(),
+            next(),
+            next(),
         ];
-        Ok(vec![RecordBatch::try_new(Arc::new(Self::schema()), columns)?])
+        Ok(vec![RecordBatch::try_new(
+            Arc::new(Self::schema()),
+            columns,
+        )?])
     }
 }
 
@@ -265,7 +326,9 @@ mod tests {
 
     #[test]
     fn batches_have_the_declared_schema_and_bad_lines_their_number() {
-        let text = format!("{LINE}\n\n10.0.0.2 - - [01/Jan/2024:00:00:00 +0000] \"-\" 408 - \"-\" \"-\"\n");
+        let text = format!(
+            "{LINE}\n\n10.0.0.2 - - [01/Jan/2024:00:00:00 +0000] \"-\" 408 - \"-\" \"-\"\n"
+        );
         let batches = testing::parse::<AccessLog>(text.as_bytes(), 1).unwrap();
         let b = &batches[0];
         assert_eq!(b.num_rows(), 2);
@@ -273,7 +336,9 @@ mod tests {
         assert!(b.column(4).is_null(1));
         assert!(b.column(8).is_null(1));
         assert_eq!(b.column(7).as_primitive::<Int32Type>().value(1), 408);
-        let bad = format!("{LINE}\n{LINE}\n10.0.0.3 - - [01/Jan/2024:00:00:00 +0000] \"GET / HTTP/1.1\" abc 5\n");
+        let bad = format!(
+            "{LINE}\n{LINE}\n10.0.0.3 - - [01/Jan/2024:00:00:00 +0000] \"GET / HTTP/1.1\" abc 5\n"
+        );
         let err = testing::parse::<AccessLog>(bad.as_bytes(), 41).unwrap_err();
         assert_eq!(err.message(), "line 43: malformed status \"abc\"");
     }

@@ -69,6 +69,8 @@ mod tests {
             assert_eq!(out.as_primitive::<Float64Type>().value(0), 9.0 / 4.0);
         }
         let none: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>]));
-        assert!(testing::aggregate::<AvgLength>(&[none], 1).unwrap().is_null(0));
+        assert!(testing::aggregate::<AvgLength>(&[none], 1)
+            .unwrap()
+            .is_null(0));
     }
 }

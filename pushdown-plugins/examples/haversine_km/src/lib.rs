@@ -69,6 +69,10 @@ mod tests {
         assert!((km.value(0) - 343.56).abs() < 0.5, "{}", km.value(0));
         assert!(km.is_null(1));
         // A quarter of the equator.
-        assert!((haversine_km(0.0, 0.0, 0.0, 90.0) - EARTH_RADIUS_KM * std::f64::consts::FRAC_PI_2).abs() < 1e-9);
+        assert!(
+            (haversine_km(0.0, 0.0, 0.0, 90.0) - EARTH_RADIUS_KM * std::f64::consts::FRAC_PI_2)
+                .abs()
+                < 1e-9
+        );
     }
 }

@@ -1,0 +1,629 @@
+//! User plugins end to end through the CLI: `plugin build`, `register`, `list`, `remove`,
+//! `new`, and queries that call them, checked against DuckDB; bad plugins refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::support::{assert_error, folder};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pushdown(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The example plugins built for wasm32-wasip1 with `pushdown plugin build`, once.
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        [
+            "haversine_km",
+            "avg_length",
+            "approx_distinct",
+            "access_log",
+        ]
+        .iter()
+        .map(|n| {
+            let dir = repo().join("pushdown-plugins/examples").join(n);
+            let out = ok(pushdown(&["plugin", "build", dir.to_str().unwrap()]));
+            let wasm = PathBuf::from(out.trim());
+            assert!(wasm.is_file(), "{wasm:?}");
+            (n.to_string(), wasm)
+        })
+        .collect()
+    });
+    built.iter().find(|(n, _)| n == name).unwrap().1.clone()
+}
+
+/// A fresh registry with `modules` registered.
+fn registry(modules: &[&Path]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for m in modules {
+        let out = ok(pushdown(&[
+            "plugin",
+            "register",
+            m.to_str().unwrap(),
+            "--registry",
+            dir.path().to_str().unwrap(),
+        ]));
+        assert!(out.starts_with("registered "), "{out}");
+    }
+    dir
+}
+
+fn query_csv(data: &Path, registry: &Path, extra: &[&str], sql: &str) -> Vec<Vec<String>> {
+    let mut args = vec![
+        "query",
+        "--data",
+        data.to_str().unwrap(),
+        "--registry",
+        registry.to_str().unwrap(),
+        "--output",
+        "csv",
+    ];
+    args.extend(extra);
+    args.push(sql);
+    let out = ok(pushdown(&args));
+    out.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+/// Runs `sql` in DuckDB (Python package, the test oracle) and returns the rows as JSON.
+fn duckdb(sql: &str) -> Vec<Vec<Value>> {
+    let python = std::env::var_os("PUSHDOWN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import duckdb, json, sys; print(json.dumps(duckdb.sql(sys.argv[1]).fetchall(), default=str))",
+            sql,
+        ])
+        .output()
+        .expect("python with duckdb runs (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<Value>> = serde_json::from_slice(&out.stdout).unwrap();
+    rows
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+const CITIES: &str = "name,lat,lon
+Paris,48.8566,2.3522
+London,51.5074,-0.1278
+Brussels,50.8503,4.3517
+Amsterdam,52.3676,4.9041
+Berlin,52.5200,13.4050
+Madrid,40.4168,-3.7038
+Lyon,45.7640,4.8357
+Rome,41.9028,12.4964
+Geneva,46.2044,6.1432
+Luxembourg,49.6116,6.1319
+Strasbourg,48.5734,7.7521
+Bordeaux,44.8378,-0.5792
+Marseille,43.2965,5.3698
+Cologne,50.9375,6.9603
+Frankfurt,50.1109,8.6821
+Zurich,47.3769,8.5417
+Nantes,47.2184,-1.5536
+Lille,50.6292,3.0573
+Dublin,53.3498,-6.2603
+Vienna,48.2082,16.3738
+Nowhere,,
+";
+
+#[test]
+fn haversine_km_filters_on_the_storage_node_like_duckdb() {
+    let reg = registry(&[&example("haversine_km")]);
+    let data = folder(&[("cities.csv", CITIES.as_bytes())]);
+    let sql = "SELECT name, round(haversine_km(lat, lon, 48.8566, 2.3522), 3) AS km FROM cities \
+               WHERE haversine_km(lat, lon, 48.8566, 2.3522) < 450 ORDER BY name";
+    let ours = query_csv(data.path(), reg.path(), &[], sql);
+    let path = data.path().join("cities.csv");
+    let theirs = duckdb(&format!(
+        "SELECT name, round(2 * 6371.0088 * asin(sqrt(pow(sin(radians(lat - 48.8566) / 2), 2) \
+         + cos(radians(48.8566)) * cos(radians(lat)) * pow(sin(radians(lon - 2.3522) / 2), 2))), 3) \
+         FROM read_csv('{}') WHERE 2 * 6371.0088 * asin(sqrt(pow(sin(radians(lat - 48.8566) / 2), 2) \
+         + cos(radians(48.8566)) * cos(radians(lat)) * pow(sin(radians(lon - 2.3522) / 2), 2))) < 450 ORDER BY name",
+        path.display()
+    ));
+    assert_eq!(ours.len(), theirs.len(), "{ours:?} vs {theirs:?}");
+    assert!(ours.len() >= 8, "{ours:?}");
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a[0], text(&b[0]));
+        let (x, y): (f64, f64) = (a[1].parse().unwrap(), b[1].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+    }
+    // The call runs inside the storage node's sandbox: it is part of the pushed predicate.
+    let out = pushdown(&[
+        "query",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--registry",
+        reg.path().to_str().unwrap(),
+        "--explain",
+        sql,
+    ]);
+    let explain = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        explain.contains("predicate: haversine_km(lat, lon, 48.8566, 2.3522) < 450"),
+        "{explain}"
+    );
+}
+
+/// TPC-H lineitem at scale factor 0.1, Parquet and CSV, generated once.
+fn lineitem() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        ok(pushdown(&[
+            "datasets",
+            "tpch",
+            "--scale",
+            "0.1",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]));
+        dir
+    })
+    .path()
+}
+
+#[test]
+fn approx_distinct_merges_sketches_and_is_within_two_percent_of_duckdb() {
+    let reg = registry(&[&example("approx_distinct")]);
+    for format in ["parquet", "csv"] {
+        let data = lineitem().join(format);
+        let file = data.join(format!("lineitem.{format}"));
+        let ours = query_csv(
+            &data,
+            reg.path(),
+            &["--csv-chunk-size", "20000000"],
+            "SELECT l_returnflag, approx_distinct(l_orderkey) FROM lineitem GROUP BY l_returnflag \
+             UNION ALL SELECT 'all', approx_distinct(l_orderkey) FROM lineitem ORDER BY 1",
+        );
+        let theirs = duckdb(&format!(
+            "SELECT l_returnflag, count(DISTINCT l_orderkey) FROM '{}' GROUP BY l_returnflag \
+             UNION ALL SELECT 'all', count(DISTINCT l_orderkey) FROM '{}' ORDER BY 1",
+            file.display(),
+            file.display()
+        ));
+        assert_eq!(ours.len(), 4, "{ours:?}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a[0], text(&b[0]));
+            let (approx, exact): (f64, f64) = (a[1].parse().unwrap(), b[1].as_f64().unwrap());
+            let error = (approx - exact).abs() / exact;
+            assert!(error < 0.02, "{format} {a:?}: exact {exact}, error {error}");
+        }
+    }
+    // Partial sketches come back from the storage node, not the keys.
+    let out = pushdown(&[
+        "query",
+        "--data",
+        lineitem().join("parquet").to_str().unwrap(),
+        "--registry",
+        reg.path().to_str().unwrap(),
+        "--explain",
+        "SELECT approx_distinct(l_orderkey) FROM lineitem",
+    ]);
+    let explain = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        explain.contains("approx_distinct(l_orderkey) -> Binary"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains("rows in 600572, selected 600572, out 5"),
+        "{explain}"
+    );
+}
+
+#[test]
+fn avg_length_matches_duckdb_on_words_and_lineitem_comments() {
+    let reg = registry(&[&example("avg_length")]);
+    let words = folder(&[(
+        "words.csv",
+        "word,n\nheap,1\nsandbox,2\n,3\nÉcole,4\nnaïve café,5\n\"\",6\n".as_bytes(),
+    )]);
+    let ours = query_csv(
+        words.path(),
+        reg.path(),
+        &[],
+        "SELECT avg_length(word) FROM words",
+    );
+    let theirs = duckdb(&format!(
+        "SELECT avg(length(word)) FROM read_csv('{}')",
+        words.path().join("words.csv").display()
+    ));
+    let (x, y): (f64, f64) = (ours[0][0].parse().unwrap(), theirs[0][0].as_f64().unwrap());
+    assert!((x - y).abs() < 1e-12, "{x} vs {y}");
+    let data = lineitem().join("parquet");
+    let ours = query_csv(
+        &data,
+        reg.path(),
+        &[],
+        "SELECT l_linestatus, avg_length(l_comment) FROM lineitem GROUP BY 1 ORDER BY 1",
+    );
+    let theirs = duckdb(&format!(
+        "SELECT l_linestatus, avg(length(l_comment)) FROM '{}' GROUP BY 1 ORDER BY 1",
+        data.join("lineitem.parquet").display()
+    ));
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        let (x, y): (f64, f64) = (a[1].parse().unwrap(), b[1].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-9, "{a:?} vs {b:?}");
+    }
+}
+
+/// `n` lines of Apache combined log, deterministic.
+fn access_log(n: usize) -> String {
+    let mut state = 42u64;
+    let mut next = |m: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % m
+    };
+    let statuses = [200, 200, 200, 304, 404, 500, 301];
+    let paths = [
+        "/",
+        "/index.html",
+        "/img/logo.png",
+        "/api/items?id=3",
+        "/login",
+    ];
+    let mut out = String::new();
+    for i in 0..n {
+        let status = statuses[next(7) as usize];
+        let bytes = if status == 304 {
+            "-".to_string()
+        } else {
+            (100 + next(50_000)).to_string()
+        };
+        out.push_str(&format!(
+            "10.0.0.{} - {} [{:02}/Oct/2023:{:02}:{:02}:{:02} +0200] \"GET {} HTTP/1.1\" {status} {bytes} \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\"\n",
+            1 + next(20),
+            ["-", "alice", "bob"][next(3) as usize],
+            1 + i % 28,
+            i % 24,
+            i % 60,
+            (i * 7) % 60,
+            paths[next(5) as usize],
+        ));
+    }
+    out
+}
+
+#[test]
+fn access_log_parser_makes_logs_queryable_and_names_bad_lines() {
+    let reg = registry(&[&example("access_log")]);
+    let log = access_log(20_000);
+    let data = folder(&[("access.log", log.as_bytes())]);
+    // Small chunks: several tasks, each told its first line number.
+    let extra = [
+        "--format",
+        "access=access_log",
+        "--csv-chunk-size",
+        "300000",
+    ];
+    let ours = query_csv(
+        data.path(),
+        reg.path(),
+        &extra,
+        "SELECT status, count(*), sum(bytes) FROM access GROUP BY status ORDER BY status",
+    );
+    let theirs = duckdb(&format!(
+        "WITH l AS (SELECT unnest(string_split(content, chr(10))) AS line FROM read_text('{}')), \
+         f AS (SELECT regexp_extract(line, '^\\S+ \\S+ \\S+ \\[[^]]*\\] \"[^\"]*\" (\\d+) (\\S+)', ['status', 'bytes']) AS m FROM l WHERE line <> '') \
+         SELECT CAST(m.status AS INTEGER) AS s, count(*), sum(TRY_CAST(m.bytes AS BIGINT)) FROM f GROUP BY s ORDER BY s",
+        data.path().join("access.log").display()
+    ));
+    let theirs: Vec<Vec<String>> = theirs
+        .iter()
+        .map(|r| r.iter().map(text).collect())
+        .collect();
+    assert_eq!(ours, theirs);
+    // A malformed line in the third chunk is reported with its line number in the file.
+    let mut lines: Vec<&str> = log.lines().collect();
+    let bad =
+        "10.0.0.9 - - [04/Oct/2023:23:59:53 +0200] \"GET / HTTP/1.1\" twohundred 5 \"-\" \"-\"";
+    lines[4567] = bad;
+    let data = folder(&[("access.log", (lines.join("\n") + "\n").as_bytes())]);
+    let out = pushdown(&[
+        "query",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--registry",
+        reg.path().to_str().unwrap(),
+        "--format",
+        "access=access_log",
+        "--csv-chunk-size",
+        "300000",
+        "SELECT count(*) FROM access",
+    ]);
+    assert_error(
+        &out,
+        &[
+            "access.log",
+            "plugin access_log",
+            "line 4568: malformed status \"twohundred\"",
+        ],
+    );
+}
+
+#[test]
+fn a_parser_written_in_webassembly_text_is_registered_and_queried() {
+    let wat = repo().join("pushdown-plugins/examples/numbers_wat/numbers_wat.wat");
+    let reg = registry(&[&wat]);
+    let numbers: String = (0..50_000)
+        .map(|i| format!("{}\n", (i * 7919) % 100_003 - 50_000))
+        .collect();
+    let data = folder(&[("nums.txt", numbers.as_bytes())]);
+    let ours = query_csv(
+        data.path(),
+        reg.path(),
+        &["--format", "nums=numbers_wat", "--csv-chunk-size", "100000"],
+        "SELECT count(*), sum(n), min(n), max(n), count(*) FILTER (WHERE n < 0) FROM nums",
+    );
+    let theirs = duckdb(&format!(
+        "SELECT count(*), sum(n), min(n), max(n), count(*) FILTER (WHERE n < 0) \
+         FROM read_csv('{}', header = false, columns = {{'n': 'BIGINT'}})",
+        data.path().join("nums.txt").display()
+    ));
+    let theirs: Vec<Vec<String>> = theirs
+        .iter()
+        .map(|r| r.iter().map(text).collect())
+        .collect();
+    assert_eq!(ours, theirs);
+    let data = folder(&[("nums.txt", b"1\n2\nthree\n")]);
+    let out = pushdown(&[
+        "query",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--registry",
+        reg.path().to_str().unwrap(),
+        "--format",
+        "nums=numbers_wat",
+        "SELECT sum(n) FROM nums",
+    ]);
+    assert_error(
+        &out,
+        &["nums.txt", "plugin numbers_wat", "line 3: not an integer"],
+    );
+}
+
+/// A user plugin module in WebAssembly text with the given signature JSON and extra items.
+fn module(version: i32, signature: &str, extra: &str) -> String {
+    let escaped = signature.replace('"', "\\\"");
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{escaped}")
+  (func (export "pushdown_abi_version") (result i32) (i32.const {version}))
+  (func (export "pushdown_alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "pushdown_free") (param i32 i32))
+  (func (export "pushdown_signature") (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const {len})))
+  {extra})"#,
+        len = signature.len()
+    )
+}
+
+#[test]
+fn bad_plugins_are_refused_at_register_and_nothing_is_stored() {
+    let scalar = r#"{"kind":"scalar","name":"f","arguments":["Float64"],"returns":"Float64"}"#;
+    let eval = r#"(func (export "pushdown_scalar") (param i32 i32) (result i64) (i64.const 0))"#;
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "garbage.wasm",
+            "this is not a module".into(),
+            "is neither a Wasm module nor valid WebAssembly text",
+        ),
+        (
+            "no_signature.wat",
+            "(module (memory (export \"memory\") 1))".into(),
+            "does not export pushdown_abi_version",
+        ),
+        (
+            "version.wat",
+            module(2, scalar, eval),
+            "exports ABI version 2; this host speaks version 1",
+        ),
+        (
+            "bad_type.wat",
+            module(
+                1,
+                r#"{"kind":"scalar","name":"f","arguments":["Floaty"],"returns":"Float64"}"#,
+                eval,
+            ),
+            "declares a malformed signature: argument 1 has the malformed type \"Floaty\"",
+        ),
+        (
+            "not_json.wat",
+            module(1, "{kind: scalar", eval),
+            "declares a malformed signature: malformed signature JSON",
+        ),
+        (
+            "missing_export.wat",
+            module(1, scalar, ""),
+            "declares kind scalar but does not export pushdown_scalar",
+        ),
+        (
+            "foreign_import.wat",
+            module(1, scalar, eval).replacen(
+                "(module",
+                "(module (import \"env\" \"open\" (func (param i32)))",
+                1,
+            ),
+            "cannot be linked",
+        ),
+    ];
+    let reg = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    for (file, text, needle) in &cases {
+        let path = files.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let out = pushdown(&[
+            "plugin",
+            "register",
+            path.to_str().unwrap(),
+            "--registry",
+            reg.path().to_str().unwrap(),
+        ]);
+        assert_error(&out, &[needle]);
+    }
+    let listed = ok(pushdown(&[
+        "plugin",
+        "list",
+        "--registry",
+        reg.path().to_str().unwrap(),
+    ]));
+    assert!(listed.starts_with("no plugins registered"), "{listed}");
+    // A well-formed one registers, then is listed and removed.
+    let good = files.path().join("good.wat");
+    std::fs::write(&good, module(1, scalar, eval)).unwrap();
+    let r = reg.path().to_str().unwrap();
+    ok(pushdown(&[
+        "plugin",
+        "register",
+        good.to_str().unwrap(),
+        "--registry",
+        r,
+        "--name",
+        "twice",
+    ]));
+    let listed = ok(pushdown(&["plugin", "list", "--registry", r]));
+    assert!(
+        listed.contains("twice  scalar  (Float64) -> Float64"),
+        "{listed}"
+    );
+    assert_error(
+        &pushdown(&["plugin", "remove", "nope", "--registry", r]),
+        &["no plugin named nope (registered: twice)"],
+    );
+    ok(pushdown(&["plugin", "remove", "twice", "--registry", r]));
+    assert!(ok(pushdown(&["plugin", "list", "--registry", r])).starts_with("no plugins"));
+}
+
+#[test]
+fn an_unknown_function_is_named_with_the_registered_ones() {
+    let reg = registry(&[&example("haversine_km")]);
+    let data = folder(&[("cities.csv", CITIES.as_bytes())]);
+    let out = pushdown(&[
+        "query",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--registry",
+        reg.path().to_str().unwrap(),
+        "SELECT haversine(lat, lon, 0, 0) FROM cities",
+    ]);
+    assert_error(
+        &out,
+        &[
+            "unknown function haversine",
+            "registered plugin functions: haversine_km",
+        ],
+    );
+    let out = pushdown(&[
+        "query",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--registry",
+        reg.path().to_str().unwrap(),
+        "--format",
+        "cities=haversine_km",
+        "SELECT 1",
+    ]);
+    assert_error(
+        &out,
+        &["plugin haversine_km is a scalar plugin, not a parser"],
+    );
+}
+
+/// `plugin new` for each kind gives a crate whose test passes natively, which builds for
+/// Wasm, registers, and answers a query.
+#[test]
+fn plugin_new_to_a_query_for_every_kind() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = tempfile::tempdir().unwrap();
+    let r = reg.path().to_str().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for (name, kind) in [
+        ("twice", "scalar"),
+        ("sum_squares", "aggregate"),
+        ("kv", "parser"),
+    ] {
+        let out = ok(pushdown(&[
+            "plugin",
+            "new",
+            name,
+            "--kind",
+            kind,
+            "--dir",
+            work.path().to_str().unwrap(),
+        ]));
+        assert!(
+            out.contains(&format!("created {kind} plugin {name}")),
+            "{out}"
+        );
+        let dir = work.path().join(name);
+        let test = Command::new(&cargo)
+            .args(["test", "--release", "--quiet"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            test.status.success(),
+            "cargo test: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        let wasm = ok(pushdown(&["plugin", "build", dir.to_str().unwrap()]));
+        ok(pushdown(&[
+            "plugin",
+            "register",
+            wasm.trim(),
+            "--registry",
+            r,
+        ]));
+    }
+    let data = folder(&[
+        ("t.csv", b"x\n1.5\n2\n\n3\n"),
+        ("pairs.kv", b"a=1\nb=2\na=40\n"),
+    ]);
+    let rows = query_csv(
+        data.path(),
+        reg.path(),
+        &["--format", "pairs=kv"],
+        "SELECT (SELECT sum(twice(x)) FROM t), (SELECT sum_squares(x) FROM t), \
+         (SELECT sum(value) FROM pairs WHERE key = 'a')",
+    );
+    assert_eq!(
+        rows,
+        vec![vec!["13.0".to_string(), "15.25".into(), "41".into()]]
+    );
+}
