@@ -627,3 +627,30 @@ fn plugin_new_to_a_query_for_every_kind() {
         vec![vec!["13.0".to_string(), "15.25".into(), "41".into()]]
     );
 }
+
+/// A plugin that traps fails the query with its name and the trap, on the storage node
+/// (inside a pushed-down predicate) and in the intermediary alike.
+#[test]
+fn a_trapping_plugin_fails_the_query_with_its_name() {
+    let scalar = r#"{"kind":"scalar","name":"boom","arguments":["Float64"],"returns":"Boolean"}"#;
+    let trap = r#"(func (export "pushdown_scalar") (param i32 i32) (result i64) unreachable)"#;
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("boom.wat");
+    std::fs::write(&path, module(1, scalar, trap)).unwrap();
+    let reg = registry(&[&path]);
+    let data = folder(&[("t.csv", b"x\n1\n2\n")]);
+    for sql in [
+        "SELECT count(*) FROM t WHERE boom(x)",
+        "SELECT boom(max(x)) FROM t",
+    ] {
+        let out = pushdown(&[
+            "query",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--registry",
+            reg.path().to_str().unwrap(),
+            sql,
+        ]);
+        assert_error(&out, &["plugin boom", "unreachable"]);
+    }
+}
