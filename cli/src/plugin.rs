@@ -2,9 +2,7 @@
 //! plugin that SQL can call.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -321,74 +319,7 @@ pushdown-plugin = {{ path = "{sdk}" }}
 
 /// Builds the crate at `path` for wasm32-wasip1 and returns the module's path.
 pub fn build(path: &Path) -> Result<PathBuf> {
-    let manifest = path.join("Cargo.toml");
-    if !manifest.is_file() {
-        bail!("{} has no Cargo.toml: not a plugin crate", path.display());
-    }
-    if let Ok(out) = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-    {
-        let installed = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && !installed.lines().any(|l| l.trim() == "wasm32-wasip1") {
-            bail!("the Rust target wasm32-wasip1 is not installed; install it with `rustup target add wasm32-wasip1`");
-        }
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut child = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--lib",
-            "--target",
-            "wasm32-wasip1",
-            "--message-format=json-render-diagnostics",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        // A small module: no debug info (the name section stays for traps and profiles).
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("running cargo")?;
-    let manifest = manifest.canonicalize()?;
-    let mut wasm = None;
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let line = line?;
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if msg["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let ours = msg["manifest_path"]
-            .as_str()
-            .and_then(|p| Path::new(p).canonicalize().ok())
-            .is_some_and(|p| p == manifest);
-        if !ours {
-            continue;
-        }
-        if let Some(files) = msg["filenames"].as_array() {
-            wasm = files
-                .iter()
-                .filter_map(|f| f.as_str())
-                .find(|f| f.ends_with(".wasm"))
-                .map(PathBuf::from)
-                .or(wasm);
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("cargo build for wasm32-wasip1 failed in {}", path.display());
-    }
-    wasm.with_context(|| {
-        format!(
-            "{}: the build made no .wasm module; is crate-type \"cdylib\" set?",
-            path.display()
-        )
-    })
+    Ok(pushdown_storage_node::registry::build_crate(path)?)
 }
 
 const SCALAR_TEMPLATE: &str = r#"//! Scalar plugin `__NAME__(x DOUBLE) -> DOUBLE`: twice its argument (NULL stays NULL).

@@ -7,7 +7,9 @@
 //! The directory is `$PUSHDOWN_REGISTRY`, else `$XDG_DATA_HOME/pushdown`, else
 //! `~/.local/share/pushdown`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use pushdown_protocol::{PluginKind, PluginRef, PluginSignature};
@@ -314,4 +316,93 @@ impl Registry {
         }
         Ok(bytes)
     }
+}
+
+/// Builds the plugin crate at `path` for `wasm32-wasip1` with cargo (release, no debug
+/// info) and returns the module's path; cargo's progress goes to stderr.
+///
+/// # Errors
+/// [`Error::NotFound`] when `path` has no `Cargo.toml` or the target is not installed
+/// (the message says how to install it); [`Error::Internal`] when the build fails or makes
+/// no `.wasm`.
+pub fn build_crate(path: &Path) -> Result<PathBuf> {
+    let manifest = path.join("Cargo.toml");
+    if !manifest.is_file() {
+        return Err(Error::NotFound {
+            path: path.display().to_string(),
+            message: "has no Cargo.toml: not a plugin crate".into(),
+        });
+    }
+    if let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    {
+        let installed = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && !installed.lines().any(|l| l.trim() == "wasm32-wasip1") {
+            return Err(Error::NotFound { path: "wasm32-wasip1".into(), message: "the Rust target is not installed; install it with `rustup target add wasm32-wasip1`".into() });
+        }
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--lib",
+            "--target",
+            "wasm32-wasip1",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        // A small module: no debug info (the name section stays for traps and profiles).
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::Internal(format!("running cargo: {e}")))?;
+    let manifest = manifest.canonicalize().map_err(|error| Error::Io {
+        path: path.display().to_string(),
+        error,
+    })?;
+    let mut wasm = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let Ok(line) = line else { break };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let ours = msg["manifest_path"]
+            .as_str()
+            .and_then(|p| Path::new(p).canonicalize().ok())
+            .is_some_and(|p| p == manifest);
+        if !ours {
+            continue;
+        }
+        if let Some(files) = msg["filenames"].as_array() {
+            wasm = files
+                .iter()
+                .filter_map(|f| f.as_str())
+                .find(|f| f.ends_with(".wasm"))
+                .map(PathBuf::from)
+                .or(wasm);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::Internal(format!("running cargo: {e}")))?;
+    if !status.success() {
+        return Err(Error::Internal(format!(
+            "cargo build for wasm32-wasip1 failed in {}",
+            path.display()
+        )));
+    }
+    wasm.ok_or_else(|| {
+        Error::Internal(format!(
+            "{}: the build made no .wasm module; is crate-type \"cdylib\" set?",
+            path.display()
+        ))
+    })
 }

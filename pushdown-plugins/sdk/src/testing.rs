@@ -89,3 +89,18 @@ pub fn aggregate<T: AggregateFunction>(args: &[ArrayRef], parts: usize) -> Resul
 pub fn parse<T: Parser>(chunk: &[u8], first_line: u64) -> Result<Vec<RecordBatch>> {
     Ok(ipc::read(&entry::parse::<T>(chunk, first_line)?)?.1)
 }
+
+/// The byte-level entry points the Wasm exports call (Arrow IPC in, Arrow IPC out, no
+/// status byte), for benchmarks that time the same code natively and in Wasm.
+pub mod raw {
+    pub use crate::entry::{finalize, merge, parse, scalar, update};
+}
+
+/// Encodes `columns` as the Arrow IPC input of a scalar call (or, with `num_groups`, of an
+/// aggregate update whose first column is the `UInt32` group ids), as the host does.
+///
+/// # Errors
+/// When the columns differ in length.
+pub fn encode_input(columns: Vec<ArrayRef>, num_groups: Option<usize>) -> Result<Vec<u8>> {
+    batch_of(columns, num_groups.map(groups_meta).unwrap_or_default())
+}
