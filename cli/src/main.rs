@@ -15,6 +15,7 @@ use pushdown_storage_node::NodeOptions;
 
 mod output;
 mod plugin;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,12 @@ enum Command {
     /// User plugins: scalar functions, aggregates and parsers compiled to wasm32-wasip1.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run a storage node as an Arrow Flight server.
+    #[command(subcommand)]
+    StorageNode(serve::StorageNodeCommand),
+    /// Run the intermediary as an Arrow Flight SQL server over remote storage nodes.
+    #[command(subcommand)]
+    Intermediary(serve::IntermediaryCommand),
 }
 
 #[derive(Parser)]
@@ -69,9 +76,20 @@ struct BenchArgs {
 
 #[derive(Parser)]
 struct QueryArgs {
-    /// Folder whose Parquet and CSV files are the tables.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    /// Folder whose Parquet and CSV files are the tables (embedded mode).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "connect",
+        conflicts_with = "connect"
+    )]
+    data: Option<PathBuf>,
+    /// An intermediary's Flight SQL URL (`http://host:port`) to send the query to instead.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// Bearer token for --connect [default: $PUSHDOWN_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
@@ -158,6 +176,22 @@ fn progress_bar(len: u64, template: &str) -> ProgressBar {
 }
 
 fn query(args: QueryArgs) -> Result<()> {
+    if let Some(url) = &args.connect {
+        return serve::query_remote(url, args.token.clone(), &args.sql, |schema, batches| {
+            let mut stdout = std::io::stdout().lock();
+            match args.output {
+                OutputFormat::Table => output::table(&mut stdout, schema, batches)?,
+                OutputFormat::Csv => output::csv(&mut stdout, schema, batches)?,
+                OutputFormat::Json => output::json(&mut stdout, batches)?,
+            }
+            stdout.flush()?;
+            Ok(())
+        });
+    }
+    let data = args
+        .data
+        .clone()
+        .context("--data DIR or --connect URL is needed")?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -194,7 +228,7 @@ fn query(args: QueryArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
-        let engine = Engine::embedded(&args.data, options, Some(progress))?;
+        let engine = Engine::embedded(&data, options, Some(progress))?;
         let query = engine.plan(&args.sql).await?;
         if args.explain {
             eprintln!("{}", query.explain_split());
@@ -319,8 +353,16 @@ fn bench(args: BenchArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     // Logs (plugin failures, denied calls) go to stderr only when asked: RUST_LOG=warn.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let cli = Cli::parse();
+    // Servers log refused calls and failing nodes (warn) by default; other commands only
+    // when asked: RUST_LOG=warn.
+    let serving = matches!(
+        cli.command,
+        Command::StorageNode(_) | Command::Intermediary(_)
+    );
+    let default_filter = if serving { "warn" } else { "off" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+        .init();
     let result = match cli.command {
         Command::Query(args) => {
             if args.sql.trim().is_empty() {
@@ -332,6 +374,8 @@ fn main() -> ExitCode {
         Command::Datasets(c) => datasets(c),
         Command::Bench(args) => bench(args),
         Command::Plugin(c) => plugin::run(c),
+        Command::StorageNode(c) => serve::storage_node(c),
+        Command::Intermediary(c) => serve::intermediary(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,11 +58,30 @@ pub struct Query {
 impl Engine {
     /// An engine over `node`. `progress`, when given, hears of every task.
     pub fn new(node: Arc<dyn StorageClient>, progress: Option<Arc<dyn Progress>>) -> Self {
+        Self::with_memory_limit(node, progress, None)
+    }
+
+    /// An engine over `node` whose operators (final aggregates, sorts, joins) hold at most
+    /// `memory_limit` bytes (DataFusion's memory pool); past it they spill where they can
+    /// and otherwise fail with "memory budget exceeded". `None`: no limit.
+    pub fn with_memory_limit(
+        node: Arc<dyn StorageClient>,
+        progress: Option<Arc<dyn Progress>>,
+        memory_limit: Option<usize>,
+    ) -> Self {
+        let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(limit) = memory_limit {
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let runtime = runtime
+            .build_arc()
+            .expect("a runtime with a memory pool builds");
         let mut config = SessionConfig::new().with_information_schema(false);
         // Decimal literals stay decimal (`0.06 - 0.01` is exactly 0.05), as in DuckDB.
         config.options_mut().sql_parser.parse_float_as_decimal = true;
         let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(PushdownRule))
             .build();
@@ -179,6 +198,17 @@ impl Query {
     /// The physical plan.
     pub fn plan(&self) -> &Arc<dyn ExecutionPlan> {
         &self.plan
+    }
+
+    /// Runs the query as a stream of result batches.
+    ///
+    /// # Errors
+    /// When execution cannot start.
+    pub fn stream(&self) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        Ok(datafusion::physical_plan::execute_stream(
+            self.plan.clone(),
+            self.ctx.task_ctx(),
+        )?)
     }
 
     /// Runs the query.

@@ -27,6 +27,7 @@ impl From<DataFusionError> for Error {
 /// A one-line message: DataFusion's wrapping of a storage-node error is peeled off.
 fn describe(e: &DataFusionError) -> String {
     match e.find_root() {
+        DataFusionError::ResourcesExhausted(m) => format!("memory budget exceeded: {m}"),
         DataFusionError::External(inner) => inner.to_string(),
         DataFusionError::ArrowError(inner, _) => match inner.as_ref() {
             datafusion::arrow::error::ArrowError::ExternalError(inner) => inner.to_string(),

@@ -67,6 +67,9 @@ pub enum Error {
     /// A bug: a state the code should never reach.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A remote storage node refused or failed a call, or no replica was left to run it.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl Error {

@@ -1,0 +1,326 @@
+//! A storage node as an Arrow Flight server.
+//!
+//! * `DoAction("tables")` returns, as one JSON result, every table the node holds with its
+//!   schema and files: path, size in bytes, SHA-256 of the content (to check replicas), and
+//!   the units (row groups, chunks) a scan is cut into ([`TableDescription`]).
+//! * `DoGet(ticket)` runs one pushdown task, the ticket being the JSON of a
+//!   [`pushdown_protocol::Task`], and streams its record batches; the first (schema)
+//!   message carries the task's metrics as JSON in `app_metadata` ([`WireMetrics`]): the
+//!   task has finished before its first byte is sent.
+//!
+//! A task error (bad data, a plugin error) is `FAILED_PRECONDITION`: running it elsewhere
+//! would fail the same way. At most `max_tasks` tasks run at once; the others wait, so the
+//! node's memory is bounded by the tasks in flight.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, StreamExt};
+use pushdown_protocol::Task;
+use pushdown_storage_node::{StorageNode, TaskMetrics};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status, Streaming};
+
+/// One table as a storage node describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableDescription {
+    /// The table's name.
+    pub name: String,
+    /// Its files' format.
+    pub format: pushdown_protocol::FileFormat,
+    /// The schema its files are read with.
+    pub schema: arrow_schema::Schema,
+    /// Its files.
+    pub files: Vec<FileDescription>,
+}
+
+/// One file of a table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileDescription {
+    /// Path relative to the node's data directory; the same on every replica.
+    pub path: String,
+    /// Size in bytes.
+    pub len: u64,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    /// The units a scan is cut into.
+    pub units: Vec<pushdown_protocol::TaskUnit>,
+}
+
+/// [`TaskMetrics`] on the wire.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct WireMetrics {
+    /// See [`TaskMetrics::pruned`].
+    pub pruned: bool,
+    /// See [`TaskMetrics::bytes_read`].
+    pub bytes_read: u64,
+    /// See [`TaskMetrics::bytes_returned`].
+    pub bytes_returned: u64,
+    /// See [`TaskMetrics::rows_in`].
+    pub rows_in: u64,
+    /// See [`TaskMetrics::rows_selected`].
+    pub rows_selected: u64,
+    /// See [`TaskMetrics::rows_out`].
+    pub rows_out: u64,
+}
+
+impl From<TaskMetrics> for WireMetrics {
+    fn from(m: TaskMetrics) -> Self {
+        Self {
+            pruned: m.pruned,
+            bytes_read: m.bytes_read,
+            bytes_returned: m.bytes_returned,
+            rows_in: m.rows_in,
+            rows_selected: m.rows_selected,
+            rows_out: m.rows_out,
+        }
+    }
+}
+
+impl From<WireMetrics> for TaskMetrics {
+    fn from(m: WireMetrics) -> Self {
+        Self {
+            pruned: m.pruned,
+            bytes_read: m.bytes_read,
+            bytes_returned: m.bytes_returned,
+            rows_in: m.rows_in,
+            rows_selected: m.rows_selected,
+            rows_out: m.rows_out,
+        }
+    }
+}
+
+/// The Flight service of one storage node.
+pub struct NodeService {
+    node: Arc<StorageNode>,
+    permits: Arc<Semaphore>,
+    /// SHA-256 of each file by (path, size, modification time), computed once.
+    checksums: Arc<Mutex<HashMap<(String, u64, std::time::SystemTime), String>>>,
+}
+
+impl NodeService {
+    /// Serves `node`, running at most `max_tasks` tasks at once.
+    pub fn new(node: Arc<StorageNode>, max_tasks: usize) -> Self {
+        Self {
+            node,
+            permits: Arc::new(Semaphore::new(max_tasks.max(1))),
+            checksums: Arc::default(),
+        }
+    }
+}
+
+fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Describes every table of `node`.
+fn describe_tables(
+    node: &StorageNode,
+    checksums: &Mutex<HashMap<(String, u64, std::time::SystemTime), String>>,
+) -> pushdown_storage_node::Result<Vec<TableDescription>> {
+    let mut out = Vec::new();
+    for name in node.list_tables()?.into_keys() {
+        let Some(table) = node.table(&name)? else {
+            continue;
+        };
+        let mut files = Vec::new();
+        for f in &table.files {
+            let io = |error| pushdown_storage_node::Error::Io {
+                path: f.path.clone(),
+                error,
+            };
+            let modified = std::fs::metadata(&f.abs_path)
+                .and_then(|m| m.modified())
+                .map_err(io)?;
+            let key = (f.path.clone(), f.len, modified);
+            let known = checksums.lock().expect("not poisoned").get(&key).cloned();
+            let sha256 = match known {
+                Some(s) => s,
+                None => {
+                    let s = file_sha256(&f.abs_path).map_err(io)?;
+                    checksums
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(key, s.clone());
+                    s
+                }
+            };
+            files.push(FileDescription {
+                path: f.path.clone(),
+                len: f.len,
+                sha256,
+                units: f.units.clone(),
+            });
+        }
+        out.push(TableDescription {
+            name,
+            format: table.format.clone(),
+            schema: table.schema.as_ref().clone(),
+            files,
+        });
+    }
+    Ok(out)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn unimplemented<T>(what: &str) -> Result<T, Status> {
+    Err(Status::unimplemented(format!(
+        "{what} is not served by a pushdown storage node"
+    )))
+}
+
+#[tonic::async_trait]
+impl FlightService for NodeService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        unimplemented("Handshake (send the bearer token in the authorization header)")
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        unimplemented("ListFlights (use DoAction \"tables\")")
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        unimplemented("GetFlightInfo")
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        unimplemented("PollFlightInfo")
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        unimplemented("GetSchema")
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let task: Task = serde_json::from_slice(&request.get_ref().ticket)
+            .map_err(|e| Status::invalid_argument(format!("malformed task ticket: {e}")))?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the node is shutting down"))?;
+        let node = self.node.clone();
+        let schema = Arc::new(task.output_schema.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            let out = node.run_task(&task);
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| Status::internal(format!("task panicked: {e}")))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let metrics =
+            serde_json::to_vec(&WireMetrics::from(output.metrics)).expect("metrics serialize");
+        let batches = futures::stream::iter(output.batches.into_iter().map(Ok));
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_metadata(metrics.into())
+            .build(batches)
+            .map(|r| r.map_err(|e| Status::internal(e.to_string())));
+        Ok(Response::new(Box::pin(data)))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        unimplemented("DoPut")
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        unimplemented("DoExchange")
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        match request.get_ref().r#type.as_str() {
+            "tables" => {
+                let (node, checksums) = (self.node.clone(), self.checksums.clone());
+                let tables =
+                    tokio::task::spawn_blocking(move || describe_tables(&node, &checksums))
+                        .await
+                        .map_err(|e| Status::internal(format!("listing panicked: {e}")))?
+                        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                let body = serde_json::to_vec(&tables).expect("descriptions serialize");
+                let result = arrow_flight::Result { body: body.into() };
+                Ok(Response::new(Box::pin(futures::stream::once(async move {
+                    Ok(result)
+                }))))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action {other:?}; a storage node serves \"tables\""
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let action = ActionType {
+            r#type: "tables".into(),
+            description: "the node's tables with their schemas, files, checksums and units (JSON)"
+                .into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async move {
+            Ok(action)
+        }))))
+    }
+}

@@ -1,0 +1,426 @@
+//! Remote storage nodes as the intermediary's [`StorageClient`]: tables found by listing
+//! every node, files replicated on several nodes checked by size and SHA-256, tasks spread
+//! over the replicas with bounded concurrency per node, and a task whose node fails or
+//! times out run again on the next replica. A task's batches are handed to the merge only
+//! once its whole stream has arrived, so every partial result is merged exactly once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_flight::decode::DecodedPayload;
+use arrow_flight::error::FlightError;
+use arrow_flight::{Action, FlightClient, Ticket};
+use futures::StreamExt;
+use pushdown_intermediary::StorageClient;
+use pushdown_protocol::Task;
+use pushdown_storage_node::{Error, FileInfo, Result, TableInfo, TaskMetrics, TaskOutput};
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::node_server::{TableDescription, WireMetrics};
+
+/// How the intermediary talks to storage nodes.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Bearer token sent with every call, when the nodes require one.
+    pub token: Option<String>,
+    /// A task not finished within this time is abandoned and run on another replica.
+    /// Defaults to 60 s.
+    pub task_timeout: Duration,
+    /// Tasks in flight per node. Defaults to 4.
+    pub tasks_per_node: usize,
+    /// Time to establish a connection. Defaults to 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        Self {
+            token: None,
+            task_timeout: Duration::from_secs(60),
+            tasks_per_node: 4,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Node {
+    url: String,
+    channel: Channel,
+    permits: Arc<Semaphore>,
+    /// Set when the node last failed: until then its replicas are tried first.
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl Node {
+    fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark(&self, failed: bool) {
+        *self.down_until.lock().expect("not poisoned") = failed.then(|| Instant::now() + DOWN_FOR);
+    }
+}
+
+/// How long a node that failed is tried last (and not listed, when its listing is known).
+const DOWN_FOR: Duration = Duration::from_secs(30);
+
+/// Longest wait for a node's table listing.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A set of storage nodes behind Arrow Flight; see the module doc.
+pub struct RemoteStorage {
+    nodes: Vec<Node>,
+    runtime: Option<tokio::runtime::Runtime>,
+    options: RemoteOptions,
+    /// The nodes holding each file (by path), from the last listing.
+    replicas: Mutex<HashMap<String, Vec<usize>>>,
+    /// Each node's last successful listing, used while it is down.
+    listings: Mutex<Vec<Option<Vec<TableDescription>>>>,
+}
+
+impl std::fmt::Debug for RemoteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<&str> = self.nodes.iter().map(|n| n.url.as_str()).collect();
+        write!(f, "RemoteStorage({})", urls.join(", "))
+    }
+}
+
+impl Drop for RemoteStorage {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Why a call to one node failed.
+enum Failure {
+    /// The task itself failed (bad data, a plugin error) or was refused: another replica
+    /// would fail the same way.
+    Task(String),
+    /// The node failed, is unreachable or timed out: try another replica.
+    Node(String),
+}
+
+fn classify(url: &str, e: FlightError) -> Failure {
+    match e {
+        FlightError::Tonic(status) => match status.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
+                Failure::Task(status.message().to_string())
+            }
+            tonic::Code::Unauthenticated => Failure::Task(format!(
+                "storage node {url} refused the call: {}",
+                status.message()
+            )),
+            _ => Failure::Node(format!("{}: {}", status.code(), status.message())),
+        },
+        other => Failure::Node(other.to_string()),
+    }
+}
+
+impl RemoteStorage {
+    /// Connects (lazily) to the storage nodes at `urls` (`http://host:port`).
+    ///
+    /// # Errors
+    /// [`Error::Remote`] for a malformed URL or when the client runtime cannot start.
+    pub fn connect(urls: &[String], options: RemoteOptions) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pushdown-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Remote(format!("client runtime: {e}")))?;
+        let mut nodes = Vec::new();
+        for url in urls {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| Error::Remote(format!("storage node URL {url}: {e}")))?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true);
+            let channel = {
+                let _guard = runtime.enter();
+                endpoint.connect_lazy()
+            };
+            nodes.push(Node {
+                url: url.clone(),
+                channel,
+                permits: Arc::new(Semaphore::new(options.tasks_per_node.max(1))),
+                down_until: Mutex::new(None),
+            });
+        }
+        Ok(Self {
+            listings: Mutex::new(vec![None; nodes.len()]),
+            nodes,
+            runtime: Some(runtime),
+            options,
+            replicas: Mutex::default(),
+        })
+    }
+
+    /// The nodes' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// Runs `fut` on the client runtime and waits for it, from any thread (inside another
+    /// runtime it waits on a helper thread).
+    fn block<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        let handle = self
+            .runtime
+            .as_ref()
+            .expect("runtime lives")
+            .handle()
+            .clone();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| handle.block_on(fut))
+                    .join()
+                    .expect("the helper thread does not panic")
+            })
+        } else {
+            handle.block_on(fut)
+        }
+    }
+
+    fn client(&self, node: &Node) -> FlightClient {
+        let mut client = FlightClient::new(node.channel.clone());
+        if let Some(t) = &self.options.token {
+            let _ = client.add_header("authorization", &format!("Bearer {t}"));
+        }
+        client
+    }
+
+    /// Every node's tables: fresh, or the last known listing of a node that is down.
+    fn list(&self) -> Result<Vec<Vec<TableDescription>>> {
+        let known: Vec<bool> = {
+            let listings = self.listings.lock().expect("not poisoned");
+            listings.iter().map(Option::is_some).collect()
+        };
+        let fetched = self.block(futures::future::join_all(
+            self.nodes.iter().enumerate().map(|(i, node)| {
+                let mut client = self.client(node);
+                let timeout = self.options.task_timeout.min(LIST_TIMEOUT);
+                // A node that failed lately is not asked again while its listing is known.
+                let skip = known[i] && node.is_down();
+                async move {
+                    if skip {
+                        return Err("it failed lately".to_string());
+                    }
+                    let call = async {
+                        let mut results = client.do_action(Action::new("tables", "")).await?;
+                        let mut body = Vec::new();
+                        while let Some(r) = results.next().await {
+                            body.extend_from_slice(&r?);
+                        }
+                        Ok::<_, FlightError>(body)
+                    };
+                    match tokio::time::timeout(timeout, call).await {
+                        Ok(Ok(body)) => serde_json::from_slice::<Vec<TableDescription>>(&body)
+                            .map_err(|e| format!("malformed table listing: {e}")),
+                        Ok(Err(e)) => {
+                            node.mark(true);
+                            Err(e.to_string())
+                        }
+                        Err(_) => {
+                            node.mark(true);
+                            Err(format!("no answer within {timeout:?}"))
+                        }
+                    }
+                }
+            }),
+        ));
+        let mut listings = self.listings.lock().expect("not poisoned");
+        let mut out = Vec::new();
+        for (i, result) in fetched.into_iter().enumerate() {
+            match result {
+                Ok(tables) => {
+                    listings[i] = Some(tables.clone());
+                    out.push(tables);
+                }
+                Err(e) => match &listings[i] {
+                    Some(known) => {
+                        log::warn!(
+                            "storage node {} did not list its tables ({e}); using its last listing",
+                            self.nodes[i].url
+                        );
+                        out.push(known.clone());
+                    }
+                    None => {
+                        return Err(Error::Remote(format!(
+                            "storage node {} cannot list its tables: {e}",
+                            self.nodes[i].url
+                        )))
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// One attempt of `task` on node `i`.
+    async fn fetch(&self, i: usize, task: &Task) -> std::result::Result<TaskOutput, Failure> {
+        let node = &self.nodes[i];
+        let _permit = node
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Failure::Node("closed".into()))?;
+        let mut client = self.client(node);
+        let ticket = Ticket::new(serde_json::to_vec(task).expect("a task serializes"));
+        let call = async {
+            let mut decoder = client.do_get(ticket).await?.into_inner();
+            let (mut batches, mut metrics) = (Vec::new(), None);
+            while let Some(item) = decoder.next().await {
+                let data = item?;
+                if !data.inner.app_metadata.is_empty() {
+                    metrics = serde_json::from_slice::<WireMetrics>(&data.inner.app_metadata).ok();
+                }
+                if let DecodedPayload::RecordBatch(b) = data.payload {
+                    batches.push(b);
+                }
+            }
+            Ok::<_, FlightError>((batches, metrics))
+        };
+        let timeout = self.options.task_timeout;
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Err(Failure::Node(format!("no result within {timeout:?}"))),
+            Ok(Err(e)) => Err(classify(&node.url, e)),
+            Ok(Ok((_, None))) => Err(Failure::Node("the result stream had no metrics".into())),
+            Ok(Ok((batches, Some(m)))) => Ok(TaskOutput {
+                batches,
+                metrics: TaskMetrics::from(m),
+            }),
+        }
+    }
+}
+
+impl StorageClient for RemoteStorage {
+    fn table_names(&self) -> Result<Vec<String>> {
+        let names: BTreeSet<String> = self.list()?.into_iter().flatten().map(|t| t.name).collect();
+        Ok(names.into_iter().collect())
+    }
+
+    fn table(&self, name: &str) -> Result<Option<Arc<TableInfo>>> {
+        let listings = self.list()?;
+        let mut found: Option<(TableDescription, usize)> = None;
+        let mut files: BTreeMap<String, (crate::FileDescription, Vec<usize>)> = BTreeMap::new();
+        for (i, tables) in listings.into_iter().enumerate() {
+            let Some(t) = tables.into_iter().find(|t| t.name == name) else {
+                continue;
+            };
+            if let Some((first, j)) = &found {
+                if first.format != t.format || first.schema.fields() != t.schema.fields() {
+                    return Err(Error::Remote(format!(
+                        "table {name} has another format or schema on {} than on {}",
+                        self.nodes[i].url, self.nodes[*j].url
+                    )));
+                }
+            }
+            for f in &t.files {
+                match files.get_mut(&f.path) {
+                    Some((known, holders)) => {
+                        if known.len != f.len || known.sha256 != f.sha256 {
+                            return Err(Error::Remote(format!(
+                                "{}: the copies on {} and {} differ (size {} vs {}, sha256 {} vs {})",
+                                f.path,
+                                self.nodes[holders[0]].url,
+                                self.nodes[i].url,
+                                known.len,
+                                f.len,
+                                &known.sha256[..12],
+                                &f.sha256[..12]
+                            )));
+                        }
+                        holders.push(i);
+                    }
+                    None => {
+                        files.insert(f.path.clone(), (f.clone(), vec![i]));
+                    }
+                }
+            }
+            if found.is_none() {
+                found = Some((t, i));
+            }
+        }
+        let Some((t, _)) = found else {
+            return Ok(None);
+        };
+        let schema = Arc::new(t.schema.clone());
+        let mut replicas = self.replicas.lock().expect("not poisoned");
+        let infos = files
+            .into_values()
+            .map(|(f, holders)| {
+                replicas.insert(f.path.clone(), holders);
+                Arc::new(FileInfo {
+                    abs_path: PathBuf::from(&f.path),
+                    path: f.path,
+                    len: f.len,
+                    format: t.format.clone(),
+                    units: f.units,
+                    footer: None,
+                    schema: schema.clone(),
+                })
+            })
+            .collect();
+        Ok(Some(Arc::new(TableInfo {
+            name: t.name,
+            format: t.format,
+            schema,
+            files: infos,
+        })))
+    }
+
+    fn run_task(&self, task: &Task) -> Result<TaskOutput> {
+        let holders = self
+            .replicas
+            .lock()
+            .expect("not poisoned")
+            .get(&task.file)
+            .cloned()
+            .ok_or_else(|| Error::Remote(format!("{}: no storage node holds it", task.file)))?;
+        // Start at a replica chosen by the unit, so the tasks of a file spread over its copies.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{:?}", task.unit).hash(&mut h);
+        let start = (h.finish() as usize) % holders.len();
+        let mut order: Vec<usize> = (0..holders.len())
+            .map(|k| holders[(start + k) % holders.len()])
+            .collect();
+        // Nodes that failed lately go last.
+        order.sort_by_key(|&i| self.nodes[i].is_down());
+        let mut failures = Vec::new();
+        for i in order {
+            match self.block(self.fetch(i, task)) {
+                Ok(out) => {
+                    self.nodes[i].mark(false);
+                    return Ok(out);
+                }
+                Err(Failure::Task(message)) => return Err(Error::Remote(message)),
+                Err(Failure::Node(message)) => {
+                    self.nodes[i].mark(true);
+                    log::warn!(
+                        "storage node {} failed a task of {}: {message}; trying another replica",
+                        self.nodes[i].url,
+                        task.file
+                    );
+                    failures.push(format!("{}: {message}", self.nodes[i].url));
+                }
+            }
+        }
+        Err(Error::Remote(format!(
+            "{}: no replica left to run {:?}: {}",
+            task.file,
+            task.unit,
+            failures.join("; ")
+        )))
+    }
+}

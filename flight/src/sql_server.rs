@@ -1,0 +1,170 @@
+//! The intermediary as an Arrow Flight SQL server, and a Flight SQL client.
+//!
+//! `GetFlightInfo(CommandStatementQuery)` plans the SQL and answers its schema with one
+//! endpoint whose ticket carries the statement; `DoGet` runs it and streams the result.
+//! Standard clients work: the ADBC Flight SQL driver, JDBC, `pushdown query --connect`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use arrow_schema::SchemaRef;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use pushdown_intermediary::Engine;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::{require_token, Error};
+
+/// The Flight SQL service over an [`Engine`].
+pub struct SqlService {
+    engine: Arc<Engine>,
+}
+
+impl SqlService {
+    /// Serves queries with `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn query_error(e: pushdown_intermediary::Error) -> Status {
+    match e {
+        pushdown_intermediary::Error::Storage(e) => Status::internal(e.to_string()),
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for SqlService {
+    type FlightService = SqlService;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let planned = self.engine.plan(&query.query).await.map_err(query_error)?;
+        let schema = planned.plan().schema();
+        let ticket = TicketStatementQuery {
+            statement_handle: query.query.into_bytes().into(),
+        };
+        let ticket = Ticket::new(ticket.as_any().encode_to_vec());
+        let info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+            .with_descriptor(request.into_inner());
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let sql = String::from_utf8(ticket.statement_handle.to_vec())
+            .map_err(|_| Status::invalid_argument("the statement is not UTF-8"))?;
+        let planned = self.engine.plan(&sql).await.map_err(query_error)?;
+        let stream = planned.stream().map_err(query_error)?;
+        let schema = stream.schema();
+        let batches = stream.map_err(|e| {
+            FlightError::ExternalError(Box::new(pushdown_intermediary::Error::Query(e)))
+        });
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(|e| match e {
+                FlightError::ExternalError(inner) => Status::internal(inner.to_string()),
+                other => Status::internal(other.to_string()),
+            });
+        let data: Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>> =
+            Box::pin(data);
+        Ok(Response::new(data))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// Serves Flight SQL over `engine` on `listener` until the process ends.
+///
+/// # Errors
+/// [`Error::Transport`] when serving fails.
+pub async fn serve_sql(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    token: Option<String>,
+) -> Result<(), Error> {
+    let service = tonic::service::interceptor::InterceptedService::new(
+        FlightServiceServer::new(SqlService::new(engine))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+        require_token(token),
+    );
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))
+}
+
+/// Runs `sql` on the Flight SQL server at `url` (`http://host:port`), with `token` as the
+/// bearer token, and returns the result's schema and batches.
+///
+/// # Errors
+/// [`Error::Transport`] when the server cannot be reached; [`Error::Remote`] with the
+/// server's message when the query fails.
+pub async fn query_remote(
+    url: &str,
+    token: Option<&str>,
+    sql: &str,
+) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::Transport(format!("{url}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| Error::Transport(format!("cannot connect to {url}: {e}")))?;
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    let mut client = FlightSqlServiceClient::new_from_inner(inner);
+    if let Some(t) = token {
+        client.set_token(t.to_string());
+    }
+    let remote = |e: FlightError| Error::Remote(describe_flight(e));
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(remote)?;
+    let schema: SchemaRef = Arc::new(
+        info.clone()
+            .try_decode_schema()
+            .map_err(|e| Error::Remote(e.to_string()))?,
+    );
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let Some(ticket) = endpoint.ticket else {
+            continue;
+        };
+        let mut stream = client.do_get(ticket).await.map_err(remote)?;
+        while let Some(b) = stream.next().await {
+            batches.push(b.map_err(|e| Error::Remote(describe_flight(e)))?);
+        }
+    }
+    Ok((schema, batches))
+}
+
+fn describe_flight(e: FlightError) -> String {
+    match e {
+        FlightError::Tonic(status) => status.message().to_string(),
+        other => other.to_string(),
+    }
+}
