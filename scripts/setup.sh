@@ -32,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import duckdb, pyarrow' 2>/dev/null; then
+if ! .venv/bin/python -c 'import duckdb, pyarrow, adbc_driver_flightsql.dbapi' 2>/dev/null; then
   echo "== installing Python packages for the test oracles"
   .venv/bin/pip install -q -r tests/oracle/requirements.txt
 fi

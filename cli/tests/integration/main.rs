@@ -2,6 +2,7 @@
 //! one-line error, a non-zero exit and nothing on stdout.
 
 mod bad_input;
+mod cluster;
 mod malformed;
 mod output;
 mod plugins;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::{assert_error, folder};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -85,7 +85,7 @@ fn query_csv(data: &Path, registry: &Path, extra: &[&str], sql: &str) -> Vec<Vec
 }
 
 /// Runs `sql` in DuckDB (Python package, the test oracle) and returns the rows as JSON.
-fn duckdb(sql: &str) -> Vec<Vec<Value>> {
+pub(crate) fn duckdb(sql: &str) -> Vec<Vec<Value>> {
     let python = std::env::var_os("PUSHDOWN_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".venv/bin/python"));
@@ -178,7 +178,7 @@ fn haversine_km_filters_on_the_storage_node_like_duckdb() {
 }
 
 /// TPC-H lineitem at scale factor 0.1, Parquet and CSV, generated once.
-fn lineitem() -> &'static Path {
+pub(crate) fn lineitem() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,351 @@
+//! The tiers as separate processes on loopback: three `pushdown storage-node serve`
+//! holding lineitem's three parts twice each, a `pushdown intermediary serve` over them,
+//! and clients (`pushdown query --connect`, the ADBC Flight SQL driver).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::plugins::{lineitem, repo};
+use crate::support::assert_error;
+
+const TOKEN: &str = "s3cret-token";
+
+/// lineitem (SF 0.1) cut into three Parquet parts of 20 000-row row groups, laid out as
+/// node 1: parts 0, 1; node 2: parts 1, 2; node 3: parts 2, 0 (each part on two nodes),
+/// and all three in `all/` for embedded mode.
+fn layout() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"
+import os, shutil, sys
+import pyarrow.parquet as pq
+src, out = sys.argv[1], sys.argv[2]
+t = pq.read_table(src)
+n = t.num_rows
+os.makedirs(f"{out}/all/lineitem")
+for i in range(3):
+    pq.write_table(t.slice(i * n // 3, (i + 1) * n // 3 - i * n // 3), f"{out}/all/lineitem/part-{i}.parquet", row_group_size=20000)
+for node, parts in [(1, [0, 1]), (2, [1, 2]), (3, [2, 0])]:
+    os.makedirs(f"{out}/n{node}/lineitem")
+    for i in parts:
+        shutil.copy(f"{out}/all/lineitem/part-{i}.parquet", f"{out}/n{node}/lineitem/")
+"#;
+        let python = std::env::var_os("PUSHDOWN_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".venv/bin/python"));
+        let out = Command::new(python)
+            .args(["-c", script])
+            .arg(lineitem().join("parquet/lineitem.parquet"))
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+    .path()
+}
+
+/// A server process; killed (and resumed first, if stopped) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal}");
+    }
+
+    /// Stops it and returns what it wrote on stderr.
+    fn stop(mut self) -> String {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut log = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut log);
+        }
+        log
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Server>,
+    intermediary: Server,
+}
+
+fn cluster(extra: &[&str]) -> Cluster {
+    let nodes: Vec<Server> = (1..=3)
+        .map(|i| {
+            let data = layout().join(format!("n{i}"));
+            Server::start(&[
+                "storage-node",
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                TOKEN,
+            ])
+        })
+        .collect();
+    let mut args = vec![
+        "intermediary",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+    ];
+    for n in &nodes {
+        args.extend(["--storage-node", n.url.as_str()]);
+    }
+    args.extend(extra);
+    let intermediary = Server::start(&args);
+    Cluster {
+        nodes,
+        intermediary,
+    }
+}
+
+fn connect(url: &str, token: &str, sql: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args([
+            "query",
+            "--connect",
+            url,
+            "--token",
+            token,
+            "--output",
+            "csv",
+            sql,
+        ])
+        .output()
+        .unwrap()
+}
+
+fn embedded(sql: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args(["query", "--output", "csv", "--data"])
+        .arg(layout().join("all"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn stdout_ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Exact integers and decimals; DOUBLE columns (averages) may differ in the last digits
+/// with the order partial sums are merged in.
+fn assert_same_numbers(ours: &str, theirs: &str) {
+    let rows = |s: &str| -> Vec<Vec<String>> {
+        s.lines()
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    };
+    let (a, b) = (rows(ours), rows(theirs));
+    assert_eq!(a.len(), b.len(), "{ours}\nvs\n{theirs}");
+    for (x, y) in a.iter().zip(&b) {
+        for (u, v) in x.iter().zip(y) {
+            if u == v {
+                continue;
+            }
+            let (p, q): (f64, f64) = (u.parse().unwrap(), v.parse().unwrap());
+            assert!((p - q).abs() <= 1e-9 * q.abs().max(1.0), "{u} vs {v}");
+        }
+    }
+}
+
+const COUNTS: &str =
+    "SELECT l_returnflag, count(*) AS n, sum(l_quantity) AS qty, sum(l_extendedprice) AS price \
+                      FROM lineitem GROUP BY l_returnflag ORDER BY l_returnflag";
+
+#[test]
+fn q1_through_the_servers_matches_embedded_even_when_a_node_is_killed() {
+    let q1 = std::fs::read_to_string(repo().join("datasets/queries/tpch/q1.sql")).unwrap();
+    let expected = embedded(&q1);
+    let c = cluster(&[]);
+    let url = c.intermediary.url.clone();
+    assert_same_numbers(&stdout_ok(connect(&url, TOKEN, &q1)), &expected);
+    // Kill node 1 while a query runs: its unfinished tasks run on the replicas.
+    let running = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args([
+            "query",
+            "--connect",
+            &url,
+            "--token",
+            TOKEN,
+            "--output",
+            "csv",
+            &q1,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    c.nodes[0].signal("-KILL");
+    assert_same_numbers(&stdout_ok(running.wait_with_output().unwrap()), &expected);
+    // And later queries, with node 1 gone.
+    assert_same_numbers(&stdout_ok(connect(&url, TOKEN, &q1)), &expected);
+    assert_eq!(stdout_ok(connect(&url, TOKEN, COUNTS)), embedded(COUNTS));
+}
+
+#[test]
+fn a_stalled_node_is_timed_out_and_without_replicas_the_query_names_node_and_file() {
+    let expected = embedded(COUNTS);
+    let c = cluster(&["--task-timeout", "2"]);
+    let url = c.intermediary.url.clone();
+    assert_eq!(stdout_ok(connect(&url, TOKEN, COUNTS)), expected);
+    c.nodes[1].signal("-STOP");
+    let started = Instant::now();
+    assert_eq!(stdout_ok(connect(&url, TOKEN, COUNTS)), expected);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // Part 1 lives on nodes 1 and 2: with node 1 killed and node 2 stalled, no replica is left.
+    c.nodes[0].signal("-KILL");
+    let out = connect(&url, TOKEN, COUNTS);
+    assert_error(
+        &out,
+        &[
+            "lineitem/part-1.parquet",
+            "no replica left",
+            &c.nodes[0].url,
+            &c.nodes[1].url,
+        ],
+    );
+    let log = c.intermediary.stop();
+    assert!(log.contains("trying another replica"), "{log}");
+}
+
+#[test]
+fn a_wrong_or_missing_token_is_refused_and_logged() {
+    let c = cluster(&[]);
+    let url = c.intermediary.url.clone();
+    assert_error(
+        &connect(&url, "wrong", COUNTS),
+        &["refused: a wrong bearer token"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args(["query", "--connect", &url, COUNTS])
+        .env_remove("PUSHDOWN_TOKEN")
+        .output()
+        .unwrap();
+    assert_error(&out, &["refused: no bearer token"]);
+    // An intermediary with the wrong token for the nodes is refused by them.
+    let mut args = vec![
+        "intermediary",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--node-token",
+        "nope",
+    ];
+    for n in &c.nodes {
+        args.extend(["--storage-node", n.url.as_str()]);
+    }
+    let wrong = Server::start(&args);
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args(["query", "--connect", &wrong.url, COUNTS])
+        .env_remove("PUSHDOWN_TOKEN")
+        .output()
+        .unwrap();
+    assert_error(
+        &out,
+        &["cannot list its tables", "refused: a wrong bearer token"],
+    );
+    let log = c.intermediary.stop();
+    assert!(log.contains("refused a call from 127.0.0.1"), "{log}");
+}
+
+#[test]
+fn the_adbc_flight_sql_driver_gets_the_same_answer_as_pushdown_query() {
+    let c = cluster(&[]);
+    let url = c.intermediary.url.clone();
+    let ours = stdout_ok(connect(&url, TOKEN, COUNTS));
+    let python = std::env::var_os("PUSHDOWN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let script = r#"
+import sys, warnings
+warnings.simplefilter("ignore")
+import adbc_driver_flightsql.dbapi as flight_sql
+uri, token, sql = sys.argv[1], sys.argv[2], sys.argv[3]
+with flight_sql.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer " + token}) as conn:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        t = cur.fetch_arrow_table()
+print(",".join(t.column_names))
+for row in zip(*[c.to_pylist() for c in t.columns]):
+    print(",".join(str(v) for v in row))
+"#;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(url.replace("http://", "grpc://"))
+        .arg(TOKEN)
+        .arg(COUNTS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let adbc = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(adbc.replace("\r\n", "\n"), ours.replace("\r\n", "\n"));
+}
