@@ -360,7 +360,11 @@ fn main() -> ExitCode {
         cli.command,
         Command::StorageNode(_) | Command::Intermediary(_)
     );
-    let default_filter = if serving { "warn" } else { "off" };
+    let default_filter = if serving {
+        "warn,pushdown_flight=info"
+    } else {
+        "off"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
         .init();
     let result = match cli.command {

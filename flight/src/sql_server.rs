@@ -77,8 +77,17 @@ impl FlightSqlService for SqlService {
         let planned = self.engine.plan(&sql).await.map_err(query_error)?;
         let stream = planned.stream().map_err(query_error)?;
         let schema = stream.schema();
-        let batches = stream.map_err(|e| {
-            FlightError::ExternalError(Box::new(pushdown_intermediary::Error::Query(e)))
+        // Reports what crossed between the tiers once the result has been sent.
+        let report = RunReport {
+            query: planned,
+            started: std::time::Instant::now(),
+        };
+        // The report lives as long as the stream: it logs when the stream is dropped.
+        let batches = stream.map(move |r| {
+            let _alive = &report;
+            r.map_err(|e| {
+                FlightError::ExternalError(Box::new(pushdown_intermediary::Error::Query(e)))
+            })
         });
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -93,6 +102,24 @@ impl FlightSqlService for SqlService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// Logs (info) a query's tasks, bytes and rows when dropped, after its result was sent.
+struct RunReport {
+    query: pushdown_intermediary::Query,
+    started: std::time::Instant,
+}
+
+impl Drop for RunReport {
+    fn drop(&mut self) {
+        let report = self.query.run_report();
+        let (read, returned) = self.query.scan_bytes();
+        log::info!(
+            "query done in {:.3} s: bytes read on the storage nodes {read}, bytes returned to the intermediary {returned}; {}",
+            self.started.elapsed().as_secs_f64(),
+            report.lines().skip(1).collect::<Vec<_>>().join("; ")
+        );
+    }
 }
 
 /// Serves Flight SQL over `engine` on `listener` until the process ends.
