@@ -11,7 +11,14 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use pushdown_flight::{RemoteOptions, RemoteStorage};
 use pushdown_intermediary::Engine;
-use pushdown_storage_node::{NodeOptions, SandboxConfig, StorageNode};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use pushdown_intermediary::plugins::PluginLoader;
+use pushdown_protocol::PluginRef;
+use pushdown_storage_node::{
+    NodeOptions, PluginModule, Registry, Sandbox, SandboxConfig, StorageNode,
+};
 
 use crate::plugin::RegistryArg;
 
@@ -75,6 +82,10 @@ pub struct IntermediaryServeArgs {
     /// MiB; past it they spill or fail with "memory budget exceeded".
     #[arg(long, value_name = "MIB")]
     memory_limit: Option<u64>,
+    /// The plugin registry whose scalar functions and aggregates SQL may call; their
+    /// modules are sent to the storage nodes by hash.
+    #[command(flatten)]
+    registry: RegistryArg,
 }
 
 fn token(flag: &Option<String>) -> Option<String> {
@@ -94,10 +105,8 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
     let registry_dir = args.registry.dir();
     let options = NodeOptions {
         csv_chunk_size: args.csv_chunk_size,
-        registry: registry_dir
-            .join("registry.sqlite3")
-            .is_file()
-            .then_some(registry_dir),
+        // Always a registry: intermediaries send the plugins their queries run.
+        registry: Some(registry_dir),
         sandbox: SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
             ..Default::default()
@@ -142,12 +151,39 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
         .num_threads(threads)
         .build_global()
         .context("starting the task pool")?;
-    let storage = Arc::new(RemoteStorage::connect(&args.storage_nodes, options)?);
+    let registry_dir = args.registry.dir();
+    let registry = match registry_dir.join("registry.sqlite3").is_file() {
+        true => Some(Arc::new(Registry::open(&registry_dir)?)),
+        false => None,
+    };
+    let mut storage = RemoteStorage::connect(&args.storage_nodes, options)?;
+    if let Some(r) = &registry {
+        let r = r.clone();
+        storage = storage.with_modules(Arc::new(move |p: &PluginRef| r.module(p)));
+    }
     let engine = Arc::new(Engine::with_memory_limit(
-        storage,
+        Arc::new(storage),
         None,
         args.memory_limit.map(|m| (m as usize) << 20),
     ));
+    if let Some(registry) = registry {
+        // Calls that stay in the intermediary, and merges and finalizes, run here.
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
+        let loaded: Arc<Mutex<HashMap<String, PluginModule>>> = Arc::default();
+        let plugins = registry.list()?;
+        let loader: PluginLoader = Arc::new(move |p: &PluginRef| {
+            if let Some(m) = loaded.lock().expect("not poisoned").get(&p.sha256) {
+                return Ok(m.clone());
+            }
+            let (module, _) = sandbox.load_plugin(&p.name, &registry.module(p)?)?;
+            loaded
+                .lock()
+                .expect("not poisoned")
+                .insert(p.sha256.clone(), module.clone());
+            Ok(module)
+        });
+        engine.register_plugins(&plugins, loader)?;
+    }
     runtime()?.block_on(async move {
         let (listener, addr) = pushdown_flight::bind(&args.listen).await?;
         println!(

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use auth::require_token;
 pub use node_server::{FileDescription, NodeService, TableDescription, WireMetrics};
-pub use remote::{RemoteOptions, RemoteStorage};
+pub use remote::{ModuleSource, RemoteOptions, RemoteStorage};
 pub use sql_server::{query_remote, serve_sql, SqlService};
 
 /// Errors of the servers and clients.

@@ -8,6 +8,10 @@
 //!   message carries the task's metrics as JSON in `app_metadata` ([`WireMetrics`]): the
 //!   task has finished before its first byte is sent.
 //!
+//! * `DoAction("put_module")` installs a user plugin an intermediary sends: a JSON line
+//!   `{"name", "sha256"}` then the module's bytes; refused unless the bytes hash to
+//!   `sha256` and the module is a valid plugin.
+//!
 //! A task error (bad data, a plugin error) is `FAILED_PRECONDITION`: running it elsewhere
 //! would fail the same way. At most `max_tasks` tasks run at once; the others wait, so the
 //! node's memory is bounded by the tasks in flight.
@@ -304,8 +308,35 @@ impl FlightService for NodeService {
                     Ok(result)
                 }))))
             }
+            "put_module" => {
+                // Body: one line of JSON `{"name": ..., "sha256": ...}`, then the module's bytes.
+                let body = request.into_inner().body;
+                let split = body
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .ok_or_else(|| Status::invalid_argument("put_module: no header line"))?;
+                let plugin: pushdown_protocol::PluginRef = serde_json::from_slice(&body[..split])
+                    .map_err(|e| {
+                    Status::invalid_argument(format!("put_module: malformed header: {e}"))
+                })?;
+                let bytes = body.slice(split + 1..);
+                let node = self.node.clone();
+                tokio::task::spawn_blocking(move || node.install_plugin(&plugin, &bytes))
+                    .await
+                    .map_err(|e| Status::internal(format!("put_module panicked: {e}")))?
+                    .map_err(|e| {
+                        log::warn!("refused a module: {e}");
+                        Status::invalid_argument(e.to_string())
+                    })?;
+                let result = arrow_flight::Result {
+                    body: Vec::new().into(),
+                };
+                Ok(Response::new(Box::pin(futures::stream::once(async move {
+                    Ok(result)
+                }))))
+            }
             other => Err(Status::invalid_argument(format!(
-                "unknown action {other:?}; a storage node serves \"tables\""
+                "unknown action {other:?}; a storage node serves \"tables\" and \"put_module\""
             ))),
         }
     }

@@ -15,7 +15,7 @@ use arrow_flight::error::FlightError;
 use arrow_flight::{Action, FlightClient, Ticket};
 use futures::StreamExt;
 use pushdown_intermediary::StorageClient;
-use pushdown_protocol::Task;
+use pushdown_protocol::{PluginRef, Task};
 use pushdown_storage_node::{Error, FileInfo, Result, TableInfo, TaskMetrics, TaskOutput};
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
@@ -74,8 +74,15 @@ const DOWN_FOR: Duration = Duration::from_secs(30);
 /// Longest wait for a node's table listing.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the intermediary gets the bytes of a registered plugin to send to a node.
+pub type ModuleSource = Arc<dyn Fn(&PluginRef) -> Result<Vec<u8>> + Send + Sync>;
+
 /// A set of storage nodes behind Arrow Flight; see the module doc.
 pub struct RemoteStorage {
+    /// Plugins are sent (by hash) to a node before its first task that runs them.
+    modules: Option<ModuleSource>,
+    /// (node, sha256) of the modules each node has been sent.
+    sent: Mutex<BTreeSet<(usize, String)>>,
     nodes: Vec<Node>,
     runtime: Option<tokio::runtime::Runtime>,
     options: RemoteOptions,
@@ -155,12 +162,53 @@ impl RemoteStorage {
             });
         }
         Ok(Self {
+            modules: None,
+            sent: Mutex::default(),
             listings: Mutex::new(vec![None; nodes.len()]),
             nodes,
             runtime: Some(runtime),
             options,
             replicas: Mutex::default(),
         })
+    }
+
+    /// Sends registered plugins, taken from `source`, to the nodes that run them.
+    pub fn with_modules(mut self, source: ModuleSource) -> Self {
+        self.modules = Some(source);
+        self
+    }
+
+    /// Sends node `i` the plugins `task` runs that it has not been sent yet.
+    async fn send_modules(&self, i: usize, task: &Task) -> std::result::Result<(), Failure> {
+        let Some(source) = &self.modules else {
+            return Ok(());
+        };
+        for plugin in task.plugins() {
+            let key = (i, plugin.sha256.clone());
+            if self.sent.lock().expect("not poisoned").contains(&key) {
+                continue;
+            }
+            let bytes = source(&plugin).map_err(|e| Failure::Task(e.to_string()))?;
+            let mut body = serde_json::to_vec(&plugin).expect("a reference serializes");
+            body.push(b'\n');
+            body.extend_from_slice(&bytes);
+            let mut client = self.client(&self.nodes[i]);
+            let call = async {
+                let mut results = client.do_action(Action::new("put_module", body)).await?;
+                while let Some(r) = results.next().await {
+                    r?;
+                }
+                Ok::<_, FlightError>(())
+            };
+            match tokio::time::timeout(self.options.task_timeout, call).await {
+                Err(_) => return Err(Failure::Node("no answer to put_module".into())),
+                Ok(Err(e)) => return Err(classify(&self.nodes[i].url, e)),
+                Ok(Ok(())) => {
+                    self.sent.lock().expect("not poisoned").insert(key);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The nodes' URLs.
@@ -269,6 +317,7 @@ impl RemoteStorage {
 
     /// One attempt of `task` on node `i`.
     async fn fetch(&self, i: usize, task: &Task) -> std::result::Result<TaskOutput, Failure> {
+        self.send_modules(i, task).await?;
         let node = &self.nodes[i];
         let _permit = node
             .permits

@@ -197,6 +197,34 @@ impl StorageNode {
         Ok(module)
     }
 
+    /// Validates a user plugin sent by an intermediary and stores it in this node's
+    /// registry under `plugin.name`, after checking that `bytes` hash to `plugin.sha256`.
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] when the bytes do not hash to the reference's SHA-256 (nothing is
+    /// stored or run) or the module is not a valid plugin; [`Error::NotFound`] when the
+    /// node has no registry.
+    pub fn install_plugin(&self, plugin: &PluginRef, bytes: &[u8]) -> Result<()> {
+        let registry = self.registry.as_ref().ok_or_else(|| Error::NotFound {
+            path: plugin.name.clone(),
+            message: "this node has no plugin registry".into(),
+        })?;
+        let actual = crate::registry::sha256_hex(bytes);
+        if actual != plugin.sha256 {
+            return Err(Error::Plugin {
+                plugin: plugin.name.clone(),
+                message: format!(
+                    "the module sent hashes to {actual}, not {}; refused",
+                    plugin.sha256
+                ),
+            });
+        }
+        let (_, mut signature) = self.sandbox.load_plugin(&plugin.name, bytes)?;
+        signature.name = plugin.name.clone();
+        registry.store(bytes, signature, "sent by an intermediary")?;
+        Ok(())
+    }
+
     /// The registry this node fetches user plugins from, when it has one.
     pub fn registry(&self) -> Option<&Registry> {
         self.registry.as_ref()

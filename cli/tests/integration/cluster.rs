@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::plugins::{lineitem, repo};
+use crate::plugins::{example, lineitem, repo};
 use crate::support::assert_error;
 
 const TOKEN: &str = "s3cret-token";
@@ -110,9 +110,12 @@ impl Drop for Server {
 struct Cluster {
     nodes: Vec<Server>,
     intermediary: Server,
+    /// Each node's plugin registry.
+    registries: Vec<tempfile::TempDir>,
 }
 
 fn cluster(extra: &[&str]) -> Cluster {
+    let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<Server> = (1..=3)
         .map(|i| {
             let data = layout().join(format!("n{i}"));
@@ -125,6 +128,8 @@ fn cluster(extra: &[&str]) -> Cluster {
                 "127.0.0.1:0",
                 "--token",
                 TOKEN,
+                "--registry",
+                registries[i - 1].path().to_str().unwrap(),
             ])
         })
         .collect();
@@ -144,6 +149,7 @@ fn cluster(extra: &[&str]) -> Cluster {
     Cluster {
         nodes,
         intermediary,
+        registries,
     }
 }
 
@@ -348,4 +354,96 @@ for row in zip(*[c.to_pylist() for c in t.columns]):
     );
     let adbc = String::from_utf8(out.stdout).unwrap();
     assert_eq!(adbc.replace("\r\n", "\n"), ours.replace("\r\n", "\n"));
+}
+
+#[test]
+fn plugins_reach_the_nodes_by_hash_and_a_mismatched_module_is_refused() {
+    let reg = tempfile::tempdir().unwrap();
+    let r = reg.path().to_str().unwrap();
+    let wasm = example("approx_distinct");
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args([
+            "plugin",
+            "register",
+            wasm.to_str().unwrap(),
+            "--registry",
+            r,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sql =
+        "SELECT l_returnflag, approx_distinct(l_orderkey) AS d FROM lineitem GROUP BY 1 ORDER BY 1";
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args(["query", "--output", "csv", "--registry", r, "--data"])
+        .arg(layout().join("all"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    let expected = stdout_ok(out);
+    // Only the intermediary has the plugin; it sends the module to the nodes that run it.
+    let c = cluster(&["--registry", r]);
+    assert_eq!(
+        stdout_ok(connect(&c.intermediary.url, TOKEN, sql)),
+        expected
+    );
+    let listed: Vec<String> = c
+        .registries
+        .iter()
+        .map(|d| {
+            let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+                .args(["plugin", "list", "--registry", d.path().to_str().unwrap()])
+                .output()
+                .unwrap();
+            stdout_ok(out)
+        })
+        .collect();
+    assert!(
+        listed
+            .iter()
+            .all(|l| l.contains("approx_distinct  aggregate")),
+        "{listed:?}"
+    );
+    // A module whose bytes do not hash to the declared SHA-256 is refused, never stored.
+    let python = std::env::var_os("PUSHDOWN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let script = r#"
+import json, sys
+import pyarrow.flight as fl
+url, token, path = sys.argv[1], sys.argv[2], sys.argv[3]
+client = fl.FlightClient(url.replace("http://", "grpc://"))
+options = fl.FlightCallOptions(headers=[(b"authorization", ("Bearer " + token).encode())])
+body = json.dumps({"name": "evil", "sha256": "00" * 32}).encode() + b"\n" + open(path, "rb").read()
+try:
+    list(client.do_action(fl.Action("put_module", body), options))
+    print("accepted")
+except Exception as e:
+    print("refused:", e)
+"#;
+    let out = Command::new(python)
+        .args(["-c", script, &c.nodes[0].url, TOKEN])
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("refused:") && said.contains("not 0000"),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args([
+            "plugin",
+            "list",
+            "--registry",
+            c.registries[0].path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!stdout_ok(list).contains("evil"));
 }

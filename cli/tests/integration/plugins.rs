@@ -27,7 +27,7 @@ fn ok(out: Output) -> String {
 }
 
 /// The example plugins built for wasm32-wasip1 with `pushdown plugin build`, once.
-fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         [
