@@ -151,18 +151,48 @@ enum DatasetsCommand {
     },
 }
 
-/// A progress bar on stderr, shown only when stderr is a terminal.
+/// Query progress on stderr: tasks done of total, rows and bytes read.
 #[derive(Debug)]
-struct TaskProgress(ProgressBar);
+struct TaskProgress {
+    bar: ProgressBar,
+    rows: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
 
 impl Progress for TaskProgress {
     fn add_tasks(&self, n: u64) {
-        self.0.inc_length(n);
+        self.bar.inc_length(n);
     }
 
-    fn task_done(&self) {
-        self.0.inc(1);
+    fn task_done(&self, rows: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rows = self.rows.fetch_add(rows, Relaxed) + rows;
+        let bytes = self.bytes.fetch_add(bytes, Relaxed) + bytes;
+        self.bar
+            .set_message(format!("{rows} rows, {}", indicatif::HumanBytes(bytes)));
+        self.bar.inc(1);
     }
+}
+
+/// A bar that appears on stderr after one second, only when both stdout and stderr are
+/// terminals (so piped or redirected output gets nothing extra).
+fn query_bar(template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::hidden());
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        return bar;
+    }
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+    let delayed = bar.downgrade();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(bar) = delayed.upgrade() {
+            if !bar.is_finished() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.enable_steady_tick(Duration::from_millis(200));
+            }
+        }
+    });
+    bar
 }
 
 fn progress_bar(len: u64, template: &str) -> ProgressBar {
@@ -218,11 +248,12 @@ fn query(args: QueryArgs) -> Result<()> {
         },
         ..Default::default()
     };
-    let bar = progress_bar(
-        0,
-        "{spinner} scanning {pos}/{len} tasks {wide_bar} {elapsed}",
-    );
-    let progress: Arc<dyn Progress> = Arc::new(TaskProgress(bar.clone()));
+    let bar = query_bar("{spinner} tasks {pos}/{len} {wide_bar} {msg} {elapsed}");
+    let progress: Arc<dyn Progress> = Arc::new(TaskProgress {
+        bar: bar.clone(),
+        rows: Default::default(),
+        bytes: Default::default(),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

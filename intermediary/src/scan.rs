@@ -63,8 +63,9 @@ impl ScanMetrics {
 pub trait Progress: Send + Sync + fmt::Debug {
     /// `n` more tasks were planned.
     fn add_tasks(&self, n: u64);
-    /// One task finished.
-    fn task_done(&self);
+    /// One task finished, having read `rows` rows and `bytes` bytes from storage (0 and 0
+    /// when it failed).
+    fn task_done(&self, rows: u64, bytes: u64);
 }
 
 /// Scans a pushdown table through the storage node; see the module doc.
@@ -329,7 +330,10 @@ impl ExecutionPlan for PushdownScanExec {
                     }
                     let result = node.run_task(task);
                     if let Some(p) = &progress {
-                        p.task_done();
+                        let (rows, bytes) = result
+                            .as_ref()
+                            .map_or((0, 0), |o| (o.metrics.rows_in, o.metrics.bytes_read));
+                        p.task_done(rows, bytes);
                     }
                     match result {
                         Ok(out) => {

@@ -447,3 +447,17 @@ except Exception as e:
         .unwrap();
     assert!(!stdout_ok(list).contains("evil"));
 }
+
+#[test]
+fn past_its_memory_budget_the_intermediary_fails_clearly_and_keeps_serving() {
+    let c = cluster(&["--memory-limit", "1"]);
+    let url = c.intermediary.url.clone();
+    let out = connect(
+        &url,
+        TOKEN,
+        "SELECT l_orderkey, max(l_comment) AS m FROM lineitem GROUP BY l_orderkey ORDER BY m DESC LIMIT 3",
+    );
+    assert_error(&out, &["memory budget exceeded"]);
+    // The server is still up and answers what fits.
+    assert_eq!(stdout_ok(connect(&url, TOKEN, COUNTS)), embedded(COUNTS));
+}
