@@ -448,16 +448,18 @@ except Exception as e:
     assert!(!stdout_ok(list).contains("evil"));
 }
 
+/// Past its budget the intermediary spills or fails with "memory budget exceeded" (which
+/// one depends on the operator and on timing), never answers wrongly, and keeps serving.
 #[test]
-fn past_its_memory_budget_the_intermediary_fails_clearly_and_keeps_serving() {
+fn past_its_memory_budget_the_intermediary_spills_or_fails_clearly_and_keeps_serving() {
     let c = cluster(&["--memory-limit", "1"]);
     let url = c.intermediary.url.clone();
-    let out = connect(
-        &url,
-        TOKEN,
-        "SELECT l_orderkey, max(l_comment) AS m FROM lineitem GROUP BY l_orderkey ORDER BY m DESC LIMIT 3",
-    );
-    assert_error(&out, &["memory budget exceeded"]);
-    // The server is still up and answers what fits.
+    let sql = "SELECT l_comment, count(*) AS n FROM lineitem GROUP BY l_comment ORDER BY n DESC, l_comment LIMIT 3";
+    let out = connect(&url, TOKEN, sql);
+    if out.status.success() {
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), embedded(sql));
+    } else {
+        assert_error(&out, &["memory budget exceeded"]);
+    }
     assert_eq!(stdout_ok(connect(&url, TOKEN, COUNTS)), embedded(COUNTS));
 }
