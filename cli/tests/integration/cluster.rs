@@ -452,7 +452,7 @@ except Exception as e:
 /// one depends on the operator and on timing), never answers wrongly, and keeps serving.
 #[test]
 fn past_its_memory_budget_the_intermediary_spills_or_fails_clearly_and_keeps_serving() {
-    let c = cluster(&["--memory-limit", "1"]);
+    let c = cluster(&["--memory-limit", "16"]);
     let url = c.intermediary.url.clone();
     let sql = "SELECT l_comment, count(*) AS n FROM lineitem GROUP BY l_comment ORDER BY n DESC, l_comment LIMIT 3";
     let out = connect(&url, TOKEN, sql);
