@@ -59,6 +59,21 @@ pub struct FileDescription {
     pub sha256: String,
     /// The units a scan is cut into.
     pub units: Vec<pushdown_protocol::TaskUnit>,
+    /// Parquet only: per row group, from the footer, its rows and bytes and each column
+    /// chunk's min/max statistics (as the footer stores them, displayed), by column path.
+    #[serde(default)]
+    pub row_groups: Vec<RowGroupSummary>,
+}
+
+/// A row group's statistics from a Parquet footer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RowGroupSummary {
+    /// Rows.
+    pub rows: i64,
+    /// Uncompressed bytes of its column chunks.
+    pub bytes: i64,
+    /// `(column path, min, max)` of the column chunks that have statistics.
+    pub min_max: Vec<(String, String, String)>,
 }
 
 /// [`TaskMetrics`] on the wire.
@@ -173,11 +188,30 @@ fn describe_tables(
                     s
                 }
             };
+            let row_groups = f
+                .footer
+                .iter()
+                .flat_map(|footer| footer.metadata.row_groups())
+                .map(|rg| RowGroupSummary {
+                    rows: rg.num_rows(),
+                    bytes: rg.total_byte_size(),
+                    min_max: rg
+                        .columns()
+                        .iter()
+                        .filter_map(|c| {
+                            let s = c.statistics()?;
+                            let (min, max) = statistic_bounds(s)?;
+                            Some((c.column_path().string(), min, max))
+                        })
+                        .collect(),
+                })
+                .collect();
             files.push(FileDescription {
                 path: f.path.clone(),
                 len: f.len,
                 sha256,
                 units: f.units.clone(),
+                row_groups,
             });
         }
         out.push(TableDescription {
@@ -188,6 +222,30 @@ fn describe_tables(
         });
     }
     Ok(out)
+}
+
+/// The min and max of a column chunk's statistics, displayed.
+fn statistic_bounds(s: &parquet::file::statistics::Statistics) -> Option<(String, String)> {
+    use parquet::file::statistics::Statistics as S;
+    fn pair<T: std::fmt::Debug + ?Sized>(
+        min: Option<&T>,
+        max: Option<&T>,
+    ) -> Option<(String, String)> {
+        Some((format!("{:?}", min?), format!("{:?}", max?)))
+    }
+    match s {
+        S::Boolean(v) => pair(v.min_opt(), v.max_opt()),
+        S::Int32(v) => pair(v.min_opt(), v.max_opt()),
+        S::Int64(v) => pair(v.min_opt(), v.max_opt()),
+        S::Int96(v) => pair(v.min_opt(), v.max_opt()),
+        S::Float(v) => pair(v.min_opt(), v.max_opt()),
+        S::Double(v) => pair(v.min_opt(), v.max_opt()),
+        S::ByteArray(v) => Some((
+            String::from_utf8_lossy(v.min_bytes_opt()?).into_owned(),
+            String::from_utf8_lossy(v.max_bytes_opt()?).into_owned(),
+        )),
+        S::FixedLenByteArray(v) => pair(v.min_bytes_opt(), v.max_bytes_opt()),
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

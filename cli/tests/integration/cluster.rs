@@ -320,6 +320,37 @@ fn a_wrong_or_missing_token_is_refused_and_logged() {
 }
 
 #[test]
+fn a_node_lists_tables_files_checksums_and_footer_statistics() {
+    let c = cluster(&[]);
+    let python = std::env::var_os("PUSHDOWN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let script = r#"
+import json, sys
+import pyarrow.flight as fl
+url, token = sys.argv[1], sys.argv[2]
+client = fl.FlightClient(url.replace("http://", "grpc://"))
+options = fl.FlightCallOptions(headers=[(b"authorization", ("Bearer " + token).encode())])
+body = b"".join(r.body.to_pybytes() for r in client.do_action(fl.Action("tables", b""), options))
+t = json.loads(body)[0]
+f = t["files"][0]
+names = [c[0] for c in f["row_groups"][0]["min_max"]]
+print(t["name"], len(t["files"]), len(f["sha256"]), sum(r["rows"] for r in f["row_groups"]), "l_shipdate" in names)
+"#;
+    let out = Command::new(python)
+        .args(["-c", script, &c.nodes[0].url, TOKEN])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "lineitem 2 64 200190 True",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_adbc_flight_sql_driver_gets_the_same_answer_as_pushdown_query() {
     let c = cluster(&[]);
     let url = c.intermediary.url.clone();
