@@ -3,7 +3,7 @@
 //! and clients (`pushdown query --connect`, the ADBC Flight SQL driver).
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -34,9 +34,7 @@ for node, parts in [(1, [0, 1]), (2, [1, 2]), (3, [2, 0])]:
     for i in parts:
         shutil.copy(f"{out}/all/lineitem/part-{i}.parquet", f"{out}/n{node}/lineitem/")
 "#;
-        let python = std::env::var_os("PUSHDOWN_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join(".venv/bin/python"));
+        let python = crate::support::python();
         let out = Command::new(python)
             .args(["-c", script])
             .arg(lineitem().join("parquet/lineitem.parquet"))
@@ -322,9 +320,7 @@ fn a_wrong_or_missing_token_is_refused_and_logged() {
 #[test]
 fn a_node_lists_tables_files_checksums_and_footer_statistics() {
     let c = cluster(&[]);
-    let python = std::env::var_os("PUSHDOWN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let python = crate::support::python();
     let script = r#"
 import json, sys
 import pyarrow.flight as fl
@@ -355,9 +351,7 @@ fn the_adbc_flight_sql_driver_gets_the_same_answer_as_pushdown_query() {
     let c = cluster(&[]);
     let url = c.intermediary.url.clone();
     let ours = stdout_ok(connect(&url, TOKEN, COUNTS));
-    let python = std::env::var_os("PUSHDOWN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let python = crate::support::python();
     let script = r#"
 import sys, warnings
 warnings.simplefilter("ignore")
@@ -440,9 +434,7 @@ fn plugins_reach_the_nodes_by_hash_and_a_mismatched_module_is_refused() {
         "{listed:?}"
     );
     // A module whose bytes do not hash to the declared SHA-256 is refused, never stored.
-    let python = std::env::var_os("PUSHDOWN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let python = crate::support::python();
     let script = r#"
 import json, sys
 import pyarrow.flight as fl

@@ -86,9 +86,7 @@ fn query_csv(data: &Path, registry: &Path, extra: &[&str], sql: &str) -> Vec<Vec
 
 /// Runs `sql` in DuckDB (Python package, the test oracle) and returns the rows as JSON.
 pub(crate) fn duckdb(sql: &str) -> Vec<Vec<Value>> {
-    let python = std::env::var_os("PUSHDOWN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    let python = crate::support::python();
     let out = Command::new(python)
         .args([
             "-c",

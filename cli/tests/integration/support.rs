@@ -50,3 +50,11 @@ pub fn folder(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// The Python with the test oracles (DuckDB, pyarrow, ADBC): `$PUSHDOWN_PYTHON`, else the
+/// repository's `.venv` that `scripts/setup.sh` makes.
+pub fn python() -> PathBuf {
+    std::env::var_os("PUSHDOWN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+}
