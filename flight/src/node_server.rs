@@ -119,12 +119,15 @@ impl From<WireMetrics> for TaskMetrics {
     }
 }
 
+/// SHA-256 of each file by (path, size, modification time).
+type Checksums = Mutex<HashMap<(String, u64, std::time::SystemTime), String>>;
+
 /// The Flight service of one storage node.
 pub struct NodeService {
     node: Arc<StorageNode>,
     permits: Arc<Semaphore>,
     /// SHA-256 of each file by (path, size, modification time), computed once.
-    checksums: Arc<Mutex<HashMap<(String, u64, std::time::SystemTime), String>>>,
+    checksums: Arc<Checksums>,
 }
 
 impl NodeService {
@@ -159,7 +162,7 @@ fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
 /// Describes every table of `node`.
 fn describe_tables(
     node: &StorageNode,
-    checksums: &Mutex<HashMap<(String, u64, std::time::SystemTime), String>>,
+    checksums: &Checksums,
 ) -> pushdown_storage_node::Result<Vec<TableDescription>> {
     let mut out = Vec::new();
     for name in node.list_tables()?.into_keys() {
