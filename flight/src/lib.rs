@@ -21,7 +21,7 @@ mod sql_server;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use pushdown_storage_node::StorageNode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -68,8 +68,18 @@ pub async fn serve_node(
     token: Option<String>,
     max_tasks: usize,
 ) -> Result<(), Error> {
+    serve(NodeService::new(node, max_tasks), listener, token).await
+}
+
+/// Serves a Flight service on `listener`, behind the bearer-token check, with no message
+/// size limit (results are split into messages of about 2 MiB by the encoder).
+async fn serve<S: FlightService>(
+    service: S,
+    listener: TcpListener,
+    token: Option<String>,
+) -> Result<(), Error> {
     let service = tonic::service::interceptor::InterceptedService::new(
-        FlightServiceServer::new(NodeService::new(node, max_tasks))
+        FlightServiceServer::new(service)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX),
         require_token(token),

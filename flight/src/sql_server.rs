@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery};
@@ -20,10 +20,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use pushdown_intermediary::Engine;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::{require_token, Error};
+use crate::Error;
 
 /// The Flight SQL service over an [`Engine`].
 pub struct SqlService {
@@ -131,17 +130,7 @@ pub async fn serve_sql(
     listener: TcpListener,
     token: Option<String>,
 ) -> Result<(), Error> {
-    let service = tonic::service::interceptor::InterceptedService::new(
-        FlightServiceServer::new(SqlService::new(engine))
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX),
-        require_token(token),
-    );
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming(TcpListenerStream::new(listener))
-        .await
-        .map_err(|e| Error::Transport(e.to_string()))
+    crate::serve(SqlService::new(engine), listener, token).await
 }
 
 /// Runs `sql` on the Flight SQL server at `url` (`http://host:port`), with `token` as the

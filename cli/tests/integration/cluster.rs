@@ -174,12 +174,7 @@ fn embedded(sql: &str) -> String {
         .arg(sql)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    stdout_ok(out)
 }
 
 fn stdout_ok(out: Output) -> String {
@@ -372,12 +367,7 @@ for row in zip(*[c.to_pylist() for c in t.columns]):
         .arg(COUNTS)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let adbc = String::from_utf8(out.stdout).unwrap();
+    let adbc = stdout_ok(out);
     assert_eq!(adbc.replace("\r\n", "\n"), ours.replace("\r\n", "\n"));
 }
 
