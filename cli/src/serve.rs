@@ -48,6 +48,10 @@ pub struct NodeServeArgs {
     /// Deadline of one plugin call, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     task_deadline: u64,
+    /// Read table TABLE (DIR/TABLE.* or folder DIR/TABLE/) with the parser plugin PARSER
+    /// of this node's registry, e.g. `--format access=access_log`. Repeatable.
+    #[arg(long, value_name = "TABLE=PARSER")]
+    format: Vec<String>,
     #[command(flatten)]
     registry: RegistryArg,
 }
@@ -103,7 +107,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
     let StorageNodeCommand::Serve(args) = command;
     let registry_dir = args.registry.dir();
+    let formats = crate::plugin::formats(&args.format, &registry_dir)?;
     let options = NodeOptions {
+        formats,
         csv_chunk_size: args.csv_chunk_size,
         // Always a registry: intermediaries send the plugins their queries run.
         registry: Some(registry_dir),

@@ -476,3 +476,56 @@ fn past_its_memory_budget_the_intermediary_spills_or_fails_clearly_and_keeps_ser
     }
     assert_eq!(stdout_ok(connect(&url, TOKEN, COUNTS)), embedded(COUNTS));
 }
+
+#[test]
+fn a_node_reads_a_parser_plugin_table_for_the_intermediary() {
+    let reg = tempfile::tempdir().unwrap();
+    let r = reg.path().to_str().unwrap();
+    let wasm = example("access_log");
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args([
+            "plugin",
+            "register",
+            wasm.to_str().unwrap(),
+            "--registry",
+            r,
+        ])
+        .output()
+        .unwrap();
+    stdout_ok(out);
+    let data =
+        crate::support::folder(&[("access.log", crate::plugins::access_log(5000).as_bytes())]);
+    let d = data.path().to_str().unwrap();
+    let sql = "SELECT status, count(*), sum(bytes) FROM access GROUP BY status ORDER BY status";
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args(["query", "--output", "csv", "--data", d, "--registry", r])
+        .args(["--format", "access=access_log", sql])
+        .output()
+        .unwrap();
+    let expected = stdout_ok(out);
+    let node = Server::start(&[
+        "storage-node",
+        "serve",
+        "--data",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+        "--registry",
+        r,
+        "--format",
+        "access=access_log",
+    ]);
+    let intermediary = Server::start(&[
+        "intermediary",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+        "--storage-node",
+        &node.url,
+    ]);
+    assert_eq!(stdout_ok(connect(&intermediary.url, TOKEN, sql)), expected);
+}

@@ -279,7 +279,7 @@ fn avg_length_matches_duckdb_on_words_and_lineitem_comments() {
 }
 
 /// `n` lines of Apache combined log, deterministic.
-fn access_log(n: usize) -> String {
+pub(crate) fn access_log(n: usize) -> String {
     let mut state = 42u64;
     let mut next = |m: u64| {
         state = state
