@@ -27,9 +27,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use auth::require_token;
-pub use node_server::{
-    FileDescription, NodeService, RowGroupSummary, TableDescription, WireMetrics,
-};
+pub use node_server::{FileDescription, NodeService, RowGroupSummary, TableDescription};
 pub use remote::{ModuleSource, RemoteOptions, RemoteStorage};
 pub use sql_server::{query_remote, serve_sql, SqlService};
 

@@ -5,7 +5,7 @@
 //!   the units (row groups, chunks) a scan is cut into ([`TableDescription`]).
 //! * `DoGet(ticket)` runs one pushdown task, the ticket being the JSON of a
 //!   [`pushdown_protocol::Task`], and streams its record batches; the first (schema)
-//!   message carries the task's metrics as JSON in `app_metadata` ([`WireMetrics`]): the
+//!   message carries the task's metrics as JSON in `app_metadata` ([`pushdown_storage_node::TaskMetrics`]): the
 //!   task has finished before its first byte is sent.
 //!
 //! * `DoAction("put_module")` installs a user plugin an intermediary sends: a JSON line
@@ -29,7 +29,7 @@ use arrow_flight::{
 };
 use futures::{Stream, StreamExt};
 use pushdown_protocol::Task;
-use pushdown_storage_node::{StorageNode, TaskMetrics};
+use pushdown_storage_node::StorageNode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -74,49 +74,6 @@ pub struct RowGroupSummary {
     pub bytes: i64,
     /// `(column path, min, max)` of the column chunks that have statistics.
     pub min_max: Vec<(String, String, String)>,
-}
-
-/// [`TaskMetrics`] on the wire.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct WireMetrics {
-    /// See [`TaskMetrics::pruned`].
-    pub pruned: bool,
-    /// See [`TaskMetrics::bytes_read`].
-    pub bytes_read: u64,
-    /// See [`TaskMetrics::bytes_returned`].
-    pub bytes_returned: u64,
-    /// See [`TaskMetrics::rows_in`].
-    pub rows_in: u64,
-    /// See [`TaskMetrics::rows_selected`].
-    pub rows_selected: u64,
-    /// See [`TaskMetrics::rows_out`].
-    pub rows_out: u64,
-}
-
-impl From<TaskMetrics> for WireMetrics {
-    fn from(m: TaskMetrics) -> Self {
-        Self {
-            pruned: m.pruned,
-            bytes_read: m.bytes_read,
-            bytes_returned: m.bytes_returned,
-            rows_in: m.rows_in,
-            rows_selected: m.rows_selected,
-            rows_out: m.rows_out,
-        }
-    }
-}
-
-impl From<WireMetrics> for TaskMetrics {
-    fn from(m: WireMetrics) -> Self {
-        Self {
-            pruned: m.pruned,
-            bytes_read: m.bytes_read,
-            bytes_returned: m.bytes_returned,
-            rows_in: m.rows_in,
-            rows_selected: m.rows_selected,
-            rows_out: m.rows_out,
-        }
-    }
 }
 
 /// SHA-256 of each file by (path, size, modification time).
@@ -326,8 +283,7 @@ impl FlightService for NodeService {
         .await
         .map_err(|e| Status::internal(format!("task panicked: {e}")))?
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let metrics =
-            serde_json::to_vec(&WireMetrics::from(output.metrics)).expect("metrics serialize");
+        let metrics = serde_json::to_vec(&output.metrics).expect("metrics serialize");
         let batches = futures::stream::iter(output.batches.into_iter().map(Ok));
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)

@@ -20,7 +20,7 @@ use pushdown_storage_node::{Error, FileInfo, Result, TableInfo, TaskMetrics, Tas
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::node_server::{TableDescription, WireMetrics};
+use crate::node_server::TableDescription;
 
 /// How the intermediary talks to storage nodes.
 #[derive(Debug, Clone)]
@@ -332,7 +332,7 @@ impl RemoteStorage {
             while let Some(item) = decoder.next().await {
                 let data = item?;
                 if !data.inner.app_metadata.is_empty() {
-                    metrics = serde_json::from_slice::<WireMetrics>(&data.inner.app_metadata).ok();
+                    metrics = serde_json::from_slice::<TaskMetrics>(&data.inner.app_metadata).ok();
                 }
                 if let DecodedPayload::RecordBatch(b) = data.payload {
                     batches.push(b);
@@ -347,7 +347,7 @@ impl RemoteStorage {
             Ok(Ok((_, None))) => Err(Failure::Node("the result stream had no metrics".into())),
             Ok(Ok((batches, Some(m)))) => Ok(TaskOutput {
                 batches,
-                metrics: TaskMetrics::from(m),
+                metrics: m,
             }),
         }
     }

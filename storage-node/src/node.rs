@@ -59,8 +59,8 @@ impl Default for NodeOptions {
     }
 }
 
-/// What one task did, for `--explain` and the benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What one task did, for `--explain` and the benchmarks; JSON on the wire between tiers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskMetrics {
     /// True when statistics proved no row can match, so nothing was read.
     pub pruned: bool,
