@@ -65,19 +65,22 @@ fn registry(modules: &[&Path]) -> tempfile::TempDir {
     dir
 }
 
+/// `pushdown query --data DATA --registry REGISTRY ARGS...` (ARGS ends with the SQL).
+fn run_query(data: &str, registry: &str, args: &[&str]) -> Output {
+    let mut all = vec!["query", "--data", data, "--registry", registry];
+    all.extend(args);
+    pushdown(&all)
+}
+
 fn query_csv(data: &Path, registry: &Path, extra: &[&str], sql: &str) -> Vec<Vec<String>> {
-    let mut args = vec![
-        "query",
-        "--data",
-        data.to_str().unwrap(),
-        "--registry",
-        registry.to_str().unwrap(),
-        "--output",
-        "csv",
-    ];
+    let mut args = vec!["--output", "csv"];
     args.extend(extra);
     args.push(sql);
-    let out = ok(pushdown(&args));
+    let out = ok(run_query(
+        data.to_str().unwrap(),
+        registry.to_str().unwrap(),
+        &args,
+    ));
     out.lines()
         .skip(1)
         .map(|l| l.split(',').map(str::to_string).collect())
@@ -159,15 +162,11 @@ fn haversine_km_filters_on_the_storage_node_like_duckdb() {
         assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
     }
     // The call runs inside the storage node's sandbox: it is part of the pushed predicate.
-    let out = pushdown(&[
-        "query",
-        "--data",
+    let out = run_query(
         data.path().to_str().unwrap(),
-        "--registry",
         reg.path().to_str().unwrap(),
-        "--explain",
-        sql,
-    ]);
+        &["--explain", sql],
+    );
     let explain = String::from_utf8_lossy(&out.stderr);
     assert!(
         explain.contains("predicate: haversine_km(lat, lon, 48.8566, 2.3522) < 450"),
@@ -221,15 +220,14 @@ fn approx_distinct_merges_sketches_and_is_within_two_percent_of_duckdb() {
         }
     }
     // Partial sketches come back from the storage node, not the keys.
-    let out = pushdown(&[
-        "query",
-        "--data",
+    let out = run_query(
         lineitem().join("parquet").to_str().unwrap(),
-        "--registry",
         reg.path().to_str().unwrap(),
-        "--explain",
-        "SELECT approx_distinct(l_orderkey) FROM lineitem",
-    ]);
+        &[
+            "--explain",
+            "SELECT approx_distinct(l_orderkey) FROM lineitem",
+        ],
+    );
     let explain = String::from_utf8_lossy(&out.stderr);
     assert!(
         explain.contains("approx_distinct(l_orderkey) -> Binary"),
@@ -352,18 +350,17 @@ fn access_log_parser_makes_logs_queryable_and_names_bad_lines() {
         "10.0.0.9 - - [04/Oct/2023:23:59:53 +0200] \"GET / HTTP/1.1\" twohundred 5 \"-\" \"-\"";
     lines[4567] = bad;
     let data = folder(&[("access.log", (lines.join("\n") + "\n").as_bytes())]);
-    let out = pushdown(&[
-        "query",
-        "--data",
+    let out = run_query(
         data.path().to_str().unwrap(),
-        "--registry",
         reg.path().to_str().unwrap(),
-        "--format",
-        "access=access_log",
-        "--csv-chunk-size",
-        "300000",
-        "SELECT count(*) FROM access",
-    ]);
+        &[
+            "--format",
+            "access=access_log",
+            "--csv-chunk-size",
+            "300000",
+            "SELECT count(*) FROM access",
+        ],
+    );
     assert_error(
         &out,
         &[
@@ -399,16 +396,11 @@ fn a_parser_written_in_webassembly_text_is_registered_and_queried() {
         .collect();
     assert_eq!(ours, theirs);
     let data = folder(&[("nums.txt", b"1\n2\nthree\n")]);
-    let out = pushdown(&[
-        "query",
-        "--data",
+    let out = run_query(
         data.path().to_str().unwrap(),
-        "--registry",
         reg.path().to_str().unwrap(),
-        "--format",
-        "nums=numbers_wat",
-        "SELECT sum(n) FROM nums",
-    ]);
+        &["--format", "nums=numbers_wat", "SELECT sum(n) FROM nums"],
+    );
     assert_error(
         &out,
         &["nums.txt", "plugin numbers_wat", "line 3: not an integer"],
@@ -532,14 +524,11 @@ fn bad_plugins_are_refused_at_register_and_nothing_is_stored() {
 fn an_unknown_function_is_named_with_the_registered_ones() {
     let reg = registry(&[&example("haversine_km")]);
     let data = folder(&[("cities.csv", CITIES.as_bytes())]);
-    let out = pushdown(&[
-        "query",
-        "--data",
+    let out = run_query(
         data.path().to_str().unwrap(),
-        "--registry",
         reg.path().to_str().unwrap(),
-        "SELECT haversine(lat, lon, 0, 0) FROM cities",
-    ]);
+        &["SELECT haversine(lat, lon, 0, 0) FROM cities"],
+    );
     assert_error(
         &out,
         &[
@@ -547,16 +536,11 @@ fn an_unknown_function_is_named_with_the_registered_ones() {
             "registered plugin functions: haversine_km",
         ],
     );
-    let out = pushdown(&[
-        "query",
-        "--data",
+    let out = run_query(
         data.path().to_str().unwrap(),
-        "--registry",
         reg.path().to_str().unwrap(),
-        "--format",
-        "cities=haversine_km",
-        "SELECT 1",
-    ]);
+        &["--format", "cities=haversine_km", "SELECT 1"],
+    );
     assert_error(
         &out,
         &["plugin haversine_km is a scalar plugin, not a parser"],
@@ -641,14 +625,11 @@ fn a_trapping_plugin_fails_the_query_with_its_name() {
         "SELECT count(*) FROM t WHERE boom(x)",
         "SELECT boom(max(x)) FROM t",
     ] {
-        let out = pushdown(&[
-            "query",
-            "--data",
+        let out = run_query(
             data.path().to_str().unwrap(),
-            "--registry",
             reg.path().to_str().unwrap(),
-            sql,
-        ]);
+            &[sql],
+        );
         assert_error(&out, &["plugin boom", "unreachable"]);
     }
 }
