@@ -3,7 +3,7 @@
 //! and clients (`pushdown query --connect`, the ADBC Flight SQL driver).
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -207,6 +207,19 @@ fn assert_same_numbers(ours: &str, theirs: &str) {
     }
 }
 
+/// A fresh plugin registry holding the example plugin `name`, and its module.
+fn registry_with(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let reg = tempfile::tempdir().unwrap();
+    let wasm = example(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
+        .args(["plugin", "register", wasm.to_str().unwrap(), "--registry"])
+        .arg(reg.path())
+        .output()
+        .unwrap();
+    stdout_ok(out);
+    (reg, wasm)
+}
+
 const COUNTS: &str =
     "SELECT l_returnflag, count(*) AS n, sum(l_quantity) AS qty, sum(l_extendedprice) AS price \
                       FROM lineitem GROUP BY l_returnflag ORDER BY l_returnflag";
@@ -373,24 +386,8 @@ for row in zip(*[c.to_pylist() for c in t.columns]):
 
 #[test]
 fn plugins_reach_the_nodes_by_hash_and_a_mismatched_module_is_refused() {
-    let reg = tempfile::tempdir().unwrap();
+    let (reg, wasm) = registry_with("approx_distinct");
     let r = reg.path().to_str().unwrap();
-    let wasm = example("approx_distinct");
-    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
-        .args([
-            "plugin",
-            "register",
-            wasm.to_str().unwrap(),
-            "--registry",
-            r,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let sql =
         "SELECT l_returnflag, approx_distinct(l_orderkey) AS d FROM lineitem GROUP BY 1 ORDER BY 1";
     let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
@@ -479,20 +476,8 @@ fn past_its_memory_budget_the_intermediary_spills_or_fails_clearly_and_keeps_ser
 
 #[test]
 fn a_node_reads_a_parser_plugin_table_for_the_intermediary() {
-    let reg = tempfile::tempdir().unwrap();
+    let (reg, _) = registry_with("access_log");
     let r = reg.path().to_str().unwrap();
-    let wasm = example("access_log");
-    let out = Command::new(env!("CARGO_BIN_EXE_pushdown"))
-        .args([
-            "plugin",
-            "register",
-            wasm.to_str().unwrap(),
-            "--registry",
-            r,
-        ])
-        .output()
-        .unwrap();
-    stdout_ok(out);
     let data =
         crate::support::folder(&[("access.log", crate::plugins::access_log(5000).as_bytes())]);
     let d = data.path().to_str().unwrap();
