@@ -310,9 +310,10 @@ impl Query {
             let (tasks, pruned) = (get(&m.tasks), get(&m.tasks_pruned));
             let _ = writeln!(
                 out,
-                "table {}: tasks {} scanned, {pruned} pruned (of {tasks}); bytes read from storage {}; bytes returned by the storage node {}; rows in {}, selected {}, out {}",
+                "table {}: tasks {} scanned, {pruned} pruned (of {tasks}); pages skipped {}; bytes read from storage {}; bytes returned by the storage node {}; rows in {}, selected {}, out {}",
                 scan.table().name,
                 tasks - pruned,
+                get(&m.pages_skipped),
                 get(&m.bytes_read),
                 get(&m.bytes_returned),
                 get(&m.rows_in),

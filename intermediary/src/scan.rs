@@ -30,8 +30,10 @@ pub struct ScanMetrics {
     pub tasks: AtomicU64,
     /// Tasks finished (scanned or pruned).
     pub tasks_done: AtomicU64,
-    /// Tasks skipped by row-group statistics.
+    /// Tasks skipped by row-group statistics, Bloom filters or the page index.
     pub tasks_pruned: AtomicU64,
+    /// Data pages skipped by page-index pruning in the tasks that ran.
+    pub pages_skipped: AtomicU64,
     /// Bytes read from storage.
     pub bytes_read: AtomicU64,
     /// Bytes of Arrow IPC the storage node returned.
@@ -56,6 +58,8 @@ impl ScanMetrics {
         self.rows_selected
             .fetch_add(m.rows_selected, Ordering::Relaxed);
         self.rows_out.fetch_add(m.rows_out, Ordering::Relaxed);
+        self.pages_skipped
+            .fetch_add(m.pages_skipped, Ordering::Relaxed);
     }
 }
 

@@ -25,6 +25,7 @@ mod task;
 pub use expr::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
 pub use plugin::{PluginKind, PluginRef, PluginSignature};
 pub use task::{
-    decode_request, encode_request, needed_columns, ByteRange, FileFormat, GuestRequest, Pushdown,
-    Stage, StageRun, Task, TaskUnit, PROTOCOL_VERSION,
+    decode_request, encode_request, needed_columns, ByteRange, ColumnPages, FileFormat,
+    GuestRequest, PageSelection, Pushdown, RowRun, Stage, StageRun, Task, TaskUnit,
+    PROTOCOL_VERSION,
 };

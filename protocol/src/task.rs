@@ -188,7 +188,8 @@ pub fn needed_columns(
 ///
 /// The input bytes are the concatenation of `segments`, in order: for Parquet the file's
 /// footer (metadata, without the trailing length and magic) followed by the needed column
-/// chunks; for CSV the chunk itself.
+/// chunks (or, with [`GuestRequest::pages`], the needed pages of them); for CSV the chunk
+/// itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuestRequest {
     /// Must equal [`PROTOCOL_VERSION`].
@@ -211,6 +212,41 @@ pub struct GuestRequest {
     /// (see [`StageRun`]). Absent in every request a query sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<StageRun>,
+    /// Parquet only: set when the page index let the storage node skip pages of the row
+    /// group. The segments then hold only the listed pages (and each column chunk's
+    /// dictionary page), and the parser decodes only the selected rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<PageSelection>,
+}
+
+/// The rows and pages of one row group a task reads, from the Parquet page index
+/// ([PageIndex.md](https://github.com/apache/parquet-format/blob/master/PageIndex.md)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageSelection {
+    /// Consecutive runs of rows of the row group, from its first row: each skipped or
+    /// selected (arrow-rs's `RowSelector`). They cover every row of the row group.
+    pub rows: Vec<RowRun>,
+    /// The offset index of every column chunk read: its leaf column index and its pages.
+    pub columns: Vec<ColumnPages>,
+}
+
+/// A run of rows, skipped or selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowRun {
+    /// Number of rows.
+    pub rows: u64,
+    /// True when the rows are skipped.
+    pub skip: bool,
+}
+
+/// The offset index of one column chunk: where each of its data pages is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnPages {
+    /// Leaf column index in the file's Parquet schema.
+    pub leaf: usize,
+    /// Per data page, in order: `[offset in the file, size in bytes with its header,
+    /// index of its first row in the row group]` (the Thrift `PageLocation`).
+    pub pages: Vec<[i64; 3]>,
 }
 
 /// A stage of the built-in pipeline, for benchmarks that time stages one by one.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::parquet_to_arrow_schema;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use pushdown_protocol::{ByteRange, FileFormat, PluginRef, TaskUnit};
 
 use crate::error::{Error, Result};
@@ -281,6 +281,17 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
             }
         }
     }
+    // The page index (column and offset index), when the file has one, for page pruning.
+    // A missing or unreadable page index only turns page pruning off for the file.
+    let metadata = match catch_quietly(std::panic::AssertUnwindSafe(|| {
+        let mut reader = ParquetMetaDataReader::new_with_metadata(metadata.clone())
+            .with_page_index_policy(PageIndexPolicy::Optional);
+        reader.read_page_indexes(&file)?;
+        reader.finish()
+    })) {
+        Ok(Ok(with_index)) => with_index,
+        _ => metadata,
+    };
     let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), None)
         .map_err(|e| bad(format!("schema not representable in Arrow: {e}")))?;
     let footer = ParquetFooter {

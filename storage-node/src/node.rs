@@ -10,15 +10,17 @@ use std::sync::{Arc, Mutex};
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_schema::SchemaRef;
+use parquet::arrow::arrow_reader::RowSelection;
+use parquet::file::metadata::ParquetMetaData;
 use pushdown_protocol::plugin::EXPORT_PARSE;
 use pushdown_protocol::{
-    encode_request, ByteRange, FileFormat, GuestRequest, PluginKind, PluginRef, StageRun, Task,
-    TaskUnit, PROTOCOL_VERSION,
+    encode_request, ByteRange, ColumnPages, Expr, FileFormat, GuestRequest, PageSelection,
+    PluginKind, PluginRef, RowRun, StageRun, Task, TaskUnit, PROTOCOL_VERSION,
 };
 
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::error::{Error, Result};
-use crate::prune::row_group_may_match;
+use crate::prune::{bloom_filters_may_match, page_rows, page_selection, row_group_may_match};
 use crate::registry::Registry;
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
 
@@ -74,6 +76,9 @@ pub struct TaskMetrics {
     pub rows_selected: u64,
     /// Rows returned (partial aggregate groups, or selected rows).
     pub rows_out: u64,
+    /// Data pages of the projected column chunks skipped by page-index pruning.
+    #[serde(default)]
+    pub pages_skipped: u64,
 }
 
 /// The result of one task.
@@ -293,8 +298,9 @@ impl StorageNode {
     }
 
     /// Prunes, then lays out the task's input: the file, the byte segments to read and
-    /// the encoded request. `None` when statistics prune the row group.
-    fn plan_input(&self, task: &Task, stage: Option<StageRun>) -> Result<Option<PlannedInput>> {
+    /// the encoded request. [`Planned::Pruned`] when statistics, a Bloom filter or the page
+    /// index prove that no row of the row group matches.
+    fn plan_input(&self, task: &Task, stage: Option<StageRun>) -> Result<Planned> {
         let file = self
             .files
             .lock()
@@ -306,35 +312,46 @@ impl StorageNode {
                 message: "not a file of an open table".into(),
             })?;
         let columns = task.needed_columns(&file.schema);
+        let mut pruning = Pruning::default();
+        let mut pages = None;
         let segments: Vec<ByteRange> = match (&task.unit, &file.footer) {
             (TaskUnit::RowGroup(rg), Some(footer)) => {
                 let metadata = &footer.metadata;
                 if *rg >= metadata.num_row_groups() {
                     return Err(Error::Internal(format!("row group {rg} does not exist")));
                 }
-                if let Some(p) = &task.predicate {
-                    // Statistics are untrusted bytes too: a panic while reading them keeps the row group.
-                    let may_match = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
-                        row_group_may_match(p, metadata, &file.schema, *rg)
-                    }))
-                    .unwrap_or(true);
-                    if !may_match {
-                        return Ok(None);
-                    }
-                }
                 let descr = metadata.file_metadata().schema_descr();
                 let roots: Vec<usize> = columns
                     .iter()
                     .filter_map(|c| file.schema.index_of(c).ok())
                     .collect();
+                let leaves: Vec<usize> = (0..descr.num_columns())
+                    .filter(|&leaf| roots.contains(&descr.get_column_root_idx(leaf)))
+                    .collect();
+                let mut selection = None;
+                if let Some(p) = &task.predicate {
+                    match self.prune(&file, footer, *rg, p, &mut pruning)? {
+                        Some(PageRows::None) => return Ok(Planned::Pruned(pruning)),
+                        Some(PageRows::Some(s)) => selection = Some(s),
+                        None => {}
+                    }
+                }
                 let mut segments = vec![footer.range];
-                for (leaf, chunk) in metadata.row_group(*rg).columns().iter().enumerate() {
-                    if roots.contains(&descr.get_column_root_idx(leaf)) {
-                        let (start, len) = chunk.byte_range();
-                        segments.push(ByteRange {
-                            start,
-                            end: start + len,
-                        });
+                match selection.and_then(|s| page_segments(metadata, *rg, &leaves, &s)) {
+                    Some((selection, chunks, skipped)) => {
+                        pruning.pages_skipped = skipped;
+                        segments.extend(chunks);
+                        pages = Some(selection);
+                    }
+                    None => {
+                        let row_group = metadata.row_group(*rg);
+                        segments.extend(leaves.iter().map(|&leaf| {
+                            let (start, len) = row_group.column(leaf).byte_range();
+                            ByteRange {
+                                start,
+                                end: start + len,
+                            }
+                        }));
                     }
                 }
                 segments
@@ -362,15 +379,67 @@ impl StorageNode {
             batch_size: self.options.batch_size,
             csv_all_varchar: self.options.csv_all_varchar,
             stage,
+            pages,
         };
         let request = encode_request(&request);
         let input_len =
             usize::try_from(input_len).map_err(|_| Error::Internal("input too large".into()))?;
-        Ok(Some(PlannedInput {
+        Ok(Planned::Run(PlannedInput {
             file,
             segments,
             request,
             input_len,
+            pruning,
+        }))
+    }
+
+    /// Runs the row-group pruning steps in order of cost: min/max statistics, Bloom
+    /// filters, page index. Returns the page index's row selection, if it skips rows.
+    /// Statistics are untrusted bytes too: a panic while reading them keeps the rows.
+    fn prune(
+        &self,
+        file: &FileInfo,
+        footer: &catalog::ParquetFooter,
+        rg: usize,
+        predicate: &Expr,
+        pruning: &mut Pruning,
+    ) -> Result<Option<PageRows>> {
+        let metadata = &footer.metadata;
+        let quietly = |f: &dyn Fn() -> bool| {
+            catalog::catch_quietly(std::panic::AssertUnwindSafe(f)).unwrap_or(true)
+        };
+        if !quietly(&|| row_group_may_match(predicate, metadata, &file.schema, rg)) {
+            return Ok(Some(PageRows::None));
+        }
+        let has_bloom_filter = metadata
+            .row_group(rg)
+            .columns()
+            .iter()
+            .any(|c| c.bloom_filter_offset().is_some());
+        if has_bloom_filter {
+            let handle = std::fs::File::open(&file.abs_path).map_err(|error| Error::Io {
+                path: file.path.clone(),
+                error,
+            })?;
+            let (may_match, bytes) = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
+                bloom_filters_may_match(predicate, metadata, &file.schema, rg, &handle)
+            }))
+            .unwrap_or((true, 0));
+            pruning.index_bytes += bytes;
+            if !may_match {
+                return Ok(Some(PageRows::None));
+            }
+        }
+        let selection = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
+            page_selection(predicate, metadata, &file.schema, rg)
+        }))
+        .unwrap_or(None);
+        Ok(selection.map(|s| {
+            if s.selects_any() {
+                PageRows::Some(s)
+            } else {
+                PageRows::None
+            }
         }))
     }
 
@@ -385,7 +454,7 @@ impl StorageNode {
         task: &Task,
         stage: Option<StageRun>,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let Some(planned) = self.plan_input(task, stage)? else {
+        let Planned::Run(planned) = self.plan_input(task, stage)? else {
             return Ok(None);
         };
         let mut input = vec![0u8; planned.input_len];
@@ -400,7 +469,7 @@ impl StorageNode {
     /// # Errors
     /// As [`StorageNode::run_task`].
     pub fn run_stage(&self, task: &Task, run: StageRun) -> Result<Option<(u64, u64)>> {
-        let Some(planned) = self
+        let Planned::Run(planned) = self
             .plan_input(task, Some(run))
             .map_err(|e| e.context(task_context(task)))?
         else {
@@ -426,21 +495,25 @@ impl StorageNode {
     }
 
     fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
-        let Some(PlannedInput {
+        let PlannedInput {
             file,
             segments,
             request,
             input_len,
-        }) = self.plan_input(task, None)?
-        else {
-            let metrics = TaskMetrics {
-                pruned: true,
-                ..Default::default()
-            };
-            return Ok(TaskOutput {
-                batches: Vec::new(),
-                metrics,
-            });
+            pruning,
+        } = match self.plan_input(task, None)? {
+            Planned::Run(planned) => planned,
+            Planned::Pruned(pruning) => {
+                let metrics = TaskMetrics {
+                    pruned: true,
+                    bytes_read: pruning.index_bytes,
+                    ..Default::default()
+                };
+                return Ok(TaskOutput {
+                    batches: Vec::new(),
+                    metrics,
+                });
+            }
         };
         let mut plugins = HashMap::new();
         for p in task.plugins() {
@@ -481,7 +554,8 @@ impl StorageNode {
             batches,
             metrics: TaskMetrics {
                 pruned: false,
-                bytes_read: input_len as u64,
+                bytes_read: input_len as u64 + pruning.index_bytes,
+                pages_skipped: pruning.pages_skipped,
                 bytes_returned: ipc_len,
                 rows_in,
                 rows_selected,
@@ -496,6 +570,117 @@ struct PlannedInput {
     segments: Vec<ByteRange>,
     request: Vec<u8>,
     input_len: usize,
+    pruning: Pruning,
+}
+
+/// A task's input, or the proof that it has no row to read.
+enum Planned {
+    Pruned(Pruning),
+    Run(PlannedInput),
+}
+
+/// What pruning cost and saved.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pruning {
+    /// Bytes of Bloom filters read.
+    index_bytes: u64,
+    /// Data pages of the projected column chunks not read.
+    pages_skipped: u64,
+}
+
+/// The page index's verdict on a row group.
+enum PageRows {
+    /// No row can match.
+    None,
+    /// Only these rows can match.
+    Some(RowSelection),
+}
+
+/// The request's page selection, the byte segments to read (each projected column chunk's
+/// dictionary page and the data pages holding selected rows, adjacent ones merged) and the
+/// number of data pages skipped. `None` when an offset index is missing or does not fit its
+/// column chunk: then whole column chunks are read.
+fn page_segments(
+    metadata: &ParquetMetaData,
+    rg: usize,
+    leaves: &[usize],
+    selection: &RowSelection,
+) -> Option<(PageSelection, Vec<ByteRange>, u64)> {
+    let row_group = metadata.row_group(rg);
+    let num_rows = usize::try_from(row_group.num_rows()).ok()?;
+    let offset_index = metadata.offset_index()?.get(rg)?;
+    let mut selected = Vec::new();
+    let mut at = 0usize;
+    for run in selection.iter() {
+        if !run.skip {
+            selected.push(at..at + run.row_count);
+        }
+        at += run.row_count;
+    }
+    let mut ranges = Vec::new();
+    let mut columns = Vec::new();
+    let mut skipped = 0u64;
+    for &leaf in leaves {
+        let locations = offset_index.get(leaf)?.page_locations();
+        let rows = page_rows(locations, num_rows)?;
+        let (chunk_start, chunk_len) = row_group.column(leaf).byte_range();
+        let chunk_end = chunk_start.checked_add(chunk_len)?;
+        let first = u64::try_from(locations.first()?.offset).ok()?;
+        if first < chunk_start {
+            return None;
+        }
+        if first > chunk_start {
+            // The dictionary page, read whenever any data page is.
+            ranges.push(chunk_start..first);
+        }
+        for (page, rows) in locations.iter().zip(rows) {
+            let start = u64::try_from(page.offset).ok()?;
+            let end = start.checked_add(u64::try_from(page.compressed_page_size).ok()?)?;
+            if start < first || end > chunk_end {
+                return None;
+            }
+            if selected
+                .iter()
+                .any(|s| s.start < rows.end && rows.start < s.end)
+            {
+                ranges.push(start..end);
+            } else {
+                skipped += 1;
+            }
+        }
+        columns.push(ColumnPages {
+            leaf,
+            pages: locations
+                .iter()
+                .map(|p| {
+                    [
+                        p.offset,
+                        i64::from(p.compressed_page_size),
+                        p.first_row_index,
+                    ]
+                })
+                .collect(),
+        });
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut segments: Vec<ByteRange> = Vec::new();
+    for r in ranges {
+        match segments.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => segments.push(ByteRange {
+                start: r.start,
+                end: r.end,
+            }),
+        }
+    }
+    let rows = selection
+        .iter()
+        .map(|run| RowRun {
+            rows: run.row_count as u64,
+            skip: run.skip,
+        })
+        .collect();
+    Some((PageSelection { rows, columns }, segments, skipped))
 }
 
 /// Reads the task's segments from the file straight into the guest's input buffer.

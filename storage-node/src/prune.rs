@@ -1,14 +1,37 @@
-//! Row-group pruning from Parquet min/max statistics.
+//! Pruning from Parquet statistics, before anything is read:
 //!
-//! A row group is skipped when its statistics prove the predicate cannot be true for any
-//! of its rows. Anything the statistics cannot decide keeps the row group (conservative).
+//! * row groups by the min/max statistics of their column chunks;
+//! * row groups by the split-block Bloom filters of their column chunks, for `column =
+//!   literal` and `column IN (...)` conjuncts;
+//! * pages by the page index (column index min/max per page, offset index for where pages
+//!   start), for conjuncts over one column: the rows of pages that cannot match are skipped
+//!   and their bytes are never read.
+//!
+//! Formats: [Parquet statistics and page index](https://github.com/apache/parquet-format/blob/master/PageIndex.md),
+//! [Bloom filters](https://github.com/apache/parquet-format/blob/master/BloomFilter.md).
+//! Anything the statistics cannot decide keeps the rows (conservative).
 
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Int32Type, Int64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, Datum, Scalar};
-use arrow_schema::Schema;
+use arrow_schema::{DataType, Schema};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::RowSelection;
+use parquet::basic::Type as PhysicalType;
+use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::ChunkReader;
 use pushdown_plugins_builtin::literal_array;
 use pushdown_protocol::{CmpOp, Expr};
+
+/// Min and max of a column over some rows: a row group or a page.
+trait MinMax {
+    /// Min and max of `column`, as arrays of length 1 (None when unknown).
+    fn min_max(&self, column: &str) -> Option<(ArrayRef, ArrayRef)>;
+}
 
 struct RowGroupStats<'a> {
     metadata: &'a ParquetMetaData,
@@ -16,8 +39,28 @@ struct RowGroupStats<'a> {
     row_group: usize,
 }
 
-impl RowGroupStats<'_> {
-    /// Min and max of `column` in the row group, as arrays of length 1 (None when unknown).
+/// The column index entry of one page of one column.
+struct PageStats<'a> {
+    column: &'a str,
+    mins: &'a ArrayRef,
+    maxes: &'a ArrayRef,
+    page: usize,
+}
+
+impl MinMax for PageStats<'_> {
+    fn min_max(&self, column: &str) -> Option<(ArrayRef, ArrayRef)> {
+        if column != self.column {
+            return None;
+        }
+        let (min, max) = (
+            self.mins.slice(self.page, 1),
+            self.maxes.slice(self.page, 1),
+        );
+        (min.is_valid(0) && max.is_valid(0)).then_some((min, max))
+    }
+}
+
+impl MinMax for RowGroupStats<'_> {
     fn min_max(&self, column: &str) -> Option<(ArrayRef, ArrayRef)> {
         let converter = StatisticsConverter::try_new(
             column,
@@ -51,7 +94,7 @@ fn literal_of(e: &Expr) -> Option<ArrayRef> {
     }
 }
 
-fn may_match(e: &Expr, stats: &RowGroupStats<'_>) -> bool {
+fn may_match(e: &Expr, stats: &dyn MinMax) -> bool {
     use arrow_ord::cmp;
     match e {
         Expr::And(items) => items.iter().all(|i| may_match(i, stats)),
@@ -124,4 +167,221 @@ pub fn row_group_may_match(
             row_group,
         },
     )
+}
+
+/// The conjuncts of `predicate` (its top-level AND terms).
+fn conjuncts(predicate: &Expr) -> Vec<&Expr> {
+    match predicate {
+        Expr::And(items) => items.iter().flat_map(conjuncts).collect(),
+        other => vec![other],
+    }
+}
+
+/// `(column, literals)` when `e` is `column = literal`, `literal = column`,
+/// `column IN (literals)` or an OR of those over one column.
+fn equality(e: &Expr) -> Option<(&str, Vec<&Expr>)> {
+    match e {
+        Expr::Or(items) => {
+            let mut column = None;
+            let mut literals = Vec::new();
+            for item in items {
+                let (c, mut l) = equality(item)?;
+                if column.is_some_and(|first| first != c) {
+                    return None;
+                }
+                column = Some(c);
+                literals.append(&mut l);
+            }
+            Some((column?, literals))
+        }
+        Expr::Cmp(CmpOp::Eq, l, r) => match (l.as_ref(), r.as_ref()) {
+            (Expr::Column(c), lit @ Expr::Literal(_))
+            | (lit @ Expr::Literal(_), Expr::Column(c)) => Some((c, vec![lit])),
+            _ => None,
+        },
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } => match expr.as_ref() {
+            Expr::Column(c) if list.iter().all(|i| matches!(i, Expr::Literal(_))) => {
+                Some((c, list.iter().collect()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether the Bloom filter may hold `literal`, hashed as the column's physical type stores
+/// it (plain encoding). `true` for types this does not map.
+fn bloom_may_hold(
+    filter: &Sbbf,
+    physical: PhysicalType,
+    column: &DataType,
+    literal: &Expr,
+) -> bool {
+    let Some(value) = literal_of(literal) else {
+        // NULL never equals anything; other literals that do not convert keep the rows.
+        return !matches!(literal, Expr::Literal(_));
+    };
+    let Ok(value) = arrow_cast::cast(&value, column) else {
+        return true;
+    };
+    match (physical, column) {
+        (PhysicalType::INT32, DataType::Int32) => {
+            filter.check(&value.as_primitive::<Int32Type>().value(0))
+        }
+        (PhysicalType::INT32, DataType::Date32) => {
+            filter.check(&value.as_primitive::<Date32Type>().value(0))
+        }
+        (PhysicalType::INT64, DataType::Int64) => {
+            filter.check(&value.as_primitive::<Int64Type>().value(0))
+        }
+        (PhysicalType::BYTE_ARRAY, DataType::Utf8) => {
+            filter.check(value.as_string::<i32>().value(0))
+        }
+        (PhysicalType::BYTE_ARRAY, DataType::LargeUtf8) => {
+            filter.check(value.as_string::<i64>().value(0))
+        }
+        _ => true,
+    }
+}
+
+/// What the Bloom filters of row group `row_group` say about `predicate`: `Ok(false)` when
+/// one proves that no row can match. Also returns the bytes of the filters read.
+///
+/// Only `column = literal` and `column IN (...)` conjuncts over columns with a Bloom
+/// filter are checked. A filter that does not read keeps the row group.
+pub fn bloom_filters_may_match<R: ChunkReader>(
+    predicate: &Expr,
+    metadata: &ParquetMetaData,
+    schema: &Schema,
+    row_group: usize,
+    file: &R,
+) -> (bool, u64) {
+    let descr = metadata.file_metadata().schema_descr();
+    let rg = metadata.row_group(row_group);
+    let mut bytes_read = 0;
+    for conjunct in conjuncts(predicate) {
+        let Some((column, literals)) = equality(conjunct) else {
+            continue;
+        };
+        let Ok(converter) = StatisticsConverter::try_new(column, schema, descr) else {
+            continue;
+        };
+        let Some(chunk) = converter.parquet_column_index().map(|leaf| rg.column(leaf)) else {
+            continue;
+        };
+        if chunk.bloom_filter_offset().is_none() {
+            continue;
+        }
+        let Ok(Some(filter)) = Sbbf::read_from_column_chunk(chunk, file) else {
+            continue;
+        };
+        bytes_read += chunk
+            .bloom_filter_length()
+            .and_then(|l| u64::try_from(l).ok())
+            .unwrap_or(0);
+        let data_type = converter.arrow_field().data_type();
+        let physical = chunk.column_type();
+        if !literals
+            .iter()
+            .any(|l| bloom_may_hold(&filter, physical, data_type, l))
+        {
+            return (false, bytes_read);
+        }
+    }
+    (true, bytes_read)
+}
+
+/// The rows of row group `row_group` that the page index cannot rule out, when it rules
+/// out some: `None` when the file has no page index or every page may match. The selection
+/// may select no row at all.
+///
+/// Each conjunct over a single column is checked page by page against the column index;
+/// the selections of the conjuncts are intersected.
+pub fn page_selection(
+    predicate: &Expr,
+    metadata: &ParquetMetaData,
+    schema: &Schema,
+    row_group: usize,
+) -> Option<RowSelection> {
+    let (column_index, offset_index) = (metadata.column_index()?, metadata.offset_index()?);
+    let num_rows = usize::try_from(metadata.row_group(row_group).num_rows()).ok()?;
+    let descr = metadata.file_metadata().schema_descr();
+    let mut selection: Option<RowSelection> = None;
+    for conjunct in conjuncts(predicate) {
+        let mut columns = BTreeSet::new();
+        conjunct.collect_columns(&mut columns);
+        if columns.len() != 1 {
+            continue;
+        }
+        let Some(column) = columns.pop_first() else {
+            continue;
+        };
+        let Ok(converter) = StatisticsConverter::try_new(&column, schema, descr) else {
+            continue;
+        };
+        let Some(leaf) = converter.parquet_column_index() else {
+            continue;
+        };
+        let Some(pages) = offset_index
+            .get(row_group)
+            .and_then(|columns| columns.get(leaf))
+            .map(|o| page_rows(o.page_locations(), num_rows))
+        else {
+            continue;
+        };
+        let Some(pages) = pages else { continue };
+        let rg = [row_group];
+        let (Ok(mins), Ok(maxes)) = (
+            converter.data_page_mins(column_index, offset_index, rg.iter()),
+            converter.data_page_maxes(column_index, offset_index, rg.iter()),
+        ) else {
+            continue;
+        };
+        if mins.len() != pages.len() || maxes.len() != pages.len() {
+            continue;
+        }
+        let kept = pages.iter().enumerate().filter_map(|(page, rows)| {
+            let stats = PageStats {
+                column: &column,
+                mins: &mins,
+                maxes: &maxes,
+                page,
+            };
+            may_match(conjunct, &stats).then(|| rows.clone())
+        });
+        let this = RowSelection::from_consecutive_ranges(kept, num_rows);
+        selection = Some(match selection {
+            None => this,
+            Some(s) => s.intersection(&this),
+        });
+    }
+    selection.filter(|s| s.row_count() < num_rows)
+}
+
+/// The rows of each page from its offset index entries, or `None` when the entries are
+/// not a valid cover of `num_rows` rows (first page at row 0, first rows increasing).
+pub fn page_rows(
+    locations: &[parquet::file::page_index::offset_index::PageLocation],
+    num_rows: usize,
+) -> Option<Vec<Range<usize>>> {
+    if locations.first()?.first_row_index != 0 {
+        return None;
+    }
+    let mut rows = Vec::with_capacity(locations.len());
+    for (i, page) in locations.iter().enumerate() {
+        let start = usize::try_from(page.first_row_index).ok()?;
+        let end = match locations.get(i + 1) {
+            Some(next) => usize::try_from(next.first_row_index).ok()?,
+            None => num_rows,
+        };
+        if start >= end || end > num_rows {
+            return None;
+        }
+        rows.push(start..end);
+    }
+    Some(rows)
 }

@@ -4,6 +4,7 @@
 mod explain;
 mod oracle;
 mod parquet_testing;
+mod pruning;
 mod queries;
 mod support;
 mod tpch;

@@ -48,7 +48,7 @@ impl Cell {
 }
 
 /// The python with DuckDB: `$PUSHDOWN_PYTHON`, else the workspace's `.venv`, else `python3`.
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("PUSHDOWN_PYTHON") {
         return PathBuf::from(p);
     }

@@ -78,6 +78,7 @@ pub fn parquet_file(data: &[u8]) {
             row_group,
             &columns,
             1024,
+            None,
         );
     }
 }

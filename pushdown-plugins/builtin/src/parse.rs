@@ -9,11 +9,13 @@ use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::ParquetMetaDataReader;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataReader};
+use parquet::file::page_index::offset_index::{OffsetIndexMetaData, PageLocation};
 use parquet::file::reader::{ChunkReader, Length};
-use pushdown_protocol::ByteRange;
+use pushdown_protocol::{ByteRange, PageSelection};
 
 /// The bytes of a file that a task was handed: a few segments at known offsets.
 /// Reading outside them is an error, not a read of the file.
@@ -71,6 +73,9 @@ impl ChunkReader for Segments {
 /// column chunks at their file offsets. `columns` are the names of the root columns to
 /// read (the projection). Batches hold at most `batch_size` rows.
 ///
+/// With `pages` (from the page index) the column chunk segments hold only the listed
+/// pages and each chunk's dictionary page, and only the selected rows are decoded.
+///
 /// # Errors
 /// A message when the metadata or a page is malformed, the row group does not exist,
 /// or a needed column chunk is not among the segments.
@@ -81,6 +86,7 @@ pub fn parse_parquet(
     row_group: usize,
     columns: &[String],
     batch_size: usize,
+    pages: Option<&PageSelection>,
 ) -> Result<Vec<RecordBatch>, String> {
     let mut parts = Vec::with_capacity(segments.len());
     let mut at = 0usize;
@@ -118,6 +124,27 @@ pub fn parse_parquet(
             ));
         }
     }
+    let mut selection = None;
+    let metadata = match pages {
+        None => metadata,
+        Some(pages) => {
+            selection = Some(RowSelection::from(
+                pages
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        let n = usize::try_from(r.rows).unwrap_or(usize::MAX);
+                        if r.skip {
+                            RowSelector::skip(n)
+                        } else {
+                            RowSelector::select(n)
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ));
+            with_offset_index(metadata, row_group, pages)?
+        }
+    };
     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
     let reader_metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
         .map_err(|e| format!("schema: {e}"))?;
@@ -135,13 +162,54 @@ pub fn parse_parquet(
         file_len,
         parts: parts.split_off(1),
     };
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(source, reader_metadata)
+    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(source, reader_metadata)
         .with_row_groups(vec![row_group])
         .with_projection(mask)
-        .with_batch_size(batch_size.max(1))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .with_batch_size(batch_size.max(1));
+    if let Some(selection) = selection {
+        builder = builder.with_row_selection(selection);
+    }
+    let reader = builder.build().map_err(|e| e.to_string())?;
     reader.map(|b| b.map_err(|e| e.to_string())).collect()
+}
+
+/// `metadata` with the offset index of `row_group`'s listed column chunks, so the reader
+/// fetches pages one by one and skips those outside the row selection.
+fn with_offset_index(
+    metadata: ParquetMetaData,
+    row_group: usize,
+    pages: &PageSelection,
+) -> Result<ParquetMetaData, String> {
+    let num_columns = metadata.row_group(row_group).num_columns();
+    let mut chunks = vec![
+        OffsetIndexMetaData {
+            page_locations: Vec::new(),
+            unencoded_byte_array_data_bytes: None,
+        };
+        num_columns
+    ];
+    for column in &pages.columns {
+        let chunk = chunks.get_mut(column.leaf).ok_or_else(|| {
+            format!(
+                "page index names leaf column {}, not in the file",
+                column.leaf
+            )
+        })?;
+        chunk.page_locations = column
+            .pages
+            .iter()
+            .map(|&[offset, size, first_row]| PageLocation {
+                offset,
+                compressed_page_size: i32::try_from(size).unwrap_or(i32::MAX),
+                first_row_index: first_row,
+            })
+            .collect();
+    }
+    let mut index = vec![Vec::new(); metadata.num_row_groups()];
+    index[row_group] = chunks;
+    Ok(ParquetMetaDataBuilder::new_from_metadata(metadata)
+        .set_offset_index(Some(index))
+        .build())
 }
 
 /// Parses one CSV chunk of whole RFC 4180 records (no header) with the given file schema.

@@ -96,6 +96,7 @@ fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>,
             *rg,
             &columns,
             request.batch_size,
+            request.pages.as_ref(),
         ),
         (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(
             input,
