@@ -1,5 +1,5 @@
-//! Partial aggregation with GROUP BY: group values are encoded with `arrow-row` and
-//! hashed; each state column keeps one slot per group.
+//! Partial aggregation with GROUP BY: group keys get dense ids ([`GroupIndex`]); each
+//! state column keeps one slot per group.
 
 use std::sync::Arc;
 
@@ -11,13 +11,12 @@ use arrow_array::{
     StringArray,
 };
 use arrow_buffer::NullBuffer;
-use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
-use hashbrown::HashMap;
 use pushdown_protocol::plugin::NUM_GROUPS_KEY;
 use pushdown_protocol::{AggregateFunction, Expr, PartialAggregate, PluginRef};
 
 use crate::eval::{cast_checked, evaluate, evaluate_memo, Memo, Value};
+use crate::groups::GroupIndex;
 
 /// One state column, updated batch by batch.
 trait Accumulator {
@@ -92,7 +91,16 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
             )
         })?;
         let data = array.values();
-        let nulls = array.nulls();
+        let nulls = array.nulls().filter(|n| n.null_count() > 0);
+        if nulls.is_none() && self.function == AggregateFunction::Sum {
+            // The common case, without a branch per row: a slot not yet seen holds zero.
+            for (&g, &v) in groups.iter().zip(data.iter()) {
+                let slot = &mut self.values[g as usize];
+                *slot = slot.add_wrapping(v);
+                self.seen[g as usize] = true;
+            }
+            return Ok(());
+        }
         for (i, &g) in groups.iter().enumerate() {
             if nulls.is_some_and(|n| n.is_null(i)) {
                 continue;
@@ -238,6 +246,12 @@ impl Accumulator for Plugin {
     }
 }
 
+/// True when a Decimal128 of type `from` casts to `to` without changing any value: same
+/// scale, no smaller precision.
+fn decimal_widens(from: &DataType, to: &DataType) -> bool {
+    matches!((from, to), (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) if s1 == s2 && p1 <= p2)
+}
+
 fn accumulator(aggregate: &PartialAggregate) -> Result<Box<dyn Accumulator>, String> {
     if let AggregateFunction::Plugin(plugin) = &aggregate.function {
         return Ok(Box::new(Plugin {
@@ -308,9 +322,7 @@ pub struct GroupedAggregator {
     aggregates: Vec<(String, PartialAggregate)>,
     accumulators: Vec<Box<dyn Accumulator>>,
     output_schema: SchemaRef,
-    converter: Option<RowConverter>,
-    group_rows: Option<Rows>,
-    index: HashMap<Box<[u8]>, u32>,
+    groups: Option<GroupIndex>,
     num_groups: usize,
     group_ids: Vec<u32>,
     memo: Memo,
@@ -336,9 +348,7 @@ impl GroupedAggregator {
             aggregates,
             accumulators,
             output_schema,
-            converter: None,
-            group_rows: None,
-            index: HashMap::new(),
+            groups: None,
             num_groups,
             group_ids: Vec::new(),
             memo: Memo::default(),
@@ -376,7 +386,14 @@ impl GroupedAggregator {
                     acc.update(&value.into_array(n)?, &self.group_ids, self.num_groups)?
                 }
                 (_, value) => {
-                    let values = cast_checked(&value.into_array(n)?, &aggregate.state_type)?;
+                    let values = value.into_array(n)?;
+                    let values = if decimal_widens(values.data_type(), &aggregate.state_type) {
+                        // The accumulator reads the same 128-bit values; the state gets its
+                        // type when finished.
+                        values
+                    } else {
+                        cast_checked(&values, &aggregate.state_type)?
+                    };
                     acc.update(&values, &self.group_ids, self.num_groups)?
                 }
             }
@@ -396,34 +413,13 @@ impl GroupedAggregator {
             .iter()
             .map(|(_, e)| evaluate(e, batch)?.into_array(n))
             .collect::<Result<_, _>>()?;
-        if self.converter.is_none() {
-            let fields = columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect();
-            let converter = RowConverter::new(fields).map_err(|e| e.to_string())?;
-            self.group_rows = Some(converter.empty_rows(0, 0));
-            self.converter = Some(converter);
+        if self.groups.is_none() {
+            let types = columns.iter().map(|c| c.data_type().clone()).collect();
+            self.groups = Some(GroupIndex::try_new(types)?);
         }
-        let converter = self.converter.as_ref().expect("set above");
-        let group_rows = self.group_rows.as_mut().expect("set above");
-        let rows = converter
-            .convert_columns(&columns)
-            .map_err(|e| e.to_string())?;
-        for row in rows.iter() {
-            let key: &[u8] = row.as_ref();
-            let id = match self.index.get(key) {
-                Some(&id) => id,
-                None => {
-                    let id = self.num_groups as u32;
-                    self.index.insert(key.into(), id);
-                    group_rows.push(row);
-                    self.num_groups += 1;
-                    id
-                }
-            };
-            self.group_ids.push(id);
-        }
+        let index = self.groups.as_mut().expect("set above");
+        index.assign(&columns, &mut self.group_ids)?;
+        self.num_groups = index.num_groups();
         Ok(())
     }
 
@@ -433,8 +429,8 @@ impl GroupedAggregator {
     /// A message when a state does not cast to its declared output type.
     pub fn finish(mut self) -> Result<RecordBatch, String> {
         let mut columns: Vec<ArrayRef> = Vec::new();
-        if let (Some(converter), Some(rows)) = (&self.converter, &self.group_rows) {
-            columns.extend(converter.convert_rows(rows).map_err(|e| e.to_string())?);
+        if let Some(index) = &self.groups {
+            columns.extend(index.columns()?);
         } else if !self.group_by.is_empty() {
             // No input row: no group. Build empty group columns of the declared types.
             for field in self.output_schema.fields().iter().take(self.group_by.len()) {

@@ -261,6 +261,11 @@ fn arithmetic(op: ArithmeticOp, l: Value, r: Value) -> Result<Value, String> {
             return Ok(out);
         }
     }
+    if matches!(op, ArithmeticOp::Add | ArithmeticOp::Sub) {
+        if let Some(out) = add_sub_decimal128(op == ArithmeticOp::Sub, &l, &r)? {
+            return Ok(out);
+        }
+    }
     binary(l, r, |a, b| {
         match op {
             ArithmeticOp::Add => numeric::add_wrapping(a, b),
@@ -332,6 +337,118 @@ fn mul_decimal128(l: &Value, r: &Value) -> Result<Option<Value>, String> {
     Ok(Some(Value::Array(Arc::new(out.with_data_type(out_type)))))
 }
 
+/// `a + b` or `a - b` of two 128-bit decimals where one side is an array: the same values,
+/// type and overflow errors as `numeric::add_wrapping` / `sub_wrapping`, but an operand
+/// already at the result's scale is not multiplied by 10^0, and a constant is rescaled once.
+/// (The kernel multiplies both operands of every row with a checked 128-bit multiply, a
+/// library call in `wasm32`.) `None` when the operands are not both Decimal128 or the
+/// scalar side is NULL.
+fn add_sub_decimal128(sub: bool, l: &Value, r: &Value) -> Result<Option<Value>, String> {
+    let (DataType::Decimal128(_, ls), DataType::Decimal128(_, rs)) = (l.data_type(), r.data_type())
+    else {
+        return Ok(None);
+    };
+    let (la, ra) = match (l, r) {
+        (Value::Array(a) | Value::Scalar(a), Value::Array(b) | Value::Scalar(b)) => (a, b),
+    };
+    let empty = (la.slice(0, 0), ra.slice(0, 0));
+    let out_type = if sub {
+        numeric::sub_wrapping(&empty.0, &empty.1)
+    } else {
+        numeric::add_wrapping(&empty.0, &empty.1)
+    }
+    .map_err(|e| e.to_string())?
+    .data_type()
+    .clone();
+    let DataType::Decimal128(_, scale) = out_type else {
+        return Ok(None);
+    };
+    let multiplier = |s: i8| 10_i128.checked_pow(u32::try_from(scale - s).unwrap_or(u32::MAX));
+    let (Some(lm), Some(rm)) = (multiplier(*ls), multiplier(*rs)) else {
+        return Ok(None);
+    };
+    let overflow = |x: i128, y: i128| {
+        arrow_schema::ArrowError::ArithmeticOverflow(format!(
+            "Overflow happened on: {x:?} {} {y:?}",
+            if sub { "-" } else { "+" }
+        ))
+    };
+    #[inline(always)]
+    fn rescale(x: i128, m: i128) -> Option<i128> {
+        if m == 1 {
+            Some(x)
+        } else {
+            match (i64::try_from(x), i64::try_from(m)) {
+                (Ok(a), Ok(b)) => Some(i128::from(a) * i128::from(b)),
+                _ => x.checked_mul(m),
+            }
+        }
+    }
+    let combine = |x: i128, y: i128| -> Result<i128, arrow_schema::ArrowError> {
+        let (a, b) = (
+            rescale(x, lm).ok_or_else(|| overflow(x, y))?,
+            rescale(y, rm).ok_or_else(|| overflow(x, y))?,
+        );
+        if sub {
+            a.checked_sub(b)
+        } else {
+            a.checked_add(b)
+        }
+        .ok_or_else(|| overflow(x, y))
+    };
+    let out: Decimal128Array = match (l, r) {
+        (Value::Array(a), Value::Array(b)) => {
+            arrow_arith::arity::try_binary::<_, _, _, Decimal128Type>(
+                a.as_primitive::<Decimal128Type>(),
+                b.as_primitive::<Decimal128Type>(),
+                combine,
+            )
+            .map_err(|e| e.to_string())?
+        }
+        (Value::Array(a), Value::Scalar(c)) | (Value::Scalar(c), Value::Array(a)) => {
+            let c_is_left = matches!(l, Value::Scalar(_));
+            let c = c.as_primitive::<Decimal128Type>();
+            if c.is_null(0) {
+                return Ok(None);
+            }
+            let (c, cm, am) = if c_is_left {
+                (c.value(0), lm, rm)
+            } else {
+                (c.value(0), rm, lm)
+            };
+            // The constant at the result's scale, once; overflow there is the kernel's error too.
+            let Some(k) = rescale(c, cm) else {
+                return Ok(None);
+            };
+            let a = a.as_primitive::<Decimal128Type>();
+            match (c_is_left, am == 1) {
+                // x - k or x + k, k - x or k + x: no rescaling per row.
+                (false, true) => a.try_unary(|x| {
+                    if sub {
+                        x.checked_sub(k)
+                    } else {
+                        x.checked_add(k)
+                    }
+                    .ok_or_else(|| overflow(x, c))
+                }),
+                (true, true) => a.try_unary(|x| {
+                    if sub {
+                        k.checked_sub(x)
+                    } else {
+                        k.checked_add(x)
+                    }
+                    .ok_or_else(|| overflow(c, x))
+                }),
+                (false, false) => a.try_unary(|x| combine(x, c)),
+                (true, false) => a.try_unary(|x| combine(c, x)),
+            }
+            .map_err(|e| e.to_string())?
+        }
+        (Value::Scalar(_), Value::Scalar(_)) => return Ok(None),
+    };
+    Ok(Some(Value::Array(Arc::new(out.with_data_type(out_type)))))
+}
+
 /// Casts a value; a no-op when it already has type `to`.
 fn cast_value(v: Value, to: &DataType) -> Result<Value, String> {
     if v.data_type() == to {
@@ -350,13 +467,18 @@ pub(crate) fn cast_checked(a: &ArrayRef, to: &DataType) -> Result<ArrayRef, Stri
         // Arrow computes `x as f64 / 10^scale`; converting through i64 when x fits gives
         // the same f64 (both round to nearest) without a 128-bit conversion routine.
         let divisor = 10_f64.powi(i32::from(*scale));
-        let out: Float64Array = a.as_primitive::<Decimal128Type>().unary(|x| {
-            let f = match i64::try_from(x) {
-                Ok(x) => x as f64,
-                Err(_) => x as f64,
-            };
-            f / divisor
-        });
+        let decimals = a.as_primitive::<Decimal128Type>();
+        // Two loops: in one that converts either way, the compiler folds both conversions
+        // into the 128-bit one (a library call in `wasm32`).
+        let fits = decimals
+            .values()
+            .iter()
+            .all(|&x| x >= i128::from(i64::MIN) && x <= i128::from(i64::MAX));
+        let out: Float64Array = if fits {
+            decimals.unary(|x| (x as i64) as f64 / divisor)
+        } else {
+            decimals.unary(|x| x as f64 / divisor)
+        };
         return Ok(Arc::new(out));
     }
     let options = CastOptions {

@@ -26,6 +26,7 @@
 mod aggregate;
 mod eval;
 pub mod fuzz;
+mod groups;
 mod host;
 mod parse;
 mod pipeline;

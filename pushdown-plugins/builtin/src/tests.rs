@@ -210,6 +210,79 @@ fn fast_decimal_multiply_and_cast_equal_the_arrow_kernels() {
 }
 
 #[test]
+fn fast_decimal_add_and_subtract_equal_the_arrow_kernels() {
+    let dec = |v: Vec<Option<i128>>, p, s| -> ArrayRef {
+        Arc::new(
+            Decimal128Array::from(v)
+                .with_precision_and_scale(p, s)
+                .unwrap(),
+        )
+    };
+    let xs = vec![
+        Some(150),
+        Some(-7),
+        None,
+        Some(i128::from(i64::MAX)),
+        Some(i128::MAX / 1000),
+    ];
+    let ys = vec![Some(3), Some(2), Some(1), None, Some(-4)];
+    let b = RecordBatch::try_from_iter(vec![("x", dec(xs, 38, 2)), ("y", dec(ys, 10, 0))]).unwrap();
+    let (x, y) = (b.column(0), b.column(1));
+    let lit = |v: &str, p, s| {
+        Box::new(Expr::Literal(Literal::Decimal(
+            v.into(),
+            DataType::Decimal128(p, s),
+        )))
+    };
+    let scalar = |v, p, s| arrow_array::Scalar::new(dec(vec![Some(v)], p, s));
+    use arrow_arith::numeric::{add_wrapping as add, sub_wrapping as sub};
+    let cases = [
+        // Array and array, scales 2 and 0.
+        (
+            Expr::Arithmetic(ArithmeticOp::Add, col("x"), col("y")),
+            add(x, y),
+        ),
+        (
+            Expr::Arithmetic(ArithmeticOp::Sub, col("y"), col("x")),
+            sub(y, x),
+        ),
+        // A constant at a lower scale (TPC-H's `1 - l_discount`), either side.
+        (
+            Expr::Arithmetic(ArithmeticOp::Sub, lit("1", 20, 0), col("x")),
+            sub(&scalar(1, 20, 0), x),
+        ),
+        (
+            Expr::Arithmetic(ArithmeticOp::Add, col("x"), lit("1", 20, 0)),
+            add(x, &scalar(1, 20, 0)),
+        ),
+        // A constant at a higher scale: the array side is rescaled per row.
+        (
+            Expr::Arithmetic(ArithmeticOp::Sub, col("y"), lit("12345", 10, 4)),
+            sub(y, &scalar(12345, 10, 4)),
+        ),
+        (
+            Expr::Arithmetic(ArithmeticOp::Add, lit("-5", 3, 1), col("y")),
+            add(&scalar(-5, 3, 1), y),
+        ),
+    ];
+    for (e, expected) in cases {
+        assert_eq!(
+            &evaluate_to_array(&e, &b).unwrap(),
+            &expected.unwrap(),
+            "{e}"
+        );
+    }
+    // Beyond 128 bits is an error, as in the Arrow kernel.
+    let e = Expr::Arithmetic(
+        ArithmeticOp::Add,
+        col("x"),
+        lit("170141183460469231731687303715884105727", 38, 2),
+    );
+    let err = evaluate_to_array(&e, &b).unwrap_err();
+    assert!(err.contains("Overflow"), "{err}");
+}
+
+#[test]
 fn grouped_partial_aggregates_with_nulls() {
     let b = batch();
     let state = |function, argument: Expr, t: DataType| PartialAggregate {
