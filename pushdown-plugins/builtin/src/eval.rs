@@ -300,11 +300,18 @@ fn mul_decimal128(l: &Value, r: &Value) -> Result<Option<Value>, String> {
     #[inline(always)]
     fn product(x: i128, y: i128) -> Result<i128, arrow_schema::ArrowError> {
         match (i64::try_from(x), i64::try_from(y)) {
-            (Ok(a), Ok(b)) => Ok(match a.checked_mul(b) {
-                Some(p) => i128::from(p),
-                // Two 64-bit factors always fit in 128 bits.
-                None => i128::from(a) * i128::from(b),
-            }),
+            // Factors of at most 63 significant bits together: the product fits in i64.
+            // (Counting bits with `clz` avoids `i64::checked_mul`, which `wasm32` computes
+            // with a 128-bit library multiply.)
+            (Ok(a), Ok(b))
+                if (64 - a.unsigned_abs().leading_zeros())
+                    + (64 - b.unsigned_abs().leading_zeros())
+                    <= 63 =>
+            {
+                Ok(i128::from(a * b))
+            }
+            // Two 64-bit factors always fit in 128 bits.
+            (Ok(a), Ok(b)) => Ok(i128::from(a) * i128::from(b)),
             // The Arrow kernel checks decimal overflow whatever the `_wrapping` name says.
             _ => x.checked_mul(y).ok_or_else(|| {
                 arrow_schema::ArrowError::ArithmeticOverflow(format!(

@@ -213,6 +213,31 @@ fn unpack_column(
     })
 }
 
+/// Most bits of a batch's small key codes (a table of 2^12 group ids, 16 KiB).
+const MAX_CODE_BITS: u32 = 12;
+
+/// When every key column's words in the batch span a small range: per row, the key as one
+/// code (each column's word minus the column's minimum, the columns' bits side by side)
+/// and the number of bits of the codes. The code is a bijection of the key within the batch.
+fn small_codes(columns: &[Vec<u64>], n: usize) -> Option<(Vec<u32>, u32)> {
+    let mut codes = vec![0u32; n];
+    let mut shift = 0u32;
+    for words in columns {
+        let (min, max) = words
+            .iter()
+            .fold((u64::MAX, 0u64), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+        let bits = 64 - max.wrapping_sub(min).leading_zeros();
+        if n == 0 || shift + bits > MAX_CODE_BITS {
+            return None;
+        }
+        for (code, &w) in codes.iter_mut().zip(words) {
+            *code |= ((w - min) as u32) << shift;
+        }
+        shift += bits;
+    }
+    Some((codes, shift))
+}
+
 /// Hash of a packed key: FxHash's multiply-rotate per word, then the high half folded
 /// into the low so that hashbrown's bucket bits (low) and tag bits (high) both vary.
 #[inline]
@@ -235,6 +260,28 @@ fn same_words(a: &[u64], b: &[u64]) -> bool {
 impl Packed {
     fn width(&self) -> usize {
         1 + self.batch.len()
+    }
+
+    /// The id of the group with `key`, a new one (`*num_groups`, then incremented) when
+    /// the key is new.
+    #[inline]
+    fn find_or_insert(&mut self, key: &[u64], num_groups: &mut usize) -> u32 {
+        let width = key.len();
+        let hash = hash_words(key);
+        let words = &self.words;
+        if let Some(&id) = self.table.find(hash, |&id| {
+            same_words(&words[id as usize * width..][..width], key)
+        }) {
+            return id;
+        }
+        let id = *num_groups as u32;
+        self.words.extend_from_slice(key);
+        let words = &self.words;
+        self.table.insert_unique(hash, id, |&g| {
+            hash_words(&words[g as usize * width..][..width])
+        });
+        *num_groups += 1;
+        id
     }
 
     /// The key of group `id`.
@@ -349,6 +396,26 @@ impl GroupIndex {
         }
         let width = packed.width();
         let mut key = vec![0u64; width];
+        if packed.nulls.iter().all(|&b| b == 0) {
+            if let Some((codes, bits)) = small_codes(&packed.batch, n) {
+                // Few distinct keys: each row's code indexes a table of this batch's group
+                // ids; the hash table is probed once per distinct key, not once per row.
+                let mut direct = vec![u32::MAX; 1 << bits];
+                ids.reserve(n);
+                for (i, &code) in codes.iter().enumerate() {
+                    let slot = &mut direct[code as usize];
+                    if *slot == u32::MAX {
+                        key[0] = 0;
+                        for (c, words) in packed.batch.iter().enumerate() {
+                            key[c + 1] = words[i];
+                        }
+                        *slot = packed.find_or_insert(&key, &mut self.num_groups);
+                    }
+                    ids.push(*slot);
+                }
+                return;
+            }
+        }
         let mut last = vec![0u64; width];
         let mut last_id = None;
         ids.reserve(n);
@@ -364,27 +431,7 @@ impl GroupIndex {
                     continue;
                 }
             }
-            let hash = hash_words(&key);
-            let words = &packed.words;
-            let found = packed
-                .table
-                .find(hash, |&id| {
-                    same_words(&words[id as usize * width..][..width], &key)
-                })
-                .copied();
-            let id = match found {
-                Some(id) => id,
-                None => {
-                    let id = self.num_groups as u32;
-                    packed.words.extend_from_slice(&key);
-                    let words = &packed.words;
-                    packed.table.insert_unique(hash, id, |&g| {
-                        hash_words(&words[g as usize * width..][..width])
-                    });
-                    self.num_groups += 1;
-                    id
-                }
-            };
+            let id = packed.find_or_insert(&key, &mut self.num_groups);
             ids.push(id);
             last.copy_from_slice(&key);
             last_id = Some(id);
@@ -516,6 +563,41 @@ mod tests {
             &StringArray::from(vec![Some("R"), Some("N"), Some("a longer string"), None])
                 as &dyn Array
         );
+    }
+
+    #[test]
+    fn small_and_wide_key_ranges_give_first_appearance_ids() {
+        // Batches whose keys span few values (the direct table) and many (the hash table),
+        // against ids numbered by first appearance.
+        let mut index = GroupIndex::try_new(vec![DataType::Int32, DataType::Utf8]).unwrap();
+        let mut reference = std::collections::HashMap::new();
+        let mut expected = Vec::new();
+        let mut ids = Vec::new();
+        let mut state = 7u64;
+        for spread in [3, 5, 1_000_000, 4] {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            for _ in 0..1000 {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let x = ((state >> 33) % spread) as i32 - 2;
+                let y = ["A", "F", "O", "N"][(state >> 20) as usize % 4];
+                let next = reference.len() as u32;
+                expected.push(*reference.entry((x, y)).or_insert(next));
+                a.push(Some(x));
+                b.push(Some(y));
+            }
+            index.assign(&[ints(&a), strings(&b)], &mut ids).unwrap();
+        }
+        assert!(is_packed(&index));
+        assert_eq!(ids, expected);
+        assert_eq!(index.num_groups(), reference.len());
+        let columns = index.columns().unwrap();
+        for ((x, y), id) in reference {
+            assert_eq!(columns[0].as_primitive::<Int32Type>().value(id as usize), x);
+            assert_eq!(columns[1].as_string::<i32>().value(id as usize), y);
+        }
     }
 
     #[test]
