@@ -81,10 +81,12 @@ fn pack_str(s: &[u8]) -> Option<u64> {
     if s.len() > 7 {
         return None;
     }
-    let mut word = [0u8; 8];
-    word[..s.len()].copy_from_slice(s);
-    word[7] = s.len() as u8;
-    Some(u64::from_le_bytes(word))
+    // Byte by byte: a copy of a variable length would be a `memcpy` call per value.
+    let mut word = (s.len() as u64) << 56;
+    for (k, &b) in s.iter().enumerate() {
+        word |= u64::from(b) << (8 * k);
+    }
+    Some(word)
 }
 
 fn unpack_str(word: u64) -> String {
@@ -127,9 +129,14 @@ fn pack_column(column: &ArrayRef, out: &mut Vec<u64>) -> Option<()> {
         DataType::Utf8 => {
             let a = column.as_string::<i32>();
             let (offsets, data) = (a.value_offsets(), a.values().as_slice());
+            out.reserve(a.len());
             for w in offsets.windows(2) {
                 let (start, end) = (w[0] as usize, w[1] as usize);
-                out.push(pack_str(data.get(start..end)?).unwrap_or(u64::MAX));
+                let word = match data.get(start..end) {
+                    Some(s) => pack_str(s).unwrap_or(u64::MAX),
+                    None => return None,
+                };
+                out.push(word);
             }
         }
         DataType::LargeUtf8 => {
