@@ -79,6 +79,7 @@ pub fn parquet_file(data: &[u8]) {
             &columns,
             1024,
             None,
+            &[],
         );
     }
 }

@@ -126,6 +126,17 @@ fn pack_column(column: &ArrayRef, out: &mut Vec<u64>) -> Option<()> {
         DataType::Timestamp(TimeUnit::Microsecond, _) => ints!(TimestampMicrosecondType),
         DataType::Timestamp(TimeUnit::Nanosecond, _) => ints!(TimestampNanosecondType),
         DataType::Boolean => out.extend(column.as_boolean().values().iter().map(u64::from)),
+        DataType::Dictionary(_, _) => {
+            // Each distinct value packed once, then looked up by key.
+            let dict = column.as_any_dictionary();
+            let mut values = Vec::new();
+            pack_column(dict.values(), &mut values)?;
+            out.extend(
+                dict.normalized_keys()
+                    .iter()
+                    .map(|&k| values.get(k).copied().unwrap_or(0)),
+            );
+        }
         DataType::Utf8 => {
             let a = column.as_string::<i32>();
             let (offsets, data) = (a.value_offsets(), a.values().as_slice());
@@ -304,6 +315,14 @@ impl GroupIndex {
     /// # Errors
     /// A message when `arrow-row` cannot encode one of the types.
     pub(crate) fn try_new(types: Vec<DataType>) -> Result<Self, String> {
+        // Dictionary-encoded keys are keyed by value, as their value type.
+        let types: Vec<DataType> = types
+            .into_iter()
+            .map(|t| match t {
+                DataType::Dictionary(_, value) => *value,
+                t => t,
+            })
+            .collect();
         let repr = if types.len() <= MAX_PACKED_COLUMNS && types.iter().all(packable) {
             Repr::Packed(Packed {
                 words: Vec::new(),
@@ -364,9 +383,16 @@ impl GroupIndex {
         let Repr::Rows(keys) = &mut self.repr else {
             unreachable!("turned to rows above")
         };
+        let columns = columns
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Dictionary(_, value) => cast_checked(c, value),
+                _ => Ok(c.clone()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let rows = keys
             .converter
-            .convert_columns(columns)
+            .convert_columns(&columns)
             .map_err(|e| e.to_string())?;
         for row in rows.iter() {
             let key: &[u8] = row.as_ref();
@@ -605,6 +631,42 @@ mod tests {
             assert_eq!(columns[0].as_primitive::<Int32Type>().value(id as usize), x);
             assert_eq!(columns[1].as_string::<i32>().value(id as usize), y);
         }
+    }
+
+    #[test]
+    fn dictionary_keys_group_by_value() {
+        use arrow_array::DictionaryArray;
+        let mut index = GroupIndex::try_new(vec![DataType::Dictionary(
+            Box::new(DataType::Int32),
+            Box::new(DataType::Utf8),
+        )])
+        .unwrap();
+        let mut ids = Vec::new();
+        // Two batches with different dictionaries for the same values, and a NULL key.
+        let a: DictionaryArray<Int32Type> = vec![Some("N"), Some("R"), None, Some("N")]
+            .into_iter()
+            .collect();
+        let b: DictionaryArray<Int32Type> =
+            vec![Some("R"), Some("A"), Some("N")].into_iter().collect();
+        index.assign(&[Arc::new(a)], &mut ids).unwrap();
+        index.assign(&[Arc::new(b)], &mut ids).unwrap();
+        assert_eq!(ids, [0, 1, 2, 0, 1, 3, 0]);
+        // Long values turn the index to rows, which key dictionaries by value too.
+        let c: DictionaryArray<Int32Type> =
+            vec![Some("a long value"), Some("R")].into_iter().collect();
+        index.assign(&[Arc::new(c)], &mut ids).unwrap();
+        assert!(!is_packed(&index));
+        assert_eq!(ids[7..], [4, 1]);
+        assert_eq!(
+            index.columns().unwrap()[0].as_ref(),
+            &StringArray::from(vec![
+                Some("N"),
+                Some("R"),
+                None,
+                Some("A"),
+                Some("a long value")
+            ]) as &dyn Array
+        );
     }
 
     #[test]

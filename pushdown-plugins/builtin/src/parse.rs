@@ -4,7 +4,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_schema::Schema;
+use arrow_schema::{DataType, Field, Schema};
 use bytes::{Buf, Bytes};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
@@ -75,6 +75,7 @@ impl ChunkReader for Segments {
 ///
 /// With `pages` (from the page index) the column chunk segments hold only the listed
 /// pages and each chunk's dictionary page, and only the selected rows are decoded.
+/// String columns named in `dictionary` come out as `Dictionary(Int32, Utf8)`.
 ///
 /// # Errors
 /// A message when the metadata or a page is malformed, the row group does not exist,
@@ -87,6 +88,7 @@ pub fn parse_parquet(
     columns: &[String],
     batch_size: usize,
     pages: Option<&PageSelection>,
+    dictionary: &[String],
 ) -> Result<Vec<RecordBatch>, String> {
     let mut parts = Vec::with_capacity(segments.len());
     let mut at = 0usize;
@@ -146,8 +148,36 @@ pub fn parse_parquet(
         }
     };
     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-    let reader_metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+    let metadata = Arc::new(metadata);
+    let mut reader_metadata = ArrowReaderMetadata::try_new(metadata.clone(), options.clone())
         .map_err(|e| format!("schema: {e}"))?;
+    let schema = reader_metadata.schema();
+    if dictionary.iter().any(|c| {
+        schema
+            .field_with_name(c)
+            .is_ok_and(|f| f.data_type() == &DataType::Utf8)
+    }) {
+        // Keep these string columns dictionary-encoded, as Parquet stores them: no string
+        // is copied, and the keys are what the group-by reads.
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let field = f.as_ref().clone();
+                if dictionary.contains(f.name()) && f.data_type() == &DataType::Utf8 {
+                    field.with_data_type(DataType::Dictionary(
+                        Box::new(DataType::Int32),
+                        Box::new(DataType::Utf8),
+                    ))
+                } else {
+                    field
+                }
+            })
+            .collect();
+        let hinted = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+        reader_metadata = ArrowReaderMetadata::try_new(metadata, options.with_schema(hinted))
+            .map_err(|e| format!("schema: {e}"))?;
+    }
     let roots: Vec<usize> = columns
         .iter()
         .map(|c| {

@@ -85,6 +85,38 @@ pub fn run_pipeline(
     Ok((out, stats))
 }
 
+/// Columns used only as plain GROUP BY keys: read dictionary-encoded, they reach the group
+/// index as small keys and are never copied as strings. (Columns a predicate, projection
+/// or aggregate argument reads stay plain.)
+fn dictionary_keys(task: &pushdown_protocol::Task) -> Vec<String> {
+    let Pushdown::PartialAggregate {
+        group_by,
+        aggregates,
+    } = &task.pushdown
+    else {
+        return Vec::new();
+    };
+    let mut elsewhere = std::collections::BTreeSet::new();
+    if let Some(p) = &task.predicate {
+        p.collect_columns(&mut elsewhere);
+    }
+    for (_, a) in aggregates {
+        a.argument.collect_columns(&mut elsewhere);
+    }
+    for (_, e) in group_by {
+        if !matches!(e, Expr::Column(_)) {
+            e.collect_columns(&mut elsewhere);
+        }
+    }
+    group_by
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Expr::Column(c) if !elsewhere.contains(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Parse: the task's row group or CSV chunk as record batches of the needed columns.
 fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>, String> {
     let columns = request.task.needed_columns(&request.file_schema);
@@ -97,6 +129,7 @@ fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>,
             &columns,
             request.batch_size,
             request.pages.as_ref(),
+            &dictionary_keys(&request.task),
         ),
         (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(
             input,
