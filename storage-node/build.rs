@@ -11,6 +11,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PUSHDOWN_BUILTIN_WASM");
     if let Ok(path) = env::var("PUSHDOWN_BUILTIN_WASM") {
         println!("cargo:rustc-env=PUSHDOWN_BUILTIN_WASM_PATH={path}");
+        export_sha256(Path::new(&path));
         return;
     }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -84,4 +85,18 @@ fn main() {
         "cargo:rustc-env=PUSHDOWN_BUILTIN_WASM_PATH={}",
         wasm.display()
     );
+    export_sha256(&wasm);
+}
+
+/// Hands the module's SHA-256 to the crate (`PUSHDOWN_BUILTIN_WASM_SHA256`), so a process
+/// does not hash 15 MiB at every start.
+fn export_sha256(wasm: &Path) {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(wasm)
+        .unwrap_or_else(|e| panic!("reading the built-in module {}: {e}", wasm.display()));
+    let hex: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo:rustc-env=PUSHDOWN_BUILTIN_WASM_SHA256={hex}");
 }

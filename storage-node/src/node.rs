@@ -127,7 +127,11 @@ impl StorageNode {
         let root = root.as_ref().to_path_buf();
         catalog::list_tables(&root, &options.formats)?;
         let sandbox = Sandbox::new(options.sandbox.clone())?;
-        let builtin = sandbox.load(BUILTIN_PLUGIN, BUILTIN_WASM)?;
+        let builtin = sandbox.load_hashed(
+            BUILTIN_PLUGIN,
+            BUILTIN_WASM,
+            env!("PUSHDOWN_BUILTIN_WASM_SHA256").to_string(),
+        )?;
         let registry = options.registry.as_ref().map(Registry::open).transpose()?;
         let mut parser_schemas = BTreeMap::new();
         for (table, parser) in &options.formats {

@@ -29,10 +29,15 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// Compiles `bytes` (binary or text), or loads the artefact compiled earlier. A cache that
 /// cannot be read or written is skipped, never an error.
-pub(crate) fn compile_cached(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Module> {
+/// `sha256` is the hex SHA-256 of `bytes`.
+pub(crate) fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    sha256: &str,
+) -> wasmtime::Result<Module> {
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    let key = format!("{}-{:016x}.cwasm", sha256_hex(bytes), hasher.finish());
+    let key = format!("{sha256}-{:016x}.cwasm", hasher.finish());
     let path = cache_dir().map(|d| d.join(key));
     if let Some(path) = &path {
         if path.exists() {

@@ -256,7 +256,16 @@ impl Sandbox {
     /// # Errors
     /// [`Error::Plugin`] when it does not compile, lacks an export, or has another ABI version.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PluginModule> {
-        let plugin = self.link(name, bytes, true)?;
+        self.load_hashed(name, bytes, cache::sha256_hex(bytes))
+    }
+
+    /// [`Sandbox::load`] for bytes whose SHA-256 (lowercase hex) is already known, such as
+    /// the embedded built-in module, hashed when it was built.
+    ///
+    /// # Errors
+    /// As [`Sandbox::load`].
+    pub fn load_hashed(&self, name: &str, bytes: &[u8], sha256: String) -> Result<PluginModule> {
+        let plugin = self.link(name, bytes, true, sha256)?;
         for export in [
             "memory",
             "pushdown_abi_version",
@@ -279,7 +288,7 @@ impl Sandbox {
     /// # Errors
     /// [`Error::Plugin`] saying which of these fails.
     pub fn load_plugin(&self, name: &str, bytes: &[u8]) -> Result<(PluginModule, PluginSignature)> {
-        let plugin = self.link(name, bytes, false)?;
+        let plugin = self.link(name, bytes, false, cache::sha256_hex(bytes))?;
         for export in COMMON_EXPORTS {
             plugin.require_export(export)?;
         }
@@ -298,7 +307,13 @@ impl Sandbox {
         Ok((plugin, signature))
     }
 
-    fn link(&self, name: &str, bytes: &[u8], host_calls: bool) -> Result<PluginModule> {
+    fn link(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        host_calls: bool,
+        sha256: String,
+    ) -> Result<PluginModule> {
         let plugin_err = |message: String| Error::Plugin {
             plugin: name.to_string(),
             message,
@@ -310,7 +325,7 @@ impl Sandbox {
                 self.config.max_module_bytes >> 20
             )));
         }
-        let module = cache::compile_cached(&self.engine, bytes)
+        let module = cache::compile_cached(&self.engine, bytes, &sha256)
             .map_err(|e| plugin_err(format!("does not compile: {e:#}")))?;
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
@@ -327,7 +342,7 @@ impl Sandbox {
         Ok(PluginModule {
             name: name.to_string(),
             instance_pre,
-            sha256: cache::sha256_hex(bytes),
+            sha256,
             idle: Arc::default(),
             limits: self.config.clone(),
         })
