@@ -217,6 +217,11 @@ pub struct GuestRequest {
     /// dictionary page), and the parser decodes only the selected rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pages: Option<PageSelection>,
+    /// Parquet only: set when the footer segment holds only some of the file's row groups
+    /// (the storage node hands each task just its own): the index of the task's row group
+    /// in that footer. Absent: the task's own row group index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footer_row_group: Option<usize>,
 }
 
 /// The rows and pages of one row group a task reads, from the Parquet page index

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_schema::SchemaRef;
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::RowSelection;
-use parquet::file::metadata::ParquetMetaData;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataWriter};
 use pushdown_protocol::plugin::EXPORT_PARSE;
 use pushdown_protocol::{
     encode_request, ByteRange, ColumnPages, Expr, FileFormat, GuestRequest, PageSelection,
@@ -318,6 +319,8 @@ impl StorageNode {
         let columns = task.needed_columns(&file.schema);
         let mut pruning = Pruning::default();
         let mut pages = None;
+        let mut footer_row_group = None;
+        let mut footer_bytes = None;
         let segments: Vec<ByteRange> = match (&task.unit, &file.footer) {
             (TaskUnit::RowGroup(rg), Some(footer)) => {
                 let metadata = &footer.metadata;
@@ -340,7 +343,24 @@ impl StorageNode {
                         None => {}
                     }
                 }
-                let mut segments = vec![footer.range];
+                // The guest decodes the footer of every task: hand it one row group's.
+                let task_footer = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
+                    task_footer(metadata, *rg)
+                }))
+                .ok()
+                .flatten();
+                let footer_range = match &task_footer {
+                    Some(bytes) => {
+                        footer_row_group = Some(0);
+                        ByteRange {
+                            start: footer.range.start,
+                            end: footer.range.start + bytes.len() as u64,
+                        }
+                    }
+                    None => footer.range,
+                };
+                footer_bytes = task_footer.map(Bytes::from);
+                let mut segments = vec![footer_range];
                 match selection.and_then(|s| page_segments(metadata, *rg, &leaves, &s)) {
                     Some((selection, chunks, skipped)) => {
                         pruning.pages_skipped = skipped;
@@ -384,12 +404,14 @@ impl StorageNode {
             csv_all_varchar: self.options.csv_all_varchar,
             stage,
             pages,
+            footer_row_group,
         };
         let request = encode_request(&request);
         let input_len =
             usize::try_from(input_len).map_err(|_| Error::Internal("input too large".into()))?;
         Ok(Planned::Run(PlannedInput {
             file,
+            footer: footer_bytes,
             segments,
             request,
             input_len,
@@ -462,7 +484,7 @@ impl StorageNode {
             return Ok(None);
         };
         let mut input = vec![0u8; planned.input_len];
-        fill_input(&planned.file, &planned.segments, &mut input)?;
+        fill_input(&planned, &planned.segments, &mut input)?;
         Ok(Some((planned.request, input)))
     }
 
@@ -482,7 +504,7 @@ impl StorageNode {
         let output = self
             .builtin
             .call(&planned.request, planned.input_len, |slot| {
-                fill_input(&planned.file, &planned.segments, slot)
+                fill_input(&planned, &planned.segments, slot)
             })
             .map_err(|e| e.context(task_context(task)))?;
         let (rows_in, rows_selected, _) =
@@ -499,13 +521,7 @@ impl StorageNode {
     }
 
     fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
-        let PlannedInput {
-            file,
-            segments,
-            request,
-            input_len,
-            pruning,
-        } = match self.plan_input(task, None)? {
+        let planned = match self.plan_input(task, None)? {
             Planned::Run(planned) => planned,
             Planned::Pruned(pruning) => {
                 let metrics = TaskMetrics {
@@ -519,6 +535,7 @@ impl StorageNode {
                 });
             }
         };
+        let (request, input_len, pruning) = (&planned.request, planned.input_len, planned.pruning);
         let mut plugins = HashMap::new();
         for p in task.plugins() {
             plugins.insert(p.name.clone(), self.plugin(&p)?);
@@ -531,11 +548,11 @@ impl StorageNode {
                 let parsed = parser.invoke_with(
                     EXPORT_PARSE,
                     input_len,
-                    |slot| fill_input(&file, &segments, slot),
+                    |slot| fill_input(&planned, &planned.segments, slot),
                     Some(*first_line),
                 )?;
                 self.builtin.call_with_plugins(
-                    &request,
+                    request,
                     parsed.payload.len(),
                     |slot| {
                         slot.copy_from_slice(&parsed.payload);
@@ -545,9 +562,9 @@ impl StorageNode {
                 )?
             }
             _ => self.builtin.call_with_plugins(
-                &request,
+                request,
                 input_len,
-                |slot| fill_input(&file, &segments, slot),
+                |slot| fill_input(&planned, &planned.segments, slot),
                 Arc::new(plugins),
             )?,
         };
@@ -571,6 +588,8 @@ impl StorageNode {
 
 struct PlannedInput {
     file: Arc<FileInfo>,
+    /// The footer handed to the guest in place of the file's, if any.
+    footer: Option<Bytes>,
     segments: Vec<ByteRange>,
     request: Vec<u8>,
     input_len: usize,
@@ -590,6 +609,19 @@ struct Pruning {
     index_bytes: u64,
     /// Data pages of the projected column chunks not read.
     pages_skipped: u64,
+}
+
+/// The footer of a task on row group `rg`: the file's metadata with only that row group
+/// (then at index 0), as the Thrift `FileMetaData` without the length and magic trailer.
+/// `None` when it does not encode.
+fn task_footer(metadata: &ParquetMetaData, rg: usize) -> Option<Vec<u8>> {
+    let one = ParquetMetaDataBuilder::new(metadata.file_metadata().clone())
+        .add_row_group(metadata.row_group(rg).clone())
+        .build();
+    let mut bytes = Vec::new();
+    ParquetMetaDataWriter::new(&mut bytes, &one).finish().ok()?;
+    bytes.truncate(bytes.len().checked_sub(8)?);
+    Some(bytes)
 }
 
 /// The page index's verdict on a row group.
@@ -687,8 +719,10 @@ fn page_segments(
     Some((PageSelection { rows, columns }, segments, skipped))
 }
 
-/// Reads the task's segments from the file straight into the guest's input buffer.
-fn fill_input(file: &FileInfo, segments: &[ByteRange], slot: &mut [u8]) -> Result<()> {
+/// Reads the task's segments from the file straight into the guest's input buffer (the
+/// first segment of a Parquet task is the footer, from memory).
+fn fill_input(planned: &PlannedInput, segments: &[ByteRange], slot: &mut [u8]) -> Result<()> {
+    let file = &planned.file;
     let io = |error| Error::Io {
         path: file.path.clone(),
         error,
@@ -698,8 +732,9 @@ fn fill_input(file: &FileInfo, segments: &[ByteRange], slot: &mut [u8]) -> Resul
     for (i, s) in segments.iter().enumerate() {
         let len = s.len() as usize;
         let dest = &mut slot[at..at + len];
-        match (&file.footer, i) {
-            (Some(footer), 0) => dest.copy_from_slice(&footer.raw),
+        match (&planned.footer, &file.footer, i) {
+            (Some(task_footer), _, 0) => dest.copy_from_slice(task_footer),
+            (None, Some(footer), 0) => dest.copy_from_slice(&footer.raw),
             _ => handle.read_exact_at(dest, s.start).map_err(io)?,
         }
         at += len;
