@@ -366,6 +366,9 @@ impl GroupIndex {
         columns: &[ArrayRef],
         ids: &mut Vec<u32>,
     ) -> Result<(), String> {
+        if self.assign_dictionary_keys(columns, ids) {
+            return Ok(());
+        }
         if let Repr::Packed(packed) = &mut self.repr {
             let mut all_pack = true;
             for (column, out) in columns.iter().zip(packed.batch.iter_mut()) {
@@ -409,6 +412,66 @@ impl GroupIndex {
             ids.push(id);
         }
         Ok(())
+    }
+
+    /// The fast path for keys that are all dictionary-encoded (Int32 keys), without NULLs,
+    /// whose dictionaries' sizes multiply to at most 2^[`MAX_CODE_BITS`]: the dictionary
+    /// keys themselves form each row's code into a table of group ids, and a key's words
+    /// are looked up once per distinct code. False (nothing assigned) when it does not apply.
+    fn assign_dictionary_keys(&mut self, columns: &[ArrayRef], ids: &mut Vec<u32>) -> bool {
+        let Repr::Packed(packed) = &mut self.repr else {
+            return false;
+        };
+        let mut dictionaries = Vec::with_capacity(columns.len());
+        let mut size = 1usize;
+        for column in columns {
+            let Some(dict) = column.as_dictionary_opt::<Int32Type>() else {
+                return false;
+            };
+            if column.logical_null_count() > 0 {
+                return false;
+            }
+            let mut words = Vec::new();
+            if pack_column(dict.values(), &mut words).is_none() {
+                return false;
+            }
+            size = size.saturating_mul(words.len().max(1));
+            if size > 1 << MAX_CODE_BITS {
+                return false;
+            }
+            dictionaries.push((dict.keys().values(), words));
+        }
+        let n = columns.first().map_or(0, |c| c.len());
+        let mut codes = vec![0u32; n];
+        let mut stride = 1u32;
+        for (keys, words) in &dictionaries {
+            let len = words.len() as u32;
+            // Arrow validates keys against the dictionary; check anyway, without a branch.
+            let mut in_range = true;
+            for (code, &k) in codes.iter_mut().zip(keys.iter()) {
+                let k = k as u32;
+                in_range &= k < len;
+                *code = code.wrapping_add(k.wrapping_mul(stride));
+            }
+            if !in_range {
+                return false;
+            }
+            stride *= len.max(1);
+        }
+        let mut direct = vec![u32::MAX; size];
+        let mut key = vec![0u64; 1 + columns.len()];
+        ids.reserve(n);
+        for (i, &code) in codes.iter().enumerate() {
+            let slot = &mut direct[code as usize];
+            if *slot == u32::MAX {
+                for (c, (keys, words)) in dictionaries.iter().enumerate() {
+                    key[c + 1] = words.get(keys[i] as usize).copied().unwrap_or(0);
+                }
+                *slot = packed.find_or_insert(&key, &mut self.num_groups);
+            }
+            ids.push(*slot);
+        }
+        true
     }
 
     fn assign_packed(&mut self, columns: &[ArrayRef], ids: &mut Vec<u32>) {
