@@ -322,12 +322,18 @@ fn mul_decimal128(l: &Value, r: &Value) -> Result<Option<Value>, String> {
     }
     let out: Decimal128Array = match (l, r) {
         (Value::Array(a), Value::Array(b)) => {
-            arrow_arith::arity::try_binary::<_, _, _, Decimal128Type>(
+            let (a, b) = (
                 a.as_primitive::<Decimal128Type>(),
                 b.as_primitive::<Decimal128Type>(),
-                product,
-            )
-            .map_err(|e| e.to_string())?
+            );
+            if significant_bits(a.values()) + significant_bits(b.values()) <= 63 {
+                // Every product fits in i64 (NULL slots included): no check per row.
+                arrow_arith::arity::binary(a, b, |x, y| i128::from((x as i64) * (y as i64)))
+                    .map_err(|e| e.to_string())?
+            } else {
+                arrow_arith::arity::try_binary::<_, _, _, Decimal128Type>(a, b, product)
+                    .map_err(|e| e.to_string())?
+            }
         }
         (Value::Array(a), Value::Scalar(s)) | (Value::Scalar(s), Value::Array(a)) => {
             let s = s.as_primitive::<Decimal128Type>();
@@ -335,13 +341,27 @@ fn mul_decimal128(l: &Value, r: &Value) -> Result<Option<Value>, String> {
                 return Ok(None);
             }
             let y = s.value(0);
-            a.as_primitive::<Decimal128Type>()
-                .try_unary(|x| product(x, y))
-                .map_err(|e| e.to_string())?
+            let a = a.as_primitive::<Decimal128Type>();
+            if significant_bits(a.values()) + significant_bits(&[y]) <= 63 {
+                a.unary(|x| i128::from((x as i64) * (y as i64)))
+            } else {
+                a.try_unary(|x| product(x, y)).map_err(|e| e.to_string())?
+            }
         }
         (Value::Scalar(_), Value::Scalar(_)) => return Ok(None),
     };
     Ok(Some(Value::Array(Arc::new(out.with_data_type(out_type)))))
+}
+
+/// The most significant bits of any value's magnitude (65 when one does not fit in i64).
+fn significant_bits(values: &[i128]) -> u32 {
+    let (min, max) = values
+        .iter()
+        .fold((0i128, 0i128), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    match (i64::try_from(min), i64::try_from(max)) {
+        (Ok(min), Ok(max)) => 64 - (min.unsigned_abs() | max.unsigned_abs()).leading_zeros(),
+        _ => 65,
+    }
 }
 
 /// `a + b` or `a - b` of two 128-bit decimals where one side is an array: the same values,
