@@ -20,12 +20,14 @@ use crate::groups::GroupIndex;
 
 /// One state column, updated batch by batch.
 trait Accumulator {
-    /// Folds `values` (already of the state type) into the groups `groups[i]`.
+    /// Folds `values` (already of the state type) into the groups `groups[i]`; `rows[g]`
+    /// is the number of rows of group `g` in the batch.
     fn update(
         &mut self,
         values: &ArrayRef,
         groups: &[u32],
         num_groups: usize,
+        rows: &[i64],
     ) -> Result<(), String>;
     /// The state, one row per group.
     fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String>;
@@ -46,6 +48,7 @@ impl Accumulator for Count {
         values: &ArrayRef,
         groups: &[u32],
         num_groups: usize,
+        _rows: &[i64],
     ) -> Result<(), String> {
         self.counts.resize(num_groups, 0);
         match values.logical_nulls() {
@@ -93,6 +96,7 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
         values: &ArrayRef,
         groups: &[u32],
         num_groups: usize,
+        rows: &[i64],
     ) -> Result<(), String> {
         self.values.resize(num_groups, T::Native::default());
         self.seen.resize(num_groups, false);
@@ -110,7 +114,9 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
             for (&g, &v) in groups.iter().zip(data.iter()) {
                 let slot = &mut self.values[g as usize];
                 *slot = slot.add_wrapping(v);
-                self.seen[g as usize] = true;
+            }
+            for (seen, &n) in self.seen.iter_mut().zip(rows) {
+                *seen |= n > 0;
             }
             return Ok(());
         }
@@ -169,6 +175,7 @@ impl Accumulator for Ordered {
         values: &ArrayRef,
         groups: &[u32],
         num_groups: usize,
+        _rows: &[i64],
     ) -> Result<(), String> {
         if self.data_type == DataType::Boolean {
             self.bools.resize(num_groups, None);
@@ -229,6 +236,7 @@ impl Accumulator for Plugin {
         values: &ArrayRef,
         groups: &[u32],
         _num_groups: usize,
+        _rows: &[i64],
     ) -> Result<(), String> {
         self.values.push(values.clone());
         self.groups.extend_from_slice(groups);
@@ -379,9 +387,12 @@ impl GroupedAggregator {
         }
         self.assign_groups(batch)?;
         self.memo.clear();
-        // Rows per group in this batch, computed once for every COUNT over values without
-        // NULLs (TPC-H Q1 has four, one per AVG and COUNT(*)).
-        let mut rows_per_group: Option<Vec<i64>> = None;
+        // Rows per group in this batch: every COUNT over values without NULLs is this (TPC-H
+        // Q1 has four), and a SUM without NULLs has seen exactly these groups.
+        let mut rows = vec![0i64; self.num_groups];
+        for &g in &self.group_ids {
+            rows[g as usize] += 1;
+        }
         for ((_, aggregate), acc) in self.aggregates.iter().zip(self.accumulators.iter_mut()) {
             let value = evaluate_memo(&aggregate.argument, batch, &mut self.memo)?;
             let no_nulls = match &value {
@@ -389,14 +400,7 @@ impl GroupedAggregator {
                 Value::Array(a) => a.logical_null_count() == 0,
             };
             if aggregate.function == AggregateFunction::Count && no_nulls {
-                let rows = rows_per_group.get_or_insert_with(|| {
-                    let mut rows = vec![0i64; self.num_groups];
-                    for &g in &self.group_ids {
-                        rows[g as usize] += 1;
-                    }
-                    rows
-                });
-                if acc.add_rows(rows) {
+                if acc.add_rows(&rows) {
                     continue;
                 }
             }
@@ -408,15 +412,18 @@ impl GroupedAggregator {
                             arrow_buffer::BooleanBuffer::new_set(n),
                             None,
                         ));
-                        acc.update(&values, &self.group_ids, self.num_groups)?;
+                        acc.update(&values, &self.group_ids, self.num_groups, &rows)?;
                     }
                 }
                 (AggregateFunction::Count, Value::Array(a)) => {
-                    acc.update(&a, &self.group_ids, self.num_groups)?
+                    acc.update(&a, &self.group_ids, self.num_groups, &rows)?
                 }
-                (AggregateFunction::Plugin(_), value) => {
-                    acc.update(&value.into_array(n)?, &self.group_ids, self.num_groups)?
-                }
+                (AggregateFunction::Plugin(_), value) => acc.update(
+                    &value.into_array(n)?,
+                    &self.group_ids,
+                    self.num_groups,
+                    &rows,
+                )?,
                 (_, value) => {
                     let values = value.into_array(n)?;
                     let values = if decimal_widens(values.data_type(), &aggregate.state_type) {
@@ -426,7 +433,7 @@ impl GroupedAggregator {
                     } else {
                         cast_checked(&values, &aggregate.state_type)?
                     };
-                    acc.update(&values, &self.group_ids, self.num_groups)?
+                    acc.update(&values, &self.group_ids, self.num_groups, &rows)?
                 }
             }
         }
