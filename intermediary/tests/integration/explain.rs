@@ -1,7 +1,7 @@
 //! The split is visible: what runs in the sandbox, what in the intermediary, and what a
 //! run cost (tasks scanned and pruned, bytes, rows).
 
-use crate::support::{engine, tpch};
+use crate::support::{engine, figure, tpch};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn q6_pushes_predicate_and_partial_aggregate_to_the_storage_node() {
@@ -27,21 +27,9 @@ async fn q6_pushes_predicate_and_partial_aggregate_to_the_storage_node() {
     let report = query.run_report();
     // 600k rows in 50k-row groups; one partial row per group comes back.
     assert!(report.contains("rows in "), "{report}");
-    let bytes = |label: &str| -> u64 {
-        let at = report
-            .find(label)
-            .unwrap_or_else(|| panic!("{label} in {report}"))
-            + label.len();
-        report[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .find(|s| !s.is_empty())
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     let (read, returned) = (
-        bytes("bytes read from storage "),
-        bytes("bytes returned by the storage node "),
+        figure(&report, "bytes read from storage "),
+        figure(&report, "bytes returned by the storage node "),
     );
     assert!(read > 1 << 20, "{report}");
     assert!(

@@ -7,21 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::oracle::{assert_same, cells, duckdb, python};
-use crate::support::{engine, testdata, tpch};
-
-/// The number after `label` in `report`.
-fn figure(report: &str, label: &str) -> u64 {
-    let at = report
-        .find(label)
-        .unwrap_or_else(|| panic!("{label} in {report}"))
-        + label.len();
-    report[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|s| !s.is_empty())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use crate::support::{engine, figure, testdata, tpch};
 
 /// Runs `sql` on the engine over `dir` and DuckDB over `tables`, asserts the same rows, and
 /// returns the run report.

@@ -49,3 +49,17 @@ pub fn engine(dir: &Path, csv_chunk_size: u64) -> Arc<Engine> {
     };
     Arc::new(Engine::embedded(dir, options, None).expect("engine opens"))
 }
+
+/// The number after `label` in a run report (`bytes read from storage 123; ...`).
+pub fn figure(report: &str, label: &str) -> u64 {
+    let at = report
+        .find(label)
+        .unwrap_or_else(|| panic!("{label} in {report}"))
+        + label.len();
+    report[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
