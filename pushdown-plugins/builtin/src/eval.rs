@@ -128,16 +128,21 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
         Expr::Arithmetic(op, l, r) => arithmetic(*op, evaluate(l, batch)?, evaluate(r, batch)?)?,
         Expr::And(items) | Expr::Or(items) => {
             let is_and = matches!(expr, Expr::And(_));
-            let mut acc = Value::Scalar(Arc::new(BooleanArray::from(vec![is_and])));
+            // Starting from the first item, not from a constant TRUE (AND) or FALSE (OR):
+            // a constant would be expanded to a column for the first combination.
+            let mut acc: Option<Value> = None;
             for item in items {
                 let v = evaluate(item, batch)?;
-                acc = if is_and {
-                    boolean(acc, v, n, and_kleene)?
-                } else {
-                    boolean(acc, v, n, or_kleene)?
-                };
+                acc = Some(match acc {
+                    None => v,
+                    Some(a) if is_and => boolean(a, v, n, and_kleene)?,
+                    Some(a) => boolean(a, v, n, or_kleene)?,
+                });
             }
-            acc
+            match acc {
+                Some(v) => v,
+                None => Value::Scalar(Arc::new(BooleanArray::from(vec![is_and]))),
+            }
         }
         Expr::Not(e) => evaluate(e, batch)?
             .map(|a| Ok(Arc::new(not(as_bool(a)?).map_err(|e| e.to_string())?)))?,
@@ -155,7 +160,7 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
             negated,
         } => {
             let value = evaluate(expr, batch)?;
-            let mut acc = Value::Scalar(Arc::new(BooleanArray::from(vec![false])));
+            let mut acc: Option<Value> = None;
             for item in list {
                 let item = evaluate(item, batch)?;
                 let eq = binary(value.clone(), item, |a, b| {
@@ -163,8 +168,13 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
                         .map(|b| Arc::new(b) as ArrayRef)
                         .map_err(|e| e.to_string())
                 })?;
-                acc = boolean(acc, eq, n, or_kleene)?;
+                acc = Some(match acc {
+                    None => eq,
+                    Some(a) => boolean(a, eq, n, or_kleene)?,
+                });
             }
+            let acc =
+                acc.unwrap_or_else(|| Value::Scalar(Arc::new(BooleanArray::from(vec![false]))));
             if *negated {
                 acc.map(|a| Ok(Arc::new(not(as_bool(a)?).map_err(|e| e.to_string())?)))?
             } else {
