@@ -256,7 +256,7 @@ impl Query {
                 Some(p) => {
                     let _ = writeln!(out, "  predicate: {p}");
                     if t.format == pushdown_protocol::FileFormat::Parquet {
-                        let _ = writeln!(out, "  pruning: row groups whose min/max statistics rule the predicate out are skipped");
+                        let _ = writeln!(out, "  pruning: row groups by min/max statistics and Bloom filters, pages by the page index");
                     }
                 }
                 None => {
