@@ -484,7 +484,7 @@ impl StorageNode {
             return Ok(None);
         };
         let mut input = vec![0u8; planned.input_len];
-        fill_input(&planned, &planned.segments, &mut input)?;
+        fill_input(&planned, &mut input)?;
         Ok(Some((planned.request, input)))
     }
 
@@ -504,7 +504,7 @@ impl StorageNode {
         let output = self
             .builtin
             .call(&planned.request, planned.input_len, |slot| {
-                fill_input(&planned, &planned.segments, slot)
+                fill_input(&planned, slot)
             })
             .map_err(|e| e.context(task_context(task)))?;
         let (rows_in, rows_selected, _) =
@@ -548,7 +548,7 @@ impl StorageNode {
                 let parsed = parser.invoke_with(
                     EXPORT_PARSE,
                     input_len,
-                    |slot| fill_input(&planned, &planned.segments, slot),
+                    |slot| fill_input(&planned, slot),
                     Some(*first_line),
                 )?;
                 self.builtin.call_with_plugins(
@@ -564,7 +564,7 @@ impl StorageNode {
             _ => self.builtin.call_with_plugins(
                 request,
                 input_len,
-                |slot| fill_input(&planned, &planned.segments, slot),
+                |slot| fill_input(&planned, slot),
                 Arc::new(plugins),
             )?,
         };
@@ -721,7 +721,7 @@ fn page_segments(
 
 /// Reads the task's segments from the file straight into the guest's input buffer (the
 /// first segment of a Parquet task is the footer, from memory).
-fn fill_input(planned: &PlannedInput, segments: &[ByteRange], slot: &mut [u8]) -> Result<()> {
+fn fill_input(planned: &PlannedInput, slot: &mut [u8]) -> Result<()> {
     let file = &planned.file;
     let io = |error| Error::Io {
         path: file.path.clone(),
@@ -729,7 +729,7 @@ fn fill_input(planned: &PlannedInput, segments: &[ByteRange], slot: &mut [u8]) -
     };
     let handle = std::fs::File::open(&file.abs_path).map_err(io)?;
     let mut at = 0usize;
-    for (i, s) in segments.iter().enumerate() {
+    for (i, s) in planned.segments.iter().enumerate() {
         let len = s.len() as usize;
         let dest = &mut slot[at..at + len];
         match (&planned.footer, &file.footer, i) {
