@@ -337,7 +337,7 @@ pub struct Startup {
 pub fn measure_startup(node: &StorageNode, compiles: usize, instances: usize) -> Result<Startup> {
     let sandbox = node.sandbox();
     let mut compile = Vec::new();
-    let mut artefact = Vec::new();
+    let mut artefact = pushdown_storage_node::Precompiled::default();
     for _ in 0..compiles.max(1) {
         let start = Instant::now();
         artefact = sandbox.compile_uncached(BUILTIN_PLUGIN, BUILTIN_WASM)?;

@@ -123,6 +123,7 @@ pub fn q6_task(file: &str, unit: TaskUnit, format: FileFormat) -> Task {
             aggregates: vec![("revenue".into(), revenue)],
         },
         output_schema: Schema::new(vec![Field::new("revenue", state_type, true)]),
+        limit: None,
     }
 }
 
@@ -210,5 +211,6 @@ pub fn q1_task(file: &str, row_group: usize) -> Task {
             aggregates,
         },
         output_schema: Schema::new(fields),
+        limit: None,
     }
 }

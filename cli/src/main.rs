@@ -88,8 +88,20 @@ struct QueryArgs {
     #[arg(long, value_name = "URL")]
     connect: Option<String>,
     /// Bearer token for --connect [default: $PUSHDOWN_TOKEN].
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", requires = "connect", conflicts_with = "token_file")]
     token: Option<String>,
+    /// File whose first line is the bearer token for --connect.
+    #[arg(long, value_name = "FILE", requires = "connect")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of an `https://` intermediary [default: the system's roots].
+    #[arg(long, value_name = "FILE", requires = "connect")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an intermediary that requires one; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["connect", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
@@ -207,7 +219,19 @@ fn progress_bar(len: u64, template: &str) -> ProgressBar {
 
 fn query(args: QueryArgs) -> Result<()> {
     if let Some(url) = &args.connect {
-        return serve::query_remote(url, args.token.clone(), &args.sql, |schema, batches| {
+        let tls = (args.tls_ca.is_some() || args.tls_cert.is_some()).then(|| {
+            pushdown_flight::ClientTls {
+                ca: args.tls_ca.clone(),
+                identity: args.tls_cert.clone().zip(args.tls_key.clone()),
+            }
+        });
+        let connect = serve::ConnectArgs {
+            url,
+            token: args.token.as_deref(),
+            token_file: args.token_file.as_deref(),
+            tls,
+        };
+        return serve::query_remote(connect, &args.sql, |schema, batches| {
             let mut stdout = std::io::stdout().lock();
             match args.output {
                 OutputFormat::Table => output::table(&mut stdout, schema, batches)?,
@@ -225,10 +249,6 @@ fn query(args: QueryArgs) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("starting the task pool")?;
     let registry_dir = args.registry.dir();
     let formats = plugin::formats(&args.format, &registry_dir)?;
     // The registry is opened only when it exists: queries without plugins create nothing.
@@ -259,7 +279,7 @@ fn query(args: QueryArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
-        let engine = Engine::embedded(&data, options, Some(progress))?;
+        let engine = Engine::embedded_with_threads(&data, options, Some(progress), threads)?;
         let query = engine.plan(&args.sql).await?;
         if args.explain {
             eprintln!("{}", query.explain_split());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -36,9 +36,12 @@ pub struct NodeServeArgs {
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     listen: String,
-    /// Bearer token every call must carry [default: $PUSHDOWN_TOKEN; none: no check].
-    #[arg(long, value_name = "TOKEN")]
-    token: Option<String>,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
+    /// File whose first line is the admin token an intermediary must send to store plugin
+    /// modules here (`put_module`) [default: none: no module is accepted].
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Tasks run at once; more wait (bounds the node's memory).
     #[arg(long, value_name = "N")]
     max_tasks: Option<usize>,
@@ -70,12 +73,23 @@ pub struct IntermediaryServeArgs {
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50050")]
     listen: String,
-    /// Bearer token clients must send [default: $PUSHDOWN_TOKEN; none: no check].
-    #[arg(long, value_name = "TOKEN")]
-    token: Option<String>,
-    /// Bearer token sent to the storage nodes [default: --token].
-    #[arg(long, value_name = "TOKEN")]
+    #[command(flatten)]
+    security: ServerSecurityArgs,
+    /// Bearer token sent to the storage nodes [default: the clients' token].
+    #[arg(long, value_name = "TOKEN", conflicts_with = "node_token_file")]
     node_token: Option<String>,
+    /// File whose first line is the bearer token sent to the storage nodes.
+    #[arg(long, value_name = "FILE")]
+    node_token_file: Option<PathBuf>,
+    /// File whose first line is the storage nodes' admin token: with it, the plugins a
+    /// query calls are sent to the nodes by hash (`put_module`) [default: none: nodes run
+    /// only the modules they already hold].
+    #[arg(long, value_name = "FILE")]
+    node_admin_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of `https://` storage nodes [default: the system's roots]; the
+    /// intermediary presents --tls-cert/--tls-key to nodes that require client certificates.
+    #[arg(long, value_name = "FILE")]
+    node_tls_ca: Option<PathBuf>,
     /// A task not finished within this many seconds runs on another replica.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     task_timeout: u64,
@@ -86,16 +100,118 @@ pub struct IntermediaryServeArgs {
     /// MiB; past it they spill or fail with "memory budget exceeded".
     #[arg(long, value_name = "MIB")]
     memory_limit: Option<u64>,
+    /// A query not answered within this many seconds (planning included) fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    query_timeout: u64,
+    /// Queries running at once; more are refused until one ends.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queries: u64,
+    /// Longest SQL text a client may send, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
+    max_sql_bytes: usize,
     /// The plugin registry whose scalar functions and aggregates SQL may call; their
     /// modules are sent to the storage nodes by hash.
     #[command(flatten)]
     registry: RegistryArg,
 }
 
-fn token(flag: &Option<String>) -> Option<String> {
-    flag.clone()
-        .or_else(|| std::env::var("PUSHDOWN_TOKEN").ok())
-        .filter(|t| !t.is_empty())
+/// Who a server admits, and how.
+#[derive(clap::Args)]
+pub struct ServerSecurityArgs {
+    /// Bearer token every call must carry (visible to other users in the process list:
+    /// prefer --token-file or $PUSHDOWN_TOKEN) [default: $PUSHDOWN_TOKEN; none: no check].
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File whose first line is the bearer token every call must carry.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM); needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS. Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Listen beyond loopback without a token or without TLS (refused otherwise).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl ServerSecurityArgs {
+    fn security(&self) -> Result<pushdown_flight::Security> {
+        let token = pushdown_flight::read_token(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+            "PUSHDOWN_TOKEN",
+        )
+        .map_err(anyhow::Error::msg)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(pushdown_flight::ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        Ok(pushdown_flight::Security { token, tls })
+    }
+
+    /// Refuses to listen beyond loopback without a token and TLS, unless --insecure.
+    fn check_exposure(&self, addr: std::net::SocketAddr, security: &pushdown_flight::Security) -> Result<()> {
+        if addr.ip().is_loopback() || self.insecure {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if security.token.is_none() {
+            missing.push("a token (--token-file or $PUSHDOWN_TOKEN)");
+        }
+        if security.tls.is_none() {
+            missing.push("TLS (--tls-cert and --tls-key)");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to listen on {addr}, beyond loopback, without {}; give them, or --insecure to do it anyway",
+            missing.join(" and ")
+        )
+    }
+}
+
+/// `https` when the server speaks TLS.
+fn scheme(security: &pushdown_flight::Security) -> &'static str {
+    if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// What a server requires of its clients, for its start-up line.
+fn admission(security: &pushdown_flight::Security) -> String {
+    let mut parts = Vec::new();
+    if security.token.is_some() {
+        parts.push("bearer token required");
+    }
+    if security
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some())
+    {
+        parts.push("client certificate required");
+    }
+    parts.iter().map(|p| format!(", {p}")).collect()
+}
+
+fn read_token_file(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    match file {
+        // An environment variable no one sets: only the file counts.
+        Some(f) => pushdown_flight::read_token(None, Some(f), "PUSHDOWN_UNSET_TOKEN")
+            .map_err(anyhow::Error::msg),
+        None => Ok(None),
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -106,7 +222,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
     let StorageNodeCommand::Serve(args) = command;
-    let registry_dir = args.registry.dir();
+    // A node keeps the modules intermediaries send it in a registry of its own (by default
+    // beside, not in, the user's registry), unless told which one or unless its parsers
+    // (--format) come from the user's registry.
+    let registry_dir = match &args.registry.registry {
+        Some(dir) => dir.clone(),
+        None if !args.format.is_empty() => args.registry.dir(),
+        None => Registry::default_dir().join("node"),
+    };
     let formats = crate::plugin::formats(&args.format, &registry_dir)?;
     let options = NodeOptions {
         formats,
@@ -123,46 +246,63 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
     let max_tasks = args
         .max_tasks
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let token = token(&args.token);
+    let security = args.security.security()?;
+    let admin_token = read_token_file(args.admin_token_file.as_deref())?;
+    let accepts_modules = admin_token.is_some();
+    let service = pushdown_flight::NodeService::new(node, max_tasks).with_admin_token(admin_token);
     runtime()?.block_on(async move {
         let (listener, addr) = pushdown_flight::bind(&args.listen).await?;
+        args.security.check_exposure(addr, &security)?;
         println!(
-            "storage node serving {} on http://{addr} ({} tasks at once{})",
+            "storage node serving {} on {}://{addr} ({} tasks at once{}{})",
             args.data.display(),
+            scheme(&security),
             max_tasks,
-            if token.is_some() {
-                ", bearer token required"
+            admission(&security),
+            if accepts_modules {
+                ", plugin modules accepted with the admin token"
             } else {
                 ""
             }
         );
         std::io::stdout().flush()?;
-        pushdown_flight::serve_node(node, listener, token, max_tasks).await?;
+        pushdown_flight::serve_node(service, listener, security).await?;
         Ok(())
     })
 }
 
 pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
     let IntermediaryCommand::Serve(args) = command;
-    let token = token(&args.token);
+    let security = args.security.security()?;
+    let node_token = match (&args.node_token, &args.node_token_file) {
+        (Some(t), _) if t.trim().is_empty() => anyhow::bail!("--node-token is empty"),
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => read_token_file(Some(f))?,
+        (None, None) => security.token.clone(),
+    };
+    let node_tls = args.node_tls_ca.as_ref().map(|ca| pushdown_flight::ClientTls {
+        ca: Some(ca.clone()),
+        identity: security.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
+    });
     let options = RemoteOptions {
-        token: args.node_token.clone().or_else(|| token.clone()),
+        token: node_token,
         task_timeout: Duration::from_secs(args.task_timeout),
         tasks_per_node: args.tasks_per_node,
+        tls: node_tls,
+        admin_token: read_token_file(args.node_admin_token_file.as_deref())?,
         ..Default::default()
     };
-    // Tasks wait on the network, not the CPU: enough threads to keep every node busy.
-    let threads = (args.storage_nodes.len() * args.tasks_per_node).max(2);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("starting the task pool")?;
     let registry_dir = args.registry.dir();
     let registry = match registry_dir.join("registry.sqlite3").is_file() {
         true => Some(Arc::new(Registry::open(&registry_dir)?)),
         false => None,
     };
-    let mut storage = RemoteStorage::connect(&args.storage_nodes, options)?;
+    let runtime = runtime()?;
+    // The connections to the nodes live on the server's runtime.
+    let mut storage = {
+        let _guard = runtime.enter();
+        RemoteStorage::connect(&args.storage_nodes, options)?
+    };
     if let Some(r) = &registry {
         let r = r.clone();
         storage = storage.with_modules(Arc::new(move |p: &PluginRef| r.module(p)));
@@ -190,31 +330,49 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
         });
         engine.register_plugins(&plugins, loader)?;
     }
-    runtime()?.block_on(async move {
+    runtime.block_on(async move {
         let (listener, addr) = pushdown_flight::bind(&args.listen).await?;
+        args.security.check_exposure(addr, &security)?;
         println!(
-            "intermediary serving Flight SQL on http://{addr} over {} storage node(s){}",
+            "intermediary serving Flight SQL on {}://{addr} over {} storage node(s){}",
+            scheme(&security),
             args.storage_nodes.len(),
-            if token.is_some() {
-                ", bearer token required"
-            } else {
-                ""
-            }
+            admission(&security),
         );
         std::io::stdout().flush()?;
-        pushdown_flight::serve_sql(engine, listener, token).await?;
+        let limits = pushdown_flight::QueryLimits {
+            sql: pushdown_intermediary::SqlLimits {
+                max_sql_bytes: args.max_sql_bytes,
+                ..Default::default()
+            },
+            timeout: Duration::from_secs(args.query_timeout),
+            max_queries: args.max_queries as usize,
+        };
+        pushdown_flight::serve_sql(engine, listener, security, limits).await?;
         Ok(())
     })
 }
 
+/// How `pushdown query --connect` reaches the intermediary.
+pub struct ConnectArgs<'a> {
+    pub url: &'a str,
+    pub token: Option<&'a str>,
+    pub token_file: Option<&'a std::path::Path>,
+    pub tls: Option<pushdown_flight::ClientTls>,
+}
+
 pub fn query_remote(
-    url: &str,
-    token_flag: Option<String>,
+    connect: ConnectArgs<'_>,
     sql: &str,
     print: impl FnOnce(SchemaRef, &[RecordBatch]) -> Result<()>,
 ) -> Result<()> {
-    let token = token(&token_flag);
-    let (schema, batches) =
-        runtime()?.block_on(pushdown_flight::query_remote(url, token.as_deref(), sql))?;
+    let token = pushdown_flight::read_token(connect.token, connect.token_file, "PUSHDOWN_TOKEN")
+        .map_err(anyhow::Error::msg)?;
+    let (schema, batches) = runtime()?.block_on(pushdown_flight::query_remote(
+        connect.url,
+        token.as_deref(),
+        connect.tls.as_ref(),
+        sql,
+    ))?;
     print(schema, &batches)
 }

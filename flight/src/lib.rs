@@ -19,17 +19,18 @@ mod remote;
 mod sql_server;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
-use pushdown_storage_node::StorageNode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use auth::require_token;
-pub use node_server::{FileDescription, NodeService, RowGroupSummary, TableDescription};
+pub use auth::{read_token, require_token, MAX_REFUSALS, REFUSAL_WINDOW};
+pub use node_server::{
+    FileDescription, NodeService, RowGroupSummary, TableDescription, ADMIN_HEADER,
+};
 pub use remote::{ModuleSource, RemoteOptions, RemoteStorage};
-pub use sql_server::{query_remote, serve_sql, SqlService};
+pub use sql_server::{query_remote, serve_sql, QueryLimits, SqlService, MAX_REQUEST_BYTES};
 
 /// Errors of the servers and clients.
 #[derive(Debug, thiserror::Error)]
@@ -56,33 +57,132 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), Error> {
     Ok((listener, local))
 }
 
-/// Serves `node` over Arrow Flight on `listener` until the process ends.
-///
-/// # Errors
-/// [`Error::Transport`] when serving fails.
-pub async fn serve_node(
-    node: Arc<StorageNode>,
-    listener: TcpListener,
-    token: Option<String>,
-    max_tasks: usize,
-) -> Result<(), Error> {
-    serve(NodeService::new(node, max_tasks), listener, token).await
+/// TLS of a server: its certificate chain and key (PEM files), and optionally the CA
+/// whose certificates clients must present (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain, PEM.
+    pub cert: PathBuf,
+    /// The server's private key, PEM.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
 }
 
-/// Serves a Flight service on `listener`, behind the bearer-token check, with no message
-/// size limit (results are split into messages of about 2 MiB by the encoder).
+/// How a server admits clients: a bearer token and TLS, each optional.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Bearer token every call must carry; `None`: no check.
+    pub token: Option<String>,
+    /// TLS; `None`: plain HTTP/2.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS of a client: the CA that signs the servers' certificates (else the system's
+/// roots), and optionally the client's own certificate and key for mutual TLS (PEM).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA certificate (PEM) the server's certificate must chain to; `None`: the system's.
+    pub ca: Option<PathBuf>,
+    /// The client's certificate chain and key (PEM), for servers that require one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Transport(format!("{what} {}: {e}", path.display())))
+}
+
+impl ClientTls {
+    /// The tonic configuration.
+    ///
+    /// # Errors
+    /// [`Error::Transport`] when a file cannot be read.
+    pub fn config(&self) -> Result<tonic::transport::ClientTlsConfig, Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read_pem(ca, "CA certificate")?)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(
+                read_pem(cert, "client certificate")?,
+                read_pem(key, "client key")?,
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// An endpoint for `url` (`http://` or `https://host:port`), with `tls` for `https://`.
+///
+/// # Errors
+/// [`Error::Transport`] for a malformed URL, an `https://` URL without TLS settings, TLS
+/// settings for an `http://` URL, or unreadable certificate files.
+pub fn endpoint(url: &str, tls: Option<&ClientTls>) -> Result<tonic::transport::Endpoint, Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::Transport(format!("{url}: {e}")))?;
+    let https = url.starts_with("https://");
+    match (https, tls) {
+        (true, tls) => {
+            let config = tls.cloned().unwrap_or_default().config()?;
+            endpoint
+                .tls_config(config)
+                .map_err(|e| Error::Transport(format!("{url}: TLS: {e}")))
+        }
+        (false, Some(_)) => Err(Error::Transport(format!(
+            "{url}: TLS options are given but the URL is not https://"
+        ))),
+        (false, None) => Ok(endpoint),
+    }
+}
+
+/// Serves `service` (a storage node: [`NodeService`]) over Arrow Flight on `listener`
+/// until the process ends.
+///
+/// # Errors
+/// [`Error::Transport`] when the TLS files are unusable or serving fails.
+pub async fn serve_node(
+    service: NodeService,
+    listener: TcpListener,
+    security: Security,
+) -> Result<(), Error> {
+    serve(service, listener, security, node_server::MAX_REQUEST_BYTES).await
+}
+
+/// Serves a Flight service on `listener`, behind the bearer-token check and TLS when
+/// given. Request messages over `max_request_bytes` are refused from their length
+/// prefix, before they are read; results are not limited (the encoder splits them into
+/// messages of about 2 MiB).
 async fn serve<S: FlightService>(
     service: S,
     listener: TcpListener,
-    token: Option<String>,
+    security: Security,
+    max_request_bytes: usize,
 ) -> Result<(), Error> {
     let service = tonic::service::interceptor::InterceptedService::new(
         FlightServiceServer::new(service)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(max_request_bytes)
             .max_encoding_message_size(usize::MAX),
-        require_token(token),
+        require_token(security.token),
     );
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                read_pem(&tls.cert, "TLS certificate")?,
+                read_pem(&tls.key, "TLS key")?,
+            ))
+            .timeout(std::time::Duration::from_secs(10));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read_pem(ca, "client CA")?));
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| Error::Transport(format!("TLS: {e}")))?;
+    }
+    builder
         .add_service(service)
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await

@@ -8,13 +8,16 @@
 //!   message carries the task's metrics as JSON in `app_metadata` ([`pushdown_storage_node::TaskMetrics`]): the
 //!   task has finished before its first byte is sent.
 //!
-//! * `DoAction("put_module")` installs a user plugin an intermediary sends: a JSON line
-//!   `{"name", "sha256"}` then the module's bytes; refused unless the bytes hash to
-//!   `sha256` and the module is a valid plugin.
+//! * `DoAction("put_module")` stores a user plugin's module an intermediary sends, by its
+//!   SHA-256 only (it never creates or replaces a named plugin): a JSON line
+//!   `{"name", "sha256"}` then the module's bytes; refused unless the call carries the
+//!   node's admin token in [`ADMIN_HEADER`], the bytes hash to `sha256` and the module is a
+//!   valid plugin. It waits for a task permit, like a task.
 //!
 //! A task error (bad data, a plugin error) is `FAILED_PRECONDITION`: running it elsewhere
-//! would fail the same way. At most `max_tasks` tasks run at once; the others wait, so the
-//! node's memory is bounded by the tasks in flight.
+//! would fail the same way. At most `max_tasks` tasks run or wait to be read at once (a
+//! task holds its permit until its last batch is sent); the others wait, so the node's
+//! memory is bounded by the tasks in flight.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -34,6 +37,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
+
+/// Largest request message a storage node decodes: a module sent by `put_module` (at most
+/// 64 MiB) with its header line. Larger ones are refused from their length prefix, before
+/// they are read.
+pub const MAX_REQUEST_BYTES: usize = (64 << 20) + (64 << 10);
 
 /// One table as a storage node describes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,16 +93,30 @@ pub struct NodeService {
     permits: Arc<Semaphore>,
     /// SHA-256 of each file by (path, size, modification time), computed once.
     checksums: Arc<Checksums>,
+    /// Digest of `Bearer <admin token>`: `put_module` needs it in [`ADMIN_HEADER`].
+    admin: Option<Vec<u8>>,
 }
 
+/// The request header carrying the admin credential (`Bearer <admin token>`) that
+/// `put_module` needs, apart from the query token in `authorization`.
+pub const ADMIN_HEADER: &str = "x-pushdown-admin";
+
 impl NodeService {
-    /// Serves `node`, running at most `max_tasks` tasks at once.
+    /// Serves `node`, running at most `max_tasks` tasks at once, accepting no modules.
     pub fn new(node: Arc<StorageNode>, max_tasks: usize) -> Self {
         Self {
             node,
             permits: Arc::new(Semaphore::new(max_tasks.max(1))),
             checksums: Arc::default(),
+            admin: None,
         }
+    }
+
+    /// Accepts `put_module` from callers that send `admin_token` in [`ADMIN_HEADER`].
+    /// `None` (the default): every `put_module` is refused.
+    pub fn with_admin_token(mut self, admin_token: Option<String>) -> Self {
+        self.admin = admin_token.map(|t| crate::auth::bearer_digest(&t));
+        self
     }
 }
 
@@ -275,21 +297,22 @@ impl FlightService for NodeService {
             .map_err(|_| Status::unavailable("the node is shutting down"))?;
         let node = self.node.clone();
         let schema = Arc::new(task.output_schema.clone());
-        let output = tokio::task::spawn_blocking(move || {
-            let out = node.run_task(&task);
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(|e| Status::internal(format!("task panicked: {e}")))?
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let output = tokio::task::spawn_blocking(move || node.run_task(&task))
+            .await
+            .map_err(|e| Status::internal(format!("task panicked: {e}")))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let metrics = serde_json::to_vec(&output.metrics).expect("metrics serialize");
         let batches = futures::stream::iter(output.batches.into_iter().map(Ok));
+        // The task permit is held until the last batch is sent (or the client goes away):
+        // results waiting for a slow reader count against `max_tasks` too.
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_metadata(metrics.into())
             .build(batches)
-            .map(|r| r.map_err(|e| Status::internal(e.to_string())));
+            .map(move |r| {
+                let _held = &permit;
+                r.map_err(|e| Status::internal(e.to_string()))
+            });
         Ok(Response::new(Box::pin(data)))
     }
 
@@ -326,6 +349,35 @@ impl FlightService for NodeService {
                 }))))
             }
             "put_module" => {
+                let Some(admin) = &self.admin else {
+                    return Err(Status::permission_denied(
+                        "put_module: this node accepts no modules (start it with --admin-token-file to let an intermediary send them)",
+                    ));
+                };
+                let given = request
+                    .metadata()
+                    .get(ADMIN_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| Sha256::digest(v).to_vec());
+                if given.as_deref() != Some(admin.as_slice()) {
+                    log::warn!(
+                        "refused put_module from {}: no or a wrong admin token",
+                        request
+                            .remote_addr()
+                            .map_or_else(|| "an unknown peer".to_string(), |a| a.to_string())
+                    );
+                    return Err(Status::permission_denied(format!(
+                        "put_module: refused: it needs the node's admin token in {ADMIN_HEADER}"
+                    )));
+                }
+                // Validating and compiling a module is a task's worth of CPU: it waits for
+                // a task permit like one.
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Status::unavailable("the node is shutting down"))?;
                 // Body: one line of JSON `{"name": ..., "sha256": ...}`, then the module's bytes.
                 let body = request.into_inner().body;
                 let split = body
@@ -338,8 +390,12 @@ impl FlightService for NodeService {
                 })?;
                 let bytes = body.slice(split + 1..);
                 let node = self.node.clone();
-                tokio::task::spawn_blocking(move || node.install_plugin(&plugin, &bytes))
-                    .await
+                tokio::task::spawn_blocking(move || {
+                    let installed = node.install_plugin(&plugin, &bytes);
+                    drop(permit);
+                    installed
+                })
+                .await
                     .map_err(|e| Status::internal(format!("put_module panicked: {e}")))?
                     .map_err(|e| {
                         log::warn!("refused a module: {e}");

@@ -3,6 +3,9 @@
 //! over the replicas with bounded concurrency per node, and a task whose node fails or
 //! times out run again on the next replica. A task's batches are handed to the merge only
 //! once its whole stream has arrived, so every partial result is merged exactly once.
+//!
+//! Every call is async on the caller's tokio runtime: no runtime of its own, no thread
+//! waiting on the network.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -13,12 +16,13 @@ use std::time::{Duration, Instant};
 use arrow_flight::decode::DecodedPayload;
 use arrow_flight::error::FlightError;
 use arrow_flight::{Action, FlightClient, Ticket};
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use pushdown_intermediary::StorageClient;
 use pushdown_protocol::{PluginRef, Task};
 use pushdown_storage_node::{Error, FileInfo, Result, TableInfo, TaskMetrics, TaskOutput};
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::node_server::TableDescription;
 
@@ -34,6 +38,11 @@ pub struct RemoteOptions {
     pub tasks_per_node: usize,
     /// Time to establish a connection. Defaults to 5 s.
     pub connect_timeout: Duration,
+    /// TLS toward `https://` nodes. Defaults to none (the system's roots for `https://`).
+    pub tls: Option<crate::ClientTls>,
+    /// The nodes' admin token, sent with `put_module` only. Defaults to none: plugins are
+    /// not sent, and a node that lacks one answers that it does not have it.
+    pub admin_token: Option<String>,
 }
 
 impl Default for RemoteOptions {
@@ -43,6 +52,8 @@ impl Default for RemoteOptions {
             task_timeout: Duration::from_secs(60),
             tasks_per_node: 4,
             connect_timeout: Duration::from_secs(5),
+            tls: None,
+            admin_token: None,
         }
     }
 }
@@ -84,7 +95,6 @@ pub struct RemoteStorage {
     /// (node, sha256) of the modules each node has been sent.
     sent: Mutex<BTreeSet<(usize, String)>>,
     nodes: Vec<Node>,
-    runtime: Option<tokio::runtime::Runtime>,
     options: RemoteOptions,
     /// The nodes holding each file (by path), from the last listing.
     replicas: Mutex<HashMap<String, Vec<usize>>>,
@@ -96,14 +106,6 @@ impl std::fmt::Debug for RemoteStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let urls: Vec<&str> = self.nodes.iter().map(|n| n.url.as_str()).collect();
         write!(f, "RemoteStorage({})", urls.join(", "))
-    }
-}
-
-impl Drop for RemoteStorage {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -133,27 +135,19 @@ fn classify(url: &str, e: FlightError) -> Failure {
 }
 
 impl RemoteStorage {
-    /// Connects (lazily) to the storage nodes at `urls` (`http://host:port`).
+    /// Connects (lazily) to the storage nodes at `urls` (`http://host:port`). Call it
+    /// inside a tokio runtime: the connections live on it.
     ///
     /// # Errors
-    /// [`Error::Remote`] for a malformed URL or when the client runtime cannot start.
+    /// [`Error::Remote`] for a malformed URL.
     pub fn connect(urls: &[String], options: RemoteOptions) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("pushdown-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Remote(format!("client runtime: {e}")))?;
         let mut nodes = Vec::new();
         for url in urls {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| Error::Remote(format!("storage node URL {url}: {e}")))?
+            let endpoint = crate::endpoint(url, options.tls.as_ref())
+                .map_err(|e| Error::Remote(format!("storage node {e}")))?
                 .connect_timeout(options.connect_timeout)
                 .tcp_nodelay(true);
-            let channel = {
-                let _guard = runtime.enter();
-                endpoint.connect_lazy()
-            };
+            let channel = endpoint.connect_lazy();
             nodes.push(Node {
                 url: url.clone(),
                 channel,
@@ -166,7 +160,6 @@ impl RemoteStorage {
             sent: Mutex::default(),
             listings: Mutex::new(vec![None; nodes.len()]),
             nodes,
-            runtime: Some(runtime),
             options,
             replicas: Mutex::default(),
         })
@@ -183,6 +176,10 @@ impl RemoteStorage {
         let Some(source) = &self.modules else {
             return Ok(());
         };
+        // Without the nodes' admin token, nodes run only the modules they already hold.
+        if self.options.admin_token.is_none() {
+            return Ok(());
+        }
         for plugin in task.plugins() {
             let key = (i, plugin.sha256.clone());
             if self.sent.lock().expect("not poisoned").contains(&key) {
@@ -193,6 +190,9 @@ impl RemoteStorage {
             body.push(b'\n');
             body.extend_from_slice(&bytes);
             let mut client = self.client(&self.nodes[i]);
+            if let Some(admin) = &self.options.admin_token {
+                let _ = client.add_header(crate::ADMIN_HEADER, &format!("Bearer {admin}"));
+            }
             let call = async {
                 let mut results = client.do_action(Action::new("put_module", body)).await?;
                 while let Some(r) = results.next().await {
@@ -216,30 +216,6 @@ impl RemoteStorage {
         self.nodes.iter().map(|n| n.url.clone()).collect()
     }
 
-    /// Runs `fut` on the client runtime and waits for it, from any thread (inside another
-    /// runtime it waits on a helper thread).
-    fn block<F>(&self, fut: F) -> F::Output
-    where
-        F: std::future::Future + Send,
-        F::Output: Send,
-    {
-        let handle = self
-            .runtime
-            .as_ref()
-            .expect("runtime lives")
-            .handle()
-            .clone();
-        if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| {
-                s.spawn(|| handle.block_on(fut))
-                    .join()
-                    .expect("the helper thread does not panic")
-            })
-        } else {
-            handle.block_on(fut)
-        }
-    }
-
     fn client(&self, node: &Node) -> FlightClient {
         let mut client = FlightClient::new(node.channel.clone());
         if let Some(t) = &self.options.token {
@@ -249,12 +225,12 @@ impl RemoteStorage {
     }
 
     /// Every node's tables: fresh, or the last known listing of a node that is down.
-    fn list(&self) -> Result<Vec<Vec<TableDescription>>> {
+    async fn list(&self) -> Result<Vec<Vec<TableDescription>>> {
         let known: Vec<bool> = {
             let listings = self.listings.lock().expect("not poisoned");
             listings.iter().map(Option::is_some).collect()
         };
-        let fetched = self.block(futures::future::join_all(
+        let fetched = futures::future::join_all(
             self.nodes.iter().enumerate().map(|(i, node)| {
                 let mut client = self.client(node);
                 let timeout = self.options.task_timeout.min(LIST_TIMEOUT);
@@ -286,7 +262,8 @@ impl RemoteStorage {
                     }
                 }
             }),
-        ));
+        )
+        .await;
         let mut listings = self.listings.lock().expect("not poisoned");
         let mut out = Vec::new();
         for (i, result) in fetched.into_iter().enumerate() {
@@ -353,14 +330,26 @@ impl RemoteStorage {
     }
 }
 
+/// The first 12 characters of a hex digest a node sent (all of it when shorter).
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+#[async_trait::async_trait]
 impl StorageClient for RemoteStorage {
-    fn table_names(&self) -> Result<Vec<String>> {
-        let names: BTreeSet<String> = self.list()?.into_iter().flatten().map(|t| t.name).collect();
-        Ok(names.into_iter().collect())
+    fn table_names(&self) -> Vec<String> {
+        let listings = self.listings.lock().expect("not poisoned");
+        let names: BTreeSet<String> = listings
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|t| t.name.clone())
+            .collect();
+        names.into_iter().collect()
     }
 
-    fn table(&self, name: &str) -> Result<Option<Arc<TableInfo>>> {
-        let listings = self.list()?;
+    async fn table(&self, name: &str) -> Result<Option<Arc<TableInfo>>> {
+        let listings = self.list().await?;
         let mut found: Option<(TableDescription, usize)> = None;
         let mut files: BTreeMap<String, (crate::FileDescription, Vec<usize>)> = BTreeMap::new();
         for (i, tables) in listings.into_iter().enumerate() {
@@ -386,8 +375,8 @@ impl StorageClient for RemoteStorage {
                                 self.nodes[i].url,
                                 known.len,
                                 f.len,
-                                &known.sha256[..12],
-                                &f.sha256[..12]
+                                short(&known.sha256),
+                                short(&f.sha256)
                             )));
                         }
                         holders.push(i);
@@ -429,7 +418,14 @@ impl StorageClient for RemoteStorage {
         })))
     }
 
-    fn run_task(&self, task: &Task) -> Result<TaskOutput> {
+    fn run_task(self: Arc<Self>, task: Task) -> BoxFuture<'static, Result<TaskOutput>> {
+        async move { self.run_on_replicas(&task).await }.boxed()
+    }
+}
+
+impl RemoteStorage {
+    /// Runs `task` on the replicas holding its file, one after another until one answers.
+    async fn run_on_replicas(&self, task: &Task) -> Result<TaskOutput> {
         let holders = self
             .replicas
             .lock()
@@ -448,7 +444,7 @@ impl StorageClient for RemoteStorage {
         order.sort_by_key(|&i| self.nodes[i].is_down());
         let mut failures = Vec::new();
         for i in order {
-            match self.block(self.fetch(i, task)) {
+            match self.fetch(i, task).await {
                 Ok(out) => {
                     self.nodes[i].mark(false);
                     return Ok(out);

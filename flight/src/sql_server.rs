@@ -18,27 +18,77 @@ use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use arrow_schema::SchemaRef;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
-use pushdown_intermediary::Engine;
+use pushdown_intermediary::{Engine, SqlLimits};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
 
-/// The Flight SQL service over an [`Engine`].
+/// Bounds on what one client request may cost the intermediary.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// SQL text size and nesting depth.
+    pub sql: SqlLimits,
+    /// A query not answered within this time (planning included) fails. Defaults to 300 s.
+    pub timeout: Duration,
+    /// Queries running at once; more are refused with `RESOURCE_EXHAUSTED`. Defaults to 16.
+    pub max_queries: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            sql: SqlLimits::default(),
+            timeout: Duration::from_secs(300),
+            max_queries: 16,
+        }
+    }
+}
+
+/// The Flight SQL service over an [`Engine`]: read-only SQL, each request planned in a
+/// session state of its own, within [`QueryLimits`].
 pub struct SqlService {
     engine: Arc<Engine>,
+    limits: QueryLimits,
+    running: Arc<Semaphore>,
 }
 
 impl SqlService {
-    /// Serves queries with `engine`.
+    /// Serves queries with `engine` within the default [`QueryLimits`].
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+        Self::with_limits(engine, QueryLimits::default())
+    }
+
+    /// Serves queries with `engine` within `limits`.
+    pub fn with_limits(engine: Arc<Engine>, limits: QueryLimits) -> Self {
+        Self {
+            engine,
+            running: Arc::new(Semaphore::new(limits.max_queries.max(1))),
+            limits,
+        }
+    }
+
+    /// Plans `sql` as an untrusted client's query, within the time limit.
+    async fn plan(&self, sql: &str) -> Result<pushdown_intermediary::Query, Status> {
+        let timeout = self.limits.timeout;
+        tokio::time::timeout(timeout, self.engine.plan_read_only(sql, self.limits.sql))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the query was not planned within its deadline of {} s",
+                    timeout.as_secs_f64()
+                ))
+            })?
+            .map_err(query_error)
     }
 }
 
 fn query_error(e: pushdown_intermediary::Error) -> Status {
     match e {
         pushdown_intermediary::Error::Storage(e) => Status::internal(e.to_string()),
+        pushdown_intermediary::Error::Refused(m) => Status::permission_denied(m),
         other => Status::invalid_argument(other.to_string()),
     }
 }
@@ -52,7 +102,7 @@ impl FlightSqlService for SqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let planned = self.engine.plan(&query.query).await.map_err(query_error)?;
+        let planned = self.plan(&query.query).await?;
         let schema = planned.plan().schema();
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
@@ -73,9 +123,18 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("the statement is not UTF-8"))?;
-        let planned = self.engine.plan(&sql).await.map_err(query_error)?;
+        let permit = self.running.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} queries are running, the limit of this server; try again later",
+                self.limits.max_queries
+            ))
+        })?;
+        let started = tokio::time::Instant::now();
+        let planned = self.plan(&sql).await?;
         let stream = planned.stream().map_err(query_error)?;
         let schema = stream.schema();
+        let timeout = self.limits.timeout;
+        let stream = with_deadline(stream, started + timeout, timeout);
         // Reports what crossed between the tiers once the result has been sent.
         let report = RunReport {
             query: planned,
@@ -83,7 +142,7 @@ impl FlightSqlService for SqlService {
         };
         // The report lives as long as the stream: it logs when the stream is dropped.
         let batches = stream.map(move |r| {
-            let _alive = &report;
+            let _alive = (&report, &permit);
             r.map_err(|e| {
                 FlightError::ExternalError(Box::new(pushdown_intermediary::Error::Query(e)))
             })
@@ -101,6 +160,29 @@ impl FlightSqlService for SqlService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// `stream`, ending with an error once `deadline` has passed (dropping `stream`, which
+/// stops its tasks).
+fn with_deadline(
+    stream: datafusion::physical_plan::SendableRecordBatchStream,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> impl Stream<Item = datafusion::common::Result<RecordBatch>> + Send {
+    futures::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(datafusion::common::DataFusionError::Execution(format!(
+                    "the query ran past its deadline of {} s and was stopped",
+                    timeout.as_secs_f64()
+                ))),
+                None,
+            )),
+        }
+    })
 }
 
 /// Logs (info) a query's tasks, bytes and rows when dropped, after its result was sent.
@@ -128,13 +210,24 @@ impl Drop for RunReport {
 pub async fn serve_sql(
     engine: Arc<Engine>,
     listener: TcpListener,
-    token: Option<String>,
+    security: crate::Security,
+    limits: QueryLimits,
 ) -> Result<(), Error> {
-    crate::serve(SqlService::new(engine), listener, token).await
+    crate::serve(
+        SqlService::with_limits(engine, limits),
+        listener,
+        security,
+        MAX_REQUEST_BYTES,
+    )
+    .await
 }
 
-/// Runs `sql` on the Flight SQL server at `url` (`http://host:port`), with `token` as the
-/// bearer token, and returns the result's schema and batches.
+/// Largest request message the intermediary decodes (a Flight SQL command carrying the
+/// SQL text): 4 MiB. Larger ones are refused from their length prefix, before they are read.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Runs `sql` on the Flight SQL server at `url` (`http://host:port`, or `https://` with
+/// `tls`), with `token` as the bearer token, and returns the result's schema and batches.
 ///
 /// # Errors
 /// [`Error::Transport`] when the server cannot be reached; [`Error::Remote`] with the
@@ -142,10 +235,11 @@ pub async fn serve_sql(
 pub async fn query_remote(
     url: &str,
     token: Option<&str>,
+    tls: Option<&crate::ClientTls>,
     sql: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::Transport(format!("{url}: {e}")))?
+    let channel = crate::endpoint(url, tls)?
+        .connect_timeout(Duration::from_secs(10))
         .connect()
         .await
         .map_err(|e| Error::Transport(format!("cannot connect to {url}: {e}")))?;

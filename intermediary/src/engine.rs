@@ -42,6 +42,11 @@ pub fn builtin_function_names() -> std::collections::BTreeSet<String> {
     names
 }
 
+/// The machine's cores (at least 1).
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Runs SQL over the tables of a storage node.
 pub struct Engine {
     ctx: SessionContext,
@@ -69,6 +74,18 @@ impl Engine {
         progress: Option<Arc<dyn Progress>>,
         memory_limit: Option<usize>,
     ) -> Self {
+        Self::with_partitions(node, progress, memory_limit, default_threads())
+    }
+
+    /// As [`Engine::with_memory_limit`], with scans dealing their tasks over
+    /// `target_partitions` output partitions (DataFusion's `target_partitions`: the
+    /// parallelism of the operators above the scans). At least 1.
+    pub fn with_partitions(
+        node: Arc<dyn StorageClient>,
+        progress: Option<Arc<dyn Progress>>,
+        memory_limit: Option<usize>,
+        target_partitions: usize,
+    ) -> Self {
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
         if let Some(limit) = memory_limit {
             runtime = runtime.with_memory_limit(limit, 1.0);
@@ -76,7 +93,9 @@ impl Engine {
         let runtime = runtime
             .build_arc()
             .expect("a runtime with a memory pool builds");
-        let mut config = SessionConfig::new().with_information_schema(false);
+        let mut config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_target_partitions(target_partitions.max(1));
         // Decimal literals stay decimal (`0.06 - 0.01` is exactly 0.05), as in DuckDB.
         config.options_mut().sql_parser.parse_float_as_decimal = true;
         let state = SessionStateBuilder::new()
@@ -85,7 +104,11 @@ impl Engine {
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(PushdownRule))
             .build();
+        let capped = crate::capped::capped_functions(state.scalar_functions().values());
         let ctx = SessionContext::new_with_state(state);
+        for f in capped {
+            ctx.register_udf(f);
+        }
         ctx.register_udaf(FloatAvg::udaf());
         if let Some(catalog) = ctx.catalog("datafusion") {
             let _ =
@@ -97,7 +120,8 @@ impl Engine {
         }
     }
 
-    /// Embedded mode: a storage node over the local folder `data`, in this process.
+    /// Embedded mode: a storage node over the local folder `data`, in this process, with
+    /// as many task threads and partitions as the machine has cores.
     ///
     /// # Errors
     /// When `data` is not a directory or the built-in plugins do not load.
@@ -106,8 +130,23 @@ impl Engine {
         options: NodeOptions,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<Self> {
+        Self::embedded_with_threads(data, options, progress, default_threads())
+    }
+
+    /// Embedded mode with `threads` sandbox threads (the CPU pool tasks run on) and as
+    /// many output partitions per scan.
+    ///
+    /// # Errors
+    /// As [`Engine::embedded`].
+    pub fn embedded_with_threads(
+        data: impl AsRef<Path>,
+        options: NodeOptions,
+        progress: Option<Arc<dyn Progress>>,
+        threads: usize,
+    ) -> Result<Self> {
         let node = Arc::new(StorageNode::open(data, options)?);
-        let engine = Self::new(Arc::new(LocalStorage(node.clone())), progress);
+        let local = LocalStorage::new(node.clone(), threads)?;
+        let engine = Self::with_partitions(Arc::new(local), progress, None, threads);
         if let Some(registry) = node.registry() {
             let registered = registry.list()?;
             let loader: PluginLoader = Arc::new(move |r: &PluginRef| node.plugin(r));
@@ -166,6 +205,201 @@ impl Engine {
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         self.plan(sql).await?.collect().await
     }
+}
+
+/// Bounds on SQL text from untrusted clients ([`Engine::plan_read_only`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlLimits {
+    /// Longest SQL text, in bytes. Defaults to 256 KiB.
+    pub max_sql_bytes: usize,
+    /// Deepest nesting of expressions and subqueries in the parsed statement (a chain
+    /// `1+1+...+1` of n terms nests n deep). Defaults to 256.
+    pub max_depth: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            max_sql_bytes: 256 << 10,
+            max_depth: 256,
+        }
+    }
+}
+
+/// Stack of the thread that parses and plans untrusted SQL: deep enough for any statement
+/// within [`SqlLimits`]; only the pages touched are committed.
+const PLANNING_STACK_BYTES: usize = 256 << 20;
+
+/// Counts the nesting of expressions and queries in a parsed statement, stopping at the
+/// limit.
+struct Depth {
+    now: usize,
+    max: usize,
+}
+
+impl Depth {
+    fn enter(&mut self) -> std::ops::ControlFlow<()> {
+        self.now += 1;
+        if self.now > self.max {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+
+    fn leave(&mut self) -> std::ops::ControlFlow<()> {
+        self.now -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for Depth {
+    type Break = ();
+
+    fn pre_visit_query(
+        &mut self,
+        _query: &datafusion::sql::sqlparser::ast::Query,
+    ) -> std::ops::ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_query(
+        &mut self,
+        _query: &datafusion::sql::sqlparser::ast::Query,
+    ) -> std::ops::ControlFlow<()> {
+        self.leave()
+    }
+
+    fn pre_visit_expr(
+        &mut self,
+        _expr: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_expr(
+        &mut self,
+        _expr: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<()> {
+        self.leave()
+    }
+}
+
+/// What kind of statement `statement` is, for refusals: `CREATE EXTERNAL TABLE`, `COPY`,
+/// or the first two words of the SQL.
+fn statement_kind(statement: &datafusion::sql::parser::Statement) -> String {
+    use datafusion::sql::parser::Statement as S;
+    match statement {
+        S::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".into(),
+        S::CopyTo(_) => "COPY".into(),
+        S::Reset(_) => "RESET".into(),
+        S::Explain(_) => "EXPLAIN".into(),
+        S::Statement(s) => {
+            // sqlparser prints keywords in upper case: the leading ones name the kind
+            // (`CREATE VIEW`, `INSERT INTO`, `SET`).
+            let text = s.to_string();
+            let words: Vec<&str> = text
+                .split_whitespace()
+                .take_while(|w| w.chars().all(|c| c.is_ascii_uppercase()))
+                .take(4)
+                .collect();
+            if words.is_empty() {
+                "this statement".into()
+            } else {
+                words.join(" ")
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Parses, plans and splits SQL from an untrusted client: only a read-only query
+    /// (`SELECT`, `WITH`, `VALUES`, `EXPLAIN` of one) is accepted, within `limits`, in a
+    /// session state of its own (nothing it does changes what other requests see). The
+    /// parse and the plan run on a thread with a large stack, so a deeply nested statement
+    /// is refused rather than overflowing a server thread. Follows DataFusion's
+    /// `SQLOptions` (no DDL, no DML, no other statements).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] naming the limit or the statement kind (`COPY`, `CREATE VIEW`,
+    /// `SET`, ...); otherwise as [`Engine::plan`].
+    pub async fn plan_read_only(&self, sql: &str, limits: SqlLimits) -> Result<Query> {
+        if sql.len() > limits.max_sql_bytes {
+            return Err(Error::Refused(format!(
+                "the SQL text is {} bytes, over the limit of {} bytes",
+                sql.len(),
+                limits.max_sql_bytes
+            )));
+        }
+        // A copy of the session state: settings and temporary objects stay per request.
+        let ctx = SessionContext::new_with_state(self.ctx.state());
+        let handle = tokio::runtime::Handle::current();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sql = sql.to_string();
+        std::thread::Builder::new()
+            .name("pushdown-plan".into())
+            .stack_size(PLANNING_STACK_BYTES)
+            .spawn(move || {
+                let result = handle.block_on(plan_read_only(ctx, &sql, limits));
+                let _ = tx.send(result);
+            })
+            .map_err(|e| Error::Refused(format!("cannot start a planning thread: {e}")))?;
+        let (plan, ctx) = match rx.await {
+            Ok(Ok(planned)) => planned,
+            Ok(Err(Error::Query(e))) => return Err(self.unknown_function(e)),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::Refused("planning failed".into())),
+        };
+        let query = Query { plan, ctx };
+        Ok(query)
+    }
+}
+
+/// The body of [`Engine::plan_read_only`], on its planning thread.
+async fn plan_read_only(
+    ctx: SessionContext,
+    sql: &str,
+    limits: SqlLimits,
+) -> Result<(Arc<dyn ExecutionPlan>, SessionContext)> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect.clone();
+    let statement = state.sql_to_statement(sql, &dialect)?;
+    let read_only = match &statement {
+        datafusion::sql::parser::Statement::Statement(s) => {
+            let mut depth = Depth {
+                now: 0,
+                max: limits.max_depth,
+            };
+            if s.visit(&mut depth).is_break() {
+                return Err(Error::Refused(format!(
+                    "the statement nests expressions or subqueries more than {} deep",
+                    limits.max_depth
+                )));
+            }
+            matches!(
+                s.as_ref(),
+                datafusion::sql::sqlparser::ast::Statement::Query(_)
+            )
+        }
+        _ => false,
+    };
+    if !read_only {
+        return Err(Error::Refused(format!(
+            "only read-only queries are served; {} is not allowed",
+            statement_kind(&statement)
+        )));
+    }
+    let plan = state.statement_to_plan(statement).await?;
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| Error::Refused(format!("only read-only queries are served: {e}")))?;
+    let df = ctx.execute_logical_plan(plan).await?;
+    let plan = df.create_physical_plan().await?;
+    Ok((plan, ctx))
 }
 
 impl Engine {
@@ -308,11 +542,13 @@ impl Query {
             let m = scan.metrics();
             let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             let (tasks, pruned) = (get(&m.tasks), get(&m.tasks_pruned));
+            let done = get(&m.tasks_done);
             let _ = writeln!(
                 out,
-                "table {}: tasks {} scanned, {pruned} pruned (of {tasks}); pages skipped {}; bytes read from storage {}; bytes returned by the storage node {}; rows in {}, selected {}, out {}",
+                "table {}: tasks {} scanned, {pruned} pruned, {} not run (of {tasks}); pages skipped {}; bytes read from storage {}; bytes returned by the storage node {}; rows in {}, selected {}, out {}",
                 scan.table().name,
-                tasks - pruned,
+                done.saturating_sub(pruned),
+                tasks.saturating_sub(done),
                 get(&m.pages_skipped),
                 get(&m.bytes_read),
                 get(&m.bytes_returned),

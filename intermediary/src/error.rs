@@ -16,6 +16,10 @@ pub enum Error {
     /// A plugin function is unknown or its registration is unusable.
     #[error("{0}")]
     Plugins(String),
+    /// A request from an untrusted client was refused: over a limit, or not a read-only
+    /// query.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<DataFusionError> for Error {

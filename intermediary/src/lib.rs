@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod avg;
+mod capped;
 mod client;
 mod engine;
 mod error;
@@ -25,8 +26,9 @@ mod table;
 mod translate;
 
 pub use avg::FloatAvg;
+pub use capped::MAX_FUNCTION_RESULT_BYTES;
 pub use client::{LocalStorage, StorageClient};
-pub use engine::{builtin_function_names, Engine, Query};
+pub use engine::{builtin_function_names, Engine, Query, SqlLimits};
 pub use error::{Error, Result};
 pub use rule::PushdownRule;
 pub use scan::{Progress, PushdownScanExec, ScanMetrics};

@@ -10,6 +10,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -43,9 +44,14 @@ impl PhysicalOptimizerRule for PushdownRule {
     }
 }
 
-/// The scan directly below `plan`, while it still returns rows (no aggregate yet).
+/// The scan directly below `plan`, while it still returns rows (no aggregate yet) and
+/// has no `LIMIT` (rows dropped by a predicate or merged by an aggregate would change
+/// which rows the limit keeps).
 fn row_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<(&PushdownScanExec, Vec<Expr>)> {
     let scan = plan.downcast_ref::<PushdownScanExec>()?;
+    if scan.limit().is_some() {
+        return None;
+    }
     let exprs = scan.output_exprs()?;
     Some((scan, exprs))
 }
@@ -134,8 +140,14 @@ fn absorb(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionP
                 let Some((group_by, states)) = partial_states(&partial, &inputs)? else {
                     return Ok(Transformed::no(node));
                 };
-                let new_scan =
+                let new_scan: Arc<dyn ExecutionPlan> =
                     Arc::new(scan.with_partial_aggregate(group_by, states, partial.schema()));
+                // The final aggregate reads one partition.
+                let new_scan: Arc<dyn ExecutionPlan> = if scan.partitions() > 1 {
+                    Arc::new(CoalescePartitionsExec::new(new_scan))
+                } else {
+                    new_scan
+                };
                 let final_agg = AggregateExec::try_new(
                     AggregateMode::Final,
                     agg.group_expr().as_final(),

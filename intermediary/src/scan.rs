@@ -1,6 +1,14 @@
 //! [`PushdownScanExec`]: the leaf of every plan over a pushdown table. It sends one task per
-//! row group or CSV chunk to the storage node, in parallel, and streams the partial results
-//! into DataFusion, which merges them (final aggregate, ORDER BY, LIMIT, joins).
+//! row group or CSV chunk to the storage node and streams the partial results into
+//! DataFusion, which merges them (final aggregate, ORDER BY, LIMIT, joins).
+//!
+//! The tasks are dealt round-robin over the scan's output partitions (as many as
+//! DataFusion's `target_partitions`, at most one per task), so the operators above run
+//! in parallel. Each partition is an async stream that keeps at most
+//! [`TASKS_IN_FLIGHT`] of its tasks started: a consumer that stops polling (a slow client,
+//! a join still reading its other side) stops new tasks from starting, and dropping the
+//! stream (a satisfied `LIMIT`, an error, a client that went away) drops the tasks not yet
+//! started.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,20 +22,26 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use pushdown_protocol::{Expr, PartialAggregate, Pushdown, Task};
 use pushdown_storage_node::{TableInfo, TaskMetrics};
-use rayon::prelude::*;
 
 use crate::client::StorageClient;
+
+/// Tasks each output partition of a scan keeps started at once: one running, one queued,
+/// so the pool never idles between two tasks of a partition.
+pub const TASKS_IN_FLIGHT: usize = 2;
 
 /// Counters of one scan, summed over its tasks.
 #[derive(Debug, Default)]
 pub struct ScanMetrics {
     /// Tasks planned.
     pub tasks: AtomicU64,
+    /// Tasks started (sent to the storage node); the rest were not needed.
+    pub tasks_started: AtomicU64,
     /// Tasks finished (scanned or pruned).
     pub tasks_done: AtomicU64,
     /// Tasks skipped by row-group statistics, Bloom filters or the page index.
@@ -83,25 +97,39 @@ pub struct PushdownScanExec {
     properties: Arc<PlanProperties>,
     metrics: Arc<ScanMetrics>,
     progress: Option<Arc<dyn Progress>>,
+    /// Output partitions (at least 1).
+    partitions: usize,
+    /// Rows wanted at most (a `LIMIT` DataFusion pushed into the scan).
+    limit: Option<usize>,
 }
 
-fn properties(schema: &SchemaRef) -> Arc<PlanProperties> {
+fn properties(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties> {
     Arc::new(PlanProperties::new(
         EquivalenceProperties::new(schema.clone()),
-        Partitioning::UnknownPartitioning(1),
+        Partitioning::UnknownPartitioning(partitions),
         EmissionType::Incremental,
         Boundedness::Bounded,
     ))
 }
 
 impl PushdownScanExec {
-    /// A scan returning the table's columns `projection` (all when `None`).
+    /// A scan returning the table's columns `projection` (all when `None`), its tasks
+    /// dealt over `target_partitions` output partitions (fewer when there are fewer tasks).
     pub fn new(
         table: Arc<TableInfo>,
         node: Arc<dyn StorageClient>,
         projection: Option<&Vec<usize>>,
         progress: Option<Arc<dyn Progress>>,
+        target_partitions: usize,
+        limit: Option<usize>,
     ) -> Result<Self> {
+        let units: usize = table.files.iter().map(|f| f.units.len()).sum();
+        // With a LIMIT, one partition runs one task at a time and stops once it has the
+        // rows: usually the first task is the only one.
+        let partitions = match limit {
+            Some(_) => 1,
+            None => target_partitions.min(units).max(1),
+        };
         let schema = match projection {
             Some(p) => Arc::new(table.schema.project(p)?),
             None => table.schema.clone(),
@@ -116,10 +144,12 @@ impl PushdownScanExec {
             node,
             predicate: None,
             pushdown: Pushdown::Project(exprs),
-            properties: properties(&schema),
+            properties: properties(&schema, partitions),
             schema,
             metrics: Arc::default(),
             progress,
+            partitions,
+            limit,
         })
     }
 
@@ -177,7 +207,7 @@ impl PushdownScanExec {
             .collect();
         Self {
             pushdown: Pushdown::Project(named),
-            properties: properties(&schema),
+            properties: properties(&schema, self.partitions),
             schema,
             ..self.clone()
         }
@@ -198,17 +228,23 @@ impl PushdownScanExec {
         };
         Self {
             pushdown,
-            properties: properties(&schema),
+            properties: properties(&schema, self.partitions),
             schema,
             metrics: Arc::default(),
             ..self.clone()
         }
     }
 
-    fn tasks(&self) -> Vec<Task> {
+    /// The tasks of output partition `partition`: every `partitions`-th unit of the table.
+    fn tasks(&self, partition: usize) -> Vec<Task> {
         let mut tasks = Vec::new();
-        for file in &self.table.files {
-            for unit in &file.units {
+        let units = self
+            .table
+            .files
+            .iter()
+            .flat_map(|file| file.units.iter().map(move |unit| (file, unit)));
+        for (i, (file, unit)) in units.enumerate() {
+            if i % self.partitions == partition {
                 tasks.push(Task {
                     file: file.path.clone(),
                     format: file.format.clone(),
@@ -216,10 +252,21 @@ impl PushdownScanExec {
                     predicate: self.predicate.clone(),
                     pushdown: self.pushdown.clone(),
                     output_schema: self.schema.as_ref().clone(),
+                    limit: self.limit.map(|l| l as u64),
                 });
             }
         }
         tasks
+    }
+
+    /// Output partitions.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// The rows wanted at most, when a `LIMIT` was pushed into the scan.
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
     }
 }
 
@@ -235,6 +282,9 @@ impl DisplayAs for PushdownScanExec {
         )?;
         if let Some(p) = &self.predicate {
             write!(f, ", predicate={p}")?;
+        }
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
         }
         match &self.pushdown {
             Pushdown::Project(exprs) => {
@@ -306,60 +356,62 @@ impl ExecutionPlan for PushdownScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
+        if partition >= self.partitions {
             return Err(DataFusionError::Internal(format!(
-                "PushdownScanExec has one partition, not {partition}"
+                "PushdownScanExec has {} partition(s), not {partition}",
+                self.partitions
             )));
         }
-        let tasks = self.tasks();
+        let tasks = self.tasks(partition);
         self.metrics
             .tasks
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.add_tasks(tasks.len() as u64);
         }
-        // A few batches in flight: the storage node waits when the intermediary is slower.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(8);
-        let (node, metrics, progress) = (
-            self.node.clone(),
-            self.metrics.clone(),
-            self.progress.clone(),
-        );
-        std::thread::Builder::new()
-            .name("pushdown-scan".into())
-            .spawn(move || {
-                let _ = tasks.par_iter().try_for_each(|task| {
-                    if tx.is_closed() {
-                        return Err(());
-                    }
-                    let result = node.run_task(task);
-                    if let Some(p) = &progress {
-                        let (rows, bytes) = result
-                            .as_ref()
-                            .map_or((0, 0), |o| (o.metrics.rows_in, o.metrics.bytes_read));
-                        p.task_done(rows, bytes);
-                    }
-                    match result {
-                        Ok(out) => {
-                            metrics.add(&out.metrics);
-                            for batch in out.batches {
-                                tx.blocking_send(Ok(batch)).map_err(|_| ())?;
-                            }
-                            Ok(())
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(DataFusionError::External(Box::new(e))));
-                            Err(())
-                        }
-                    }
-                });
+        let node = self.node.clone();
+        let started = self.metrics.clone();
+        let (metrics, progress) = (self.metrics.clone(), self.progress.clone());
+        let window = if self.limit.is_some() {
+            1
+        } else {
+            TASKS_IN_FLIGHT
+        };
+        // Rows still wanted; no task starts once a LIMIT has its rows.
+        let wanted = Arc::new(AtomicU64::new(
+            self.limit.map_or(u64::MAX, |l| l as u64),
+        ));
+        let (wanted_start, wanted_out) = (wanted.clone(), wanted);
+        // Tasks start only as the stream is polled, at most `window` ahead of the
+        // consumer; their batches come out in task order.
+        let stream = futures::stream::iter(tasks)
+            .take_while(move |_| {
+                futures::future::ready(wanted_start.load(Ordering::Relaxed) > 0)
             })
-            .map_err(|e| {
-                DataFusionError::Execution(format!("cannot start the scan thread: {e}"))
-            })?;
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
+            .map(move |task| {
+                started.tasks_started.fetch_add(1, Ordering::Relaxed);
+                node.clone().run_task(task)
+            })
+            .buffered(window)
+            .flat_map(move |result| {
+                if let Some(p) = &progress {
+                    let (rows, bytes) = result
+                        .as_ref()
+                        .map_or((0, 0), |o| (o.metrics.rows_in, o.metrics.bytes_read));
+                    p.task_done(rows, bytes);
+                }
+                let items: Vec<Result<RecordBatch>> = match result {
+                    Ok(out) => {
+                        metrics.add(&out.metrics);
+                        let rows: u64 = out.batches.iter().map(|b| b.num_rows() as u64).sum();
+                        let left = wanted_out.load(Ordering::Relaxed);
+                        wanted_out.store(left.saturating_sub(rows), Ordering::Relaxed);
+                        out.batches.into_iter().map(Ok).collect()
+                    }
+                    Err(e) => vec![Err(DataFusionError::External(Box::new(e)))],
+                };
+                futures::stream::iter(items)
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,

@@ -35,16 +35,18 @@ impl TableProvider for PushdownTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(PushdownScanExec::new(
             self.table.clone(),
             self.node.clone(),
             projection,
             self.progress.clone(),
+            state.config().target_partitions(),
+            limit,
         )?))
     }
 }
@@ -66,13 +68,14 @@ impl PushdownSchema {
 #[async_trait]
 impl SchemaProvider for PushdownSchema {
     fn table_names(&self) -> Vec<String> {
-        self.node.table_names().unwrap_or_default()
+        self.node.table_names()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         let table = self
             .node
             .table(name)
+            .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(table.map(|table| {
             Arc::new(PushdownTable {
@@ -84,9 +87,6 @@ impl SchemaProvider for PushdownSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.node
-            .table_names()
-            .map(|n| n.iter().any(|t| t == name))
-            .unwrap_or(false)
+        self.node.table_names().iter().any(|t| t == name)
     }
 }

@@ -248,7 +248,12 @@ impl PluginSignature {
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+/// Checks that `name` can name a plugin (and so a SQL function): ASCII letters, digits
+/// and `_`, at most 64, not starting with a digit.
+///
+/// # Errors
+/// A message saying what a name must be.
+pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -101,6 +101,10 @@ pub struct Task {
     pub pushdown: Pushdown,
     /// The schema of the record batches the task returns.
     pub output_schema: Schema,
+    /// At most this many rows are needed (a `LIMIT` above a scan without a predicate or
+    /// aggregate): a projecting task stops once it has them. `None`: all rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 impl Task {

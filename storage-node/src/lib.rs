@@ -32,4 +32,6 @@ pub use node::{
 };
 pub use prune::row_group_may_match;
 pub use registry::{RegisteredPlugin, Registry};
-pub use sandbox::{CallOutput, PluginModule, Sandbox, SandboxConfig, ABI_VERSION, RANDOM_STREAM};
+pub use sandbox::{
+    CallOutput, PluginModule, Precompiled, Sandbox, SandboxConfig, ABI_VERSION, RANDOM_STREAM,
+};

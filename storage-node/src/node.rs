@@ -207,31 +207,36 @@ impl StorageNode {
         Ok(module)
     }
 
-    /// Validates a user plugin sent by an intermediary and stores it in this node's
-    /// registry under `plugin.name`, after checking that `bytes` hash to `plugin.sha256`.
+    /// Receives a user plugin's module sent by an intermediary: checks that `bytes` hash
+    /// to `plugin.sha256`, validates the module (WebAssembly validation before it is
+    /// compiled, then the ABI), and stores it in this node's registry by SHA-256 only.
+    /// `plugin.name` only labels messages; no named plugin is created or replaced.
     ///
     /// # Errors
-    /// [`Error::Plugin`] when the bytes do not hash to the reference's SHA-256 (nothing is
-    /// stored or run) or the module is not a valid plugin; [`Error::NotFound`] when the
-    /// node has no registry.
+    /// [`Error::Plugin`] when the name is not an identifier, the bytes do not hash to the
+    /// reference's SHA-256, are over the module size cap, or are not a valid plugin
+    /// (nothing is stored, compiled or run); [`Error::NotFound`] when the node has no
+    /// registry.
     pub fn install_plugin(&self, plugin: &PluginRef, bytes: &[u8]) -> Result<()> {
+        let refuse = |message: String| Error::Plugin {
+            plugin: plugin.name.chars().take(64).collect(),
+            message,
+        };
+        pushdown_protocol::plugin::check_name(&plugin.name).map_err(refuse)?;
         let registry = self.registry.as_ref().ok_or_else(|| Error::NotFound {
             path: plugin.name.clone(),
             message: "this node has no plugin registry".into(),
         })?;
         let actual = crate::registry::sha256_hex(bytes);
         if actual != plugin.sha256 {
-            return Err(Error::Plugin {
-                plugin: plugin.name.clone(),
-                message: format!(
-                    "the module sent hashes to {actual}, not {}; refused",
-                    plugin.sha256
-                ),
-            });
+            return Err(refuse(format!(
+                "the module sent hashes to {actual}, not {}; refused",
+                plugin.sha256
+            )));
         }
-        let (_, mut signature) = self.sandbox.load_plugin(&plugin.name, bytes)?;
-        signature.name = plugin.name.clone();
-        registry.store(bytes, signature, "sent by an intermediary")?;
+        // Validated before it is compiled (and only then cached): see Sandbox::link.
+        self.sandbox.load_plugin(&plugin.name, bytes)?;
+        registry.store_module(bytes)?;
         Ok(())
     }
 
@@ -316,6 +321,23 @@ impl StorageNode {
                 path: task.file.clone(),
                 message: "not a file of an open table".into(),
             })?;
+        // A task names one of the file's own units, in the file's format: a client cannot
+        // pick another byte range or row group, or read a file as another format.
+        if task.format != file.format {
+            return Err(Error::BadData {
+                file: task.file.clone(),
+                message: format!(
+                    "the task reads it as {}, but it is a {} file",
+                    task.format, file.format
+                ),
+            });
+        }
+        if !file.units.contains(&task.unit) {
+            return Err(Error::BadData {
+                file: task.file.clone(),
+                message: format!("{:?} is not one of the file's units", task.unit),
+            });
+        }
         let columns = task.needed_columns(&file.schema);
         let mut pruning = Pruning::default();
         let mut pages = None;

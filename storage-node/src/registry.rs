@@ -146,6 +146,10 @@ impl Registry {
                  signature TEXT NOT NULL,
                  source TEXT NOT NULL,
                  registered_at TEXT NOT NULL DEFAULT (datetime('now'))
+             );
+             CREATE TABLE IF NOT EXISTS received (
+                 sha256 TEXT PRIMARY KEY REFERENCES modules(sha256),
+                 received_at TEXT NOT NULL DEFAULT (datetime('now'))
              );",
         )
         .map_err(db_err(&dir))?;
@@ -200,7 +204,8 @@ impl Registry {
         )
         .map_err(db_err(&self.dir))?;
         tx.execute(
-            "DELETE FROM modules WHERE sha256 NOT IN (SELECT sha256 FROM plugins)",
+            "DELETE FROM modules WHERE sha256 NOT IN (SELECT sha256 FROM plugins)
+                 AND sha256 NOT IN (SELECT sha256 FROM received)",
             [],
         )
         .map_err(db_err(&self.dir))?;
@@ -215,10 +220,35 @@ impl Registry {
         })
     }
 
-    /// Every registered plugin, by name.
+    /// Stores validated module bytes by their SHA-256 only, under no name: what a storage
+    /// node keeps of the modules intermediaries send it. Never creates, renames or
+    /// replaces a named plugin. Returns the SHA-256.
     ///
     /// # Errors
-    /// [`Error::Internal`] for database errors or a corrupt row.
+    /// [`Error::Internal`] for database errors.
+    pub fn store_module(&self, bytes: &[u8]) -> Result<String> {
+        let sha256 = sha256_hex(bytes);
+        let mut conn = self.conn.lock().expect("not poisoned");
+        let tx = conn.transaction().map_err(db_err(&self.dir))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO modules (sha256, bytes) VALUES (?1, ?2)",
+            params![sha256, bytes],
+        )
+        .map_err(db_err(&self.dir))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO received (sha256) VALUES (?1)",
+            params![sha256],
+        )
+        .map_err(db_err(&self.dir))?;
+        tx.commit().map_err(db_err(&self.dir))?;
+        Ok(sha256)
+    }
+
+    /// Every registered plugin, by name. A row that does not hold a valid plugin (a name
+    /// that is not an identifier, a malformed signature) is skipped with a warning.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] for database errors.
     pub fn list(&self) -> Result<Vec<RegisteredPlugin>> {
         let conn = self.conn.lock().expect("not poisoned");
         let mut stmt = conn
@@ -241,8 +271,20 @@ impl Registry {
         let mut out = Vec::new();
         for row in rows {
             let (name, sha256, json, size, source) = row.map_err(db_err(&self.dir))?;
-            let signature = PluginSignature::parse(json.as_bytes())
-                .map_err(|m| Error::Internal(format!("plugin registry: plugin {name}: {m}")))?;
+            let signature = PluginSignature::parse(json.as_bytes()).and_then(|signature| {
+                pushdown_protocol::plugin::check_name(&name)?;
+                Ok(signature)
+            });
+            let signature = match signature {
+                Ok(signature) => signature,
+                Err(m) => {
+                    log::warn!(
+                        "plugin registry {}: skipping plugin {name:?}: {m}",
+                        self.dir.display()
+                    );
+                    continue;
+                }
+            };
             out.push(RegisteredPlugin {
                 name,
                 kind: signature.kind,
@@ -275,7 +317,8 @@ impl Registry {
             .execute("DELETE FROM plugins WHERE name = ?1", params![name])
             .map_err(db_err(&self.dir))?;
         tx.execute(
-            "DELETE FROM modules WHERE sha256 NOT IN (SELECT sha256 FROM plugins)",
+            "DELETE FROM modules WHERE sha256 NOT IN (SELECT sha256 FROM plugins)
+                 AND sha256 NOT IN (SELECT sha256 FROM received)",
             [],
         )
         .map_err(db_err(&self.dir))?;

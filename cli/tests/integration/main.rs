@@ -6,4 +6,5 @@ mod cluster;
 mod malformed;
 mod output;
 mod plugins;
+mod security;
 mod support;

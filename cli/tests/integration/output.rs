@@ -68,7 +68,7 @@ fn table_output_and_explain() {
     assert!(stderr.contains("predicate: id >= 2"), "{stderr}");
     assert!(stderr.contains("partial aggregate"), "{stderr}");
     assert!(
-        stderr.contains("table people: tasks 1 scanned, 0 pruned (of 1)"),
+        stderr.contains("table people: tasks 1 scanned, 0 pruned, 0 not run (of 1)"),
         "{stderr}"
     );
     assert!(stderr.contains("rows in 3, selected 2, out 1"), "{stderr}");

@@ -14,7 +14,7 @@ pub(crate) fn repo() -> PathBuf {
 }
 
 fn pushdown(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pushdown"))
+    crate::support::pushdown()
         .args(args)
         .output()
         .expect("the binary runs")

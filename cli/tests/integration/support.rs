@@ -10,9 +10,29 @@ pub fn testdata() -> PathBuf {
     }
 }
 
+/// The `pushdown` binary, kept away from the user's data: its default registries and
+/// caches are folders of this test run (fresh XDG data and cache folders per test process;
+/// the compiled-module cache in the target's temporary folder, shared by runs, as it is
+/// keyed by content). HOME stays, so `cargo` and `rustup` still find their toolchains.
+pub fn pushdown() -> Command {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let home = HOME.get_or_init(|| tempfile::tempdir().expect("a temporary home"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pushdown"));
+    command
+        .env("XDG_DATA_HOME", home.path().join("data"))
+        .env("XDG_CACHE_HOME", home.path().join("cache"))
+        .env_remove("PUSHDOWN_REGISTRY")
+        .env_remove("PUSHDOWN_TOKEN")
+        .env(
+            "PUSHDOWN_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("pushdown-module-cache"),
+        );
+    command
+}
+
 /// Runs `pushdown query --data DIR [extra...] SQL`.
 pub fn query(data: &Path, extra: &[&str], sql: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pushdown"))
+    pushdown()
         .arg("query")
         .arg("--data")
         .arg(data)

@@ -58,7 +58,28 @@ async fn row_groups_outside_the_predicate_are_pruned() {
     let report = query.run_report();
     // 600 572 rows in row groups of 50 000: 13 row groups, of which only the first holds keys < 1000.
     assert!(
-        report.contains("tasks 1 scanned, 12 pruned (of 13)"),
+        report.contains("tasks 1 scanned, 12 pruned, 0 not run (of 13)"),
         "{report}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_goes_into_the_task_and_the_tasks_not_needed_never_run() {
+    for format in ["parquet", "csv"] {
+        let dir = tpch().join(format);
+        let engine = engine(&dir, 4 << 20);
+        let query = engine.plan("SELECT * FROM lineitem LIMIT 5").await.unwrap();
+        let split = query.explain_split();
+        assert!(split.contains("limit=5"), "{split}");
+        let batches = query.collect().await.unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 5);
+        let report = query.run_report();
+        assert!(report.contains("tasks 1 scanned, 0 pruned, "), "{format}: {report}");
+        assert!(!report.contains(" 0 not run"), "{format}: {report}");
+        assert_eq!(figure(&report, "rows in "), figure(&report, "selected "));
+        let returned = figure(&report, "bytes returned by the storage node ");
+        assert!(returned < 1 << 20, "{format}: five rows, not a row group: {report}");
+        assert_eq!(figure(&report, ", out "), 5, "{report}");
+    }
 }

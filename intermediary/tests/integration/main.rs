@@ -8,3 +8,4 @@ mod pruning;
 mod queries;
 mod support;
 mod tpch;
+mod tpch22;

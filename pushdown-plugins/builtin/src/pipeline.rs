@@ -47,7 +47,15 @@ pub fn run_pipeline(
         Pushdown::Project(_) => None,
     };
     let mut out = Vec::new();
+    // Rows still wanted by a LIMIT (projections only).
+    let mut wanted = match (&request.task.pushdown, request.task.limit) {
+        (Pushdown::Project(_), Some(limit)) => limit,
+        _ => u64::MAX,
+    };
     for batch in batches {
+        if wanted == 0 {
+            break;
+        }
         stats.rows_in += batch.num_rows() as u64;
         let batch = filter_batch(request, batch)?;
         stats.rows_selected += batch.num_rows() as u64;
@@ -57,6 +65,12 @@ pub fn run_pipeline(
         match (&request.task.pushdown, aggregator.as_mut()) {
             (_, Some(agg)) => agg.update(&batch)?,
             (Pushdown::Project(exprs), None) => {
+                let batch = if (batch.num_rows() as u64) > wanted {
+                    batch.slice(0, wanted as usize)
+                } else {
+                    batch
+                };
+                wanted -= batch.num_rows() as u64;
                 let columns = exprs
                     .iter()
                     .zip(output_schema.fields())

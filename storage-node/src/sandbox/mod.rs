@@ -81,6 +81,10 @@ pub struct SandboxConfig {
     pub max_stdio_bytes: usize,
     /// Cap on the size of a module (binary or text) at load, in bytes. Defaults to 64 MiB.
     pub max_module_bytes: usize,
+    /// Folder of the on-disk cache of compiled modules. Defaults to `None`:
+    /// `$PUSHDOWN_CACHE_DIR/modules`, else `$XDG_CACHE_HOME/pushdown/modules`, else
+    /// `~/.cache/pushdown/modules`.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -92,6 +96,7 @@ impl Default for SandboxConfig {
             max_output_bytes: 1 << 30,
             max_stdio_bytes: 64 << 10,
             max_module_bytes: 64 << 20,
+            cache_dir: None,
         }
     }
 }
@@ -307,13 +312,13 @@ impl Sandbox {
         Ok((plugin, signature))
     }
 
-    fn link(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        host_calls: bool,
-        sha256: String,
-    ) -> Result<PluginModule> {
+    /// Checks `bytes` before anything is compiled or cached: within the module size cap,
+    /// and valid WebAssembly for this engine's features (`wasmtime::Module::validate`, a
+    /// linear pass much cheaper than compiling).
+    ///
+    /// # Errors
+    /// [`Error::Plugin`] naming the cap or the validation error.
+    pub fn validate_module(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let plugin_err = |message: String| Error::Plugin {
             plugin: name.to_string(),
             message,
@@ -325,7 +330,23 @@ impl Sandbox {
                 self.config.max_module_bytes >> 20
             )));
         }
-        let module = cache::compile_cached(&self.engine, bytes, &sha256)
+        wasmtime::Module::validate(&self.engine, bytes)
+            .map_err(|e| plugin_err(format!("is not a valid WebAssembly module: {e:#}")))
+    }
+
+    fn link(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        host_calls: bool,
+        sha256: String,
+    ) -> Result<PluginModule> {
+        let plugin_err = |message: String| Error::Plugin {
+            plugin: name.to_string(),
+            message,
+        };
+        self.validate_module(name, bytes)?;
+        let module = cache::compile_cached(&self.engine, bytes, &sha256, self.config.cache_dir.as_deref())
             .map_err(|e| plugin_err(format!("does not compile: {e:#}")))?;
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
@@ -349,6 +370,24 @@ impl Sandbox {
     }
 }
 
+/// A module compiled by [`Sandbox::compile_uncached`] of one sandbox, serialized. Only
+/// that function makes one, so [`Sandbox::load_precompiled`] never deserializes bytes of
+/// unknown origin.
+#[derive(Debug, Clone, Default)]
+pub struct Precompiled(Vec<u8>);
+
+impl Precompiled {
+    /// Size of the serialized artefact in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when nothing was compiled yet.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Start-up steps one by one, for the benchmarks: compile, load precompiled, instantiate.
 impl Sandbox {
     /// Compiles `bytes` (binary or text) with this engine, bypassing the on-disk cache, and
@@ -356,13 +395,13 @@ impl Sandbox {
     ///
     /// # Errors
     /// [`Error::Plugin`] naming `name` when the module does not compile.
-    pub fn compile_uncached(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    pub fn compile_uncached(&self, name: &str, bytes: &[u8]) -> Result<Precompiled> {
         let plugin_err = |e: wasmtime::Error| Error::Plugin {
             plugin: name.to_string(),
             message: format!("does not compile: {e:#}"),
         };
         let module = wasmtime::Module::new(&self.engine, bytes).map_err(plugin_err)?;
-        module.serialize().map_err(plugin_err)
+        module.serialize().map(Precompiled).map_err(plugin_err)
     }
 
     /// Loads an artefact from [`Sandbox::compile_uncached`] of this same sandbox (what the
@@ -370,10 +409,10 @@ impl Sandbox {
     ///
     /// # Errors
     /// [`Error::Plugin`] naming `name` when wasmtime refuses the artefact.
-    pub fn load_precompiled(&self, name: &str, serialized: &[u8]) -> Result<()> {
-        // SAFETY: `serialized` comes from `compile_uncached` of this engine (see its docs),
-        // and wasmtime checks the engine's compatibility hash before using it.
-        unsafe { wasmtime::Module::deserialize(&self.engine, serialized) }
+    pub fn load_precompiled(&self, name: &str, serialized: &Precompiled) -> Result<()> {
+        // SAFETY: a `Precompiled` is made only by `compile_uncached`, from wasmtime's own
+        // serialization, and wasmtime checks the engine's compatibility hash before use.
+        unsafe { wasmtime::Module::deserialize(&self.engine, &serialized.0) }
             .map(drop)
             .map_err(|e| Error::Plugin {
                 plugin: name.to_string(),
@@ -389,6 +428,11 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 
 /// Idle instances kept per module for reuse.
 const MAX_IDLE_INSTANCES: usize = 8;
+
+/// An instance whose linear memory grew past this many bytes (256 MiB) is dropped after
+/// its call instead of being kept idle, so a node's resident memory falls back after a
+/// large task.
+pub const MAX_IDLE_MEMORY_BYTES: usize = 256 << 20;
 
 type Alloc = TypedFunc<u32, u32>;
 type Free = TypedFunc<(u32, u32), ()>;
@@ -675,7 +719,11 @@ impl PluginModule {
         match result {
             Ok(Ok((output, ptr, len))) => {
                 let quiet = live.stdout.contents().is_empty() && live.stderr.contents().is_empty();
-                if let (true, Some(free)) = (quiet, live.free.clone()) {
+                // An instance whose linear memory grew past the threshold is dropped, not
+                // kept idle: linear memory never shrinks, and the pool slot's pages go back
+                // to the system only when the instance is dropped.
+                let small = live.memory.data_size(&live.store) <= MAX_IDLE_MEMORY_BYTES;
+                if let (true, true, Some(free)) = (quiet, small, live.free.clone()) {
                     if free.call(&mut live.store, (ptr, len)).is_ok() {
                         let mut idle = self.idle.lock().expect("not poisoned");
                         if idle.len() < MAX_IDLE_INSTANCES {

@@ -41,6 +41,7 @@ fn node() -> (
         deadline: Duration::from_millis(500),
         max_memory_bytes: 256 << 20,
         max_stdio_bytes: 64 << 10,
+        cache_dir: Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("module-cache")),
         ..Default::default()
     };
     let node = StorageNode::open(
@@ -69,6 +70,7 @@ fn normal_task(node: &StorageNode) -> i64 {
         )),
         pushdown: Pushdown::Project(vec![("a".into(), Expr::Column("a".into()))]),
         output_schema: Schema::new(vec![Field::new("a", DataType::Int64, true)]),
+        limit: None,
     };
     let out = node.run_task(&task).expect("a normal task succeeds");
     out.batches
