@@ -298,6 +298,14 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
         false => None,
     };
     let runtime = runtime()?;
+    // Queries execute on a runtime of their own: network I/O, other clients and
+    // deadlines are served while an operator computes.
+    let cpu = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .thread_name("pushdown-cpu")
+        .enable_all()
+        .build()?;
+    let cpu_handle = cpu.handle().clone();
     // The connections to the nodes live on the server's runtime.
     let mut storage = {
         let _guard = runtime.enter();
@@ -348,7 +356,7 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
             timeout: Duration::from_secs(args.query_timeout),
             max_queries: args.max_queries as usize,
         };
-        pushdown_flight::serve_sql(engine, listener, security, limits).await?;
+        pushdown_flight::serve_sql(engine, listener, security, limits, Some(cpu_handle)).await?;
         Ok(())
     })
 }

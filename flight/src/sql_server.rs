@@ -53,6 +53,9 @@ pub struct SqlService {
     engine: Arc<Engine>,
     limits: QueryLimits,
     running: Arc<Semaphore>,
+    /// The runtime queries execute on, apart from the one serving the network; `None`:
+    /// the serving runtime.
+    cpu: Option<tokio::runtime::Handle>,
 }
 
 impl SqlService {
@@ -67,7 +70,24 @@ impl SqlService {
             engine,
             running: Arc::new(Semaphore::new(limits.max_queries.max(1))),
             limits,
+            cpu: None,
         }
+    }
+
+    /// Executes queries on `cpu`, a runtime for CPU-bound work: an operator that computes
+    /// for seconds between two batches then never holds up the network, other clients'
+    /// requests or a query's deadline (as DataFusion advises for servers).
+    pub fn with_cpu_runtime(mut self, cpu: tokio::runtime::Handle) -> Self {
+        self.cpu = Some(cpu);
+        self
+    }
+
+    /// The refusal of a query over the cap on queries running at once.
+    fn busy(&self) -> Status {
+        Status::resource_exhausted(format!(
+            "{} queries are running, the limit of this server; try again later",
+            self.limits.max_queries
+        ))
     }
 
     /// Plans `sql` as an untrusted client's query, within the time limit.
@@ -102,6 +122,10 @@ impl FlightSqlService for SqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        // A server at its cap refuses before planning, too.
+        if self.running.available_permits() == 0 {
+            return Err(self.busy());
+        }
         let planned = self.plan(&query.query).await?;
         let schema = planned.plan().schema();
         let ticket = TicketStatementQuery {
@@ -123,15 +147,18 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("the statement is not UTF-8"))?;
-        let permit = self.running.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "{} queries are running, the limit of this server; try again later",
-                self.limits.max_queries
-            ))
-        })?;
+        let permit = self
+            .running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.busy())?;
         let started = tokio::time::Instant::now();
         let planned = self.plan(&sql).await?;
-        let stream = planned.stream().map_err(query_error)?;
+        // The query's slot is held until its work has ended on the CPU runtime.
+        let (stream, permit) = match &self.cpu {
+            Some(cpu) => (planned.stream_on(cpu, permit), None),
+            None => (planned.stream().map_err(query_error)?, Some(permit)),
+        };
         let schema = stream.schema();
         let timeout = self.limits.timeout;
         let stream = with_deadline(stream, started + timeout, timeout);
@@ -203,7 +230,8 @@ impl Drop for RunReport {
     }
 }
 
-/// Serves Flight SQL over `engine` on `listener` until the process ends.
+/// Serves Flight SQL over `engine` on `listener` until the process ends, executing
+/// queries on `cpu` when given (see [`SqlService::with_cpu_runtime`]).
 ///
 /// # Errors
 /// [`Error::Transport`] when serving fails.
@@ -212,9 +240,14 @@ pub async fn serve_sql(
     listener: TcpListener,
     security: crate::Security,
     limits: QueryLimits,
+    cpu: Option<tokio::runtime::Handle>,
 ) -> Result<(), Error> {
+    let mut service = SqlService::with_limits(engine, limits);
+    if let Some(cpu) = cpu {
+        service = service.with_cpu_runtime(cpu);
+    }
     crate::serve(
-        SqlService::with_limits(engine, limits),
+        service,
         listener,
         security,
         MAX_REQUEST_BYTES,

@@ -439,10 +439,70 @@ impl Query {
     /// # Errors
     /// When execution cannot start.
     pub fn stream(&self) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        self.stream_with(self.plan.clone())
+    }
+
+    /// Runs the query as a stream of result batches, on the tokio runtime this is called
+    /// from: its operators spawn their tasks there. The returned stream is `'static` and
+    /// may be moved to another runtime's task.
+    ///
+    /// # Errors
+    /// When execution cannot start.
+    fn stream_with(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
         Ok(datafusion::physical_plan::execute_stream(
-            self.plan.clone(),
+            plan,
             self.ctx.task_ctx(),
         )?)
+    }
+
+    /// Runs the query on `cpu` (a runtime for CPU-bound work, apart from the one serving
+    /// the network), handing batches back through a channel of two: the caller's runtime
+    /// stays free for I/O and deadlines even while an operator computes for long between
+    /// two batches. Dropping the stream aborts the work on `cpu` at its next yield.
+    ///
+    /// `hold` (a permit, say) is dropped when the work on `cpu` has really ended, which
+    /// after an abort is at the operator's next yield, not when the stream is dropped.
+    pub fn stream_on(
+        &self,
+        cpu: &tokio::runtime::Handle,
+        hold: impl Send + 'static,
+    ) -> datafusion::physical_plan::SendableRecordBatchStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let plan = self.plan.clone();
+        let ctx = self.ctx.task_ctx();
+        let schema = plan.schema();
+        let task = cpu.spawn(async move {
+            let _hold = hold;
+            let mut stream = match datafusion::physical_plan::execute_stream(plan, ctx) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            use futures::StreamExt;
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let guard = AbortOnDrop(task.abort_handle());
+        let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            rx.recv().await.map(|item| (item, (rx, guard)))
+        });
+        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema, stream,
+        ))
     }
 
     /// Runs the query.

@@ -20,6 +20,9 @@ pub enum Cell {
     Null,
     Bool(bool),
     Num(f64),
+    /// A DECIMAL of ours with its scale: exact to one unit of its last digit (DataFusion
+    /// truncates a decimal quotient to its scale where DuckDB divides in DOUBLE).
+    Dec(f64, i8),
     Text(String),
 }
 
@@ -28,13 +31,18 @@ impl Cell {
         match self {
             Cell::Null => "~null".into(),
             Cell::Bool(b) => format!("b{b}"),
-            Cell::Num(n) => format!("n{n:.9e}"),
+            Cell::Num(n) | Cell::Dec(n, _) => format!("n{n:.9e}"),
             Cell::Text(s) => format!("t{s}"),
         }
     }
 
     fn same(&self, other: &Cell) -> bool {
         match (self, other) {
+            (Cell::Dec(a, scale), Cell::Num(b)) | (Cell::Num(b), Cell::Dec(a, scale)) => {
+                let unit = 10f64.powi(-i32::from(*scale));
+                (a - b).abs() <= unit + 1e-9 * a.abs().max(b.abs())
+            }
+            (Cell::Dec(a, _), Cell::Dec(b, _)) => Cell::Num(*a).same(&Cell::Num(*b)),
             (Cell::Num(a), Cell::Num(b)) => {
                 if a.is_nan() || b.is_nan() {
                     return a.is_nan() && b.is_nan();
@@ -146,6 +154,13 @@ fn column_cells(c: &ArrayRef) -> Vec<Cell> {
                 })
                 .collect()
         }
+        DataType::Decimal128(_, scale) | DataType::Decimal256(_, scale) => numeric(c)
+            .into_iter()
+            .map(|cell| match cell {
+                Cell::Num(n) => Cell::Dec(n, *scale),
+                other => other,
+            })
+            .collect(),
         t if t.is_numeric() => numeric(c),
         DataType::Timestamp(_, _) => {
             let micros = cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None)).unwrap();

@@ -312,8 +312,8 @@ impl Sandbox {
         Ok((plugin, signature))
     }
 
-    /// Checks `bytes` before anything is compiled or cached: within the module size cap,
-    /// and valid WebAssembly for this engine's features (`wasmtime::Module::validate`, a
+    /// Checks `bytes` (binary or text) before anything is compiled or cached: within the
+    /// module size cap, and valid WebAssembly for this engine's features (`wasmtime::Module::validate`, a
     /// linear pass much cheaper than compiling).
     ///
     /// # Errors
@@ -330,7 +330,13 @@ impl Sandbox {
                 self.config.max_module_bytes >> 20
             )));
         }
-        wasmtime::Module::validate(&self.engine, bytes)
+        // WebAssembly text is converted first (as compiling would).
+        let binary = wat::parse_bytes(bytes).map_err(|e| {
+            plugin_err(format!(
+                "is neither a Wasm module nor valid WebAssembly text: {e}"
+            ))
+        })?;
+        wasmtime::Module::validate(&self.engine, &binary)
             .map_err(|e| plugin_err(format!("is not a valid WebAssembly module: {e:#}")))
     }
 

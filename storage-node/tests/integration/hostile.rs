@@ -222,7 +222,7 @@ fn modules_that_break_the_abi_are_refused_at_load() {
     );
     assert_contains(
         &load_err("junk", b"\0asm\x01\0\0\0garbage"),
-        &["plugin junk: does not compile"],
+        &["plugin junk: is not a valid WebAssembly module"],
     );
     let huge = vec![0u8; 300 << 20];
     assert_contains(
