@@ -27,13 +27,26 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("pushdown").join("modules"))
 }
 
+/// Why [`compile_cached`] has no module.
+pub(crate) enum Compile {
+    /// The module did not validate (nothing was compiled).
+    Invalid(crate::Error),
+    /// Compilation failed.
+    Failed(wasmtime::Error),
+}
+
 /// Most bytes of compiled modules the cache keeps (1 GiB); past it the least recently used
 /// files are deleted.
 pub(crate) const MAX_CACHE_BYTES: u64 = 1 << 30;
 
-/// Bytes of the tag after each compiled module: SHA-256 of the cache's key, the file name
-/// and the serialized module.
+/// Bytes of a tag: a SHA-256 keyed with the cache's secret key.
 const TAG_BYTES: usize = 32;
+
+/// Bytes of a file's stamp: device, inode, size, modification and change times.
+const STAMP_BYTES: usize = 56;
+
+/// Bytes of a sidecar `.tag` file: the content tag, the stamp, and the seal over both.
+const SIDECAR_BYTES: usize = TAG_BYTES + STAMP_BYTES + TAG_BYTES;
 
 /// `dir`, created private (mode 0700) when missing, when it is a directory this user owns
 /// and no one else may write to or read; `None` (no caching) otherwise, with a warning.
@@ -99,12 +112,83 @@ fn cache_key(dir: &Path) -> Option<Vec<u8>> {
     Some(key)
 }
 
-fn tag(key: &[u8], name: &str, body: &[u8]) -> [u8; TAG_BYTES] {
+fn tag(key: &[u8], name: &str, parts: &[&[u8]]) -> [u8; TAG_BYTES] {
     let mut h = Sha256::new();
     h.update(key);
     h.update(name.as_bytes());
-    h.update(body);
+    for p in parts {
+        h.update(p);
+    }
     h.finalize().into()
+}
+
+/// What changes whenever a file's content can have changed: its device, inode, size,
+/// modification time and change time (the change time cannot be set by a user).
+fn stamp(meta: &std::fs::Metadata) -> [u8; STAMP_BYTES] {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = [0u8; STAMP_BYTES];
+    let fields = [
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ctime() as u64,
+        meta.ctime_nsec() as u64,
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&f.to_le_bytes());
+    }
+    out
+}
+
+/// Writes the sidecar of `file` (named `name`, holding `body`): the content's tag, the
+/// file's stamp, and a seal over both.
+fn write_sidecar(key: &[u8], name: &str, sidecar: &Path, content: &[u8; TAG_BYTES], file: &std::fs::File) {
+    let Ok(meta) = file.metadata() else {
+        return;
+    };
+    let stamp = stamp(&meta);
+    let seal = tag(key, name, &[content, &stamp]);
+    let mut bytes = Vec::with_capacity(SIDECAR_BYTES);
+    bytes.extend_from_slice(content);
+    bytes.extend_from_slice(&stamp);
+    bytes.extend_from_slice(&seal);
+    let tmp = sidecar.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_ok() {
+        let _ = std::fs::rename(&tmp, sidecar);
+    }
+}
+
+/// Whether the open compiled file `file` is the one this cache wrote under `name`: its
+/// sidecar's seal holds and the file's stamp is unchanged since (no read needed), or its
+/// whole content hashes to the sidecar's content tag (then the sidecar is renewed).
+fn verified(key: &[u8], name: &str, sidecar: &Path, file: &std::fs::File) -> bool {
+    use std::io::Read;
+    let Ok(side) = std::fs::read(sidecar) else {
+        return false;
+    };
+    if side.len() != SIDECAR_BYTES {
+        return false;
+    }
+    let (content, rest) = side.split_at(TAG_BYTES);
+    let (stamp_then, seal) = rest.split_at(STAMP_BYTES);
+    if tag(key, name, &[content, stamp_then]) != seal {
+        return false;
+    }
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if stamp(&meta) == stamp_then {
+        return true;
+    }
+    let mut body = Vec::new();
+    if (&*file).read_to_end(&mut body).is_err() || tag(key, name, &[&body]) != content {
+        return false;
+    }
+    let content: [u8; TAG_BYTES] = content.try_into().expect("32 bytes");
+    write_sidecar(key, name, sidecar, &content, file);
+    true
 }
 
 /// Deletes the least recently used compiled modules in `dir` until they hold at most
@@ -118,7 +202,12 @@ fn evict(dir: &Path, budget: u64) {
         .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            Some((meta.modified().ok()?, meta.len(), e.path()))
+            // Last used: the sidecar's modification time, else the file's.
+            let used = std::fs::metadata(e.path().with_extension("tag"))
+                .and_then(|m| m.modified())
+                .or_else(|_| meta.modified())
+                .ok()?;
+            Some((used, meta.len(), e.path()))
         })
         .collect();
     let mut total: u64 = files.iter().map(|f| f.1).sum();
@@ -128,6 +217,7 @@ fn evict(dir: &Path, budget: u64) {
             break;
         }
         if std::fs::remove_file(&path).is_ok() {
+            let _ = std::fs::remove_file(path.with_extension("tag"));
             total -= len;
         }
     }
@@ -135,16 +225,21 @@ fn evict(dir: &Path, budget: u64) {
 
 /// Compiles `bytes` (binary or text), or loads the artefact compiled earlier. A cache that
 /// cannot be read or written is skipped, never an error. A cached file is deserialized
-/// only when its tag (a SHA-256 keyed with the cache's secret key) matches, so a file
-/// written by anyone but this cache is compiled afresh, never loaded. Call only after
-/// the module was validated (`Sandbox::validate_module`): what is cached compiled.
+/// only when its sidecar `.tag` verifies: a SHA-256 keyed with the cache's secret key over
+/// the content, and a keyed seal over that tag and the file's stamp (device, inode, size,
+/// modification and change times). An unchanged stamp needs no read of the file (it is
+/// then mapped, not copied); a changed one needs the whole content to hash to the tag. A
+/// file written by anyone but this cache is compiled afresh, never loaded. Call only after
+/// `validate` runs before anything is compiled (a cache hit needs none: the tag proves
+/// these bytes validated and compiled before).
 /// `sha256` is the hex SHA-256 of `bytes`; `dir` the cache folder (default: [`cache_dir`]).
 pub(crate) fn compile_cached(
     engine: &Engine,
     bytes: &[u8],
     sha256: &str,
     dir: Option<&Path>,
-) -> wasmtime::Result<Module> {
+    validate: impl FnOnce() -> crate::Result<()>,
+) -> Result<Module, Compile> {
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let name = format!("{sha256}-{:016x}.cwasm", hasher.finish());
@@ -154,37 +249,41 @@ pub(crate) fn compile_cached(
         .and_then(|d| private_dir(&d));
     let key = dir.as_deref().and_then(cache_key);
     let (Some(dir), Some(key)) = (dir, key) else {
-        return Module::new(engine, bytes);
+        validate().map_err(Compile::Invalid)?;
+        return Module::new(engine, bytes).map_err(Compile::Failed);
     };
     let path = dir.join(&name);
-    if let Ok(file) = std::fs::read(&path) {
-        if file.len() > TAG_BYTES {
-            let (body, stored) = file.split_at(file.len() - TAG_BYTES);
-            if tag(&key, &name, body) == stored {
-                // SAFETY: the tag proves the body was written by `Module::serialize` of an
-                // engine with the same compatibility hash, through this function.
-                if let Ok(module) = unsafe { Module::deserialize(engine, body) } {
-                    // Most recently used: kept longest by `evict`.
-                    if let Ok(f) = std::fs::File::options().append(true).open(&path) {
-                        let _ = f.set_modified(std::time::SystemTime::now());
-                    }
-                    return Ok(module);
-                }
-            } else {
-                log::warn!(
-                    "module cache: {} does not carry this cache's tag; compiling afresh",
-                    path.display()
-                );
+    let sidecar = path.with_extension("tag");
+    if let Ok(file) = std::fs::File::open(&path) {
+        if verified(&key, &name, &sidecar, &file) {
+            // Most recently used (the sidecar's modification time): kept longest by `evict`.
+            if let Ok(f) = std::fs::File::options().append(true).open(&sidecar) {
+                let _ = f.set_modified(std::time::SystemTime::now());
             }
+            // SAFETY: the sidecar's seal and the unchanged stamp (or a full hash) prove
+            // the file is what `Module::serialize` of an engine with the same compatibility
+            // hash wrote through this function, in a folder only this user can write.
+            match unsafe { Module::deserialize_open_file(engine, file) } {
+                Ok(module) => return Ok(module),
+                Err(e) => log::warn!("module cache: {}: {e:#}; compiling afresh", path.display()),
+            }
+        } else {
+            log::warn!(
+                "module cache: {} does not carry this cache's tag; compiling afresh",
+                path.display()
+            );
         }
     }
-    let module = Module::new(engine, bytes)?;
-    if let Ok(mut serialized) = module.serialize() {
-        let t = tag(&key, &name, &serialized);
-        serialized.extend_from_slice(&t);
+    // Only what validates is compiled, and only what compiled is cached.
+    validate().map_err(Compile::Invalid)?;
+    let module = Module::new(engine, bytes).map_err(Compile::Failed)?;
+    if let Ok(serialized) = module.serialize() {
+        let content = tag(&key, &name, &[&serialized]);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, serialized).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
+        if std::fs::write(&tmp, &serialized).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+            if let Ok(file) = std::fs::File::open(&path) {
+                write_sidecar(&key, &name, &sidecar, &content, &file);
+            }
         }
         evict(&dir, MAX_CACHE_BYTES);
     }

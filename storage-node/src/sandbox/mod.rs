@@ -351,9 +351,24 @@ impl Sandbox {
             plugin: name.to_string(),
             message,
         };
-        self.validate_module(name, bytes)?;
-        let module = cache::compile_cached(&self.engine, bytes, &sha256, self.config.cache_dir.as_deref())
-            .map_err(|e| plugin_err(format!("does not compile: {e:#}")))?;
+        if bytes.len() > self.config.max_module_bytes {
+            return Err(plugin_err(format!(
+                "the module is {} MiB, over the cap of {} MiB",
+                bytes.len() >> 20,
+                self.config.max_module_bytes >> 20
+            )));
+        }
+        let module = cache::compile_cached(
+            &self.engine,
+            bytes,
+            &sha256,
+            self.config.cache_dir.as_deref(),
+            || self.validate_module(name, bytes),
+        )
+        .map_err(|e| match e {
+            cache::Compile::Invalid(e) => e,
+            cache::Compile::Failed(e) => plugin_err(format!("does not compile: {e:#}")),
+        })?;
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
             .map_err(|e| Error::Internal(format!("WASI linker: {e:#}")))?;
