@@ -20,7 +20,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use datafusion::physical_plan::{
@@ -103,13 +103,19 @@ pub struct PushdownScanExec {
     limit: Option<usize>,
 }
 
+/// The scan's properties: its partitions, and cooperative scheduling (its streams consume
+/// tokio's task budget, see `execute`), so DataFusion does not wrap it in a
+/// `CooperativeExec` that would hide it from the pushdown split.
 fn properties(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties> {
-    Arc::new(PlanProperties::new(
-        EquivalenceProperties::new(schema.clone()),
-        Partitioning::UnknownPartitioning(partitions),
-        EmissionType::Incremental,
-        Boundedness::Bounded,
-    ))
+    Arc::new(
+        PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        )
+        .with_scheduling_type(SchedulingType::Cooperative),
+    )
 }
 
 impl PushdownScanExec {
@@ -412,9 +418,10 @@ impl ExecutionPlan for PushdownScanExec {
                 };
                 futures::stream::iter(items)
             });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            stream,
+        // Each batch consumes tokio's task budget: a consumer that never waits still
+        // yields now and then, so cancellation and other tasks get their turn.
+        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
+            RecordBatchStreamAdapter::new(self.schema.clone(), stream),
         )))
     }
 }

@@ -83,3 +83,22 @@ async fn a_limit_goes_into_the_task_and_the_tasks_not_needed_never_run() {
         assert_eq!(figure(&report, ", out "), 5, "{report}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_split_is_the_same_with_one_thread_and_with_several() {
+    let dir = tpch().join("parquet");
+    for threads in [1, 4] {
+        let options = crate::support::node_options(16 << 20);
+        let engine =
+            pushdown_intermediary::Engine::embedded_with_threads(&dir, options, None, threads)
+                .unwrap();
+        let query = engine
+            .plan(include_str!("../../../datasets/queries/tpch/q6.sql"))
+            .await
+            .unwrap();
+        let split = query.explain_split();
+        assert!(split.contains("partial aggregate: group by []"), "{threads}: {split}");
+        assert!(!split.contains("FilterExec"), "{threads}: {split}");
+        assert!(!split.contains("CooperativeExec"), "{threads}: {split}");
+    }
+}
