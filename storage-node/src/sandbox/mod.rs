@@ -323,13 +323,7 @@ impl Sandbox {
             plugin: name.to_string(),
             message,
         };
-        if bytes.len() > self.config.max_module_bytes {
-            return Err(plugin_err(format!(
-                "the module is {} MiB, over the cap of {} MiB",
-                bytes.len() >> 20,
-                self.config.max_module_bytes >> 20
-            )));
-        }
+        self.check_module_size(name, bytes)?;
         // WebAssembly text is converted first (as compiling would).
         let binary = wat::parse_bytes(bytes).map_err(|e| {
             plugin_err(format!(
@@ -338,6 +332,21 @@ impl Sandbox {
         })?;
         wasmtime::Module::validate(&self.engine, &binary)
             .map_err(|e| plugin_err(format!("is not a valid WebAssembly module: {e:#}")))
+    }
+
+    /// [`Error::Plugin`] when `bytes` are over [`SandboxConfig::max_module_bytes`].
+    fn check_module_size(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > self.config.max_module_bytes {
+            return Err(Error::Plugin {
+                plugin: name.to_string(),
+                message: format!(
+                    "the module is {} MiB, over the cap of {} MiB",
+                    bytes.len() >> 20,
+                    self.config.max_module_bytes >> 20
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn link(
@@ -351,13 +360,7 @@ impl Sandbox {
             plugin: name.to_string(),
             message,
         };
-        if bytes.len() > self.config.max_module_bytes {
-            return Err(plugin_err(format!(
-                "the module is {} MiB, over the cap of {} MiB",
-                bytes.len() >> 20,
-                self.config.max_module_bytes >> 20
-            )));
-        }
+        self.check_module_size(name, bytes)?;
         let module = cache::compile_cached(
             &self.engine,
             bytes,
