@@ -137,11 +137,21 @@ fn queries_past_their_deadline_or_over_the_concurrency_cap_fail_clearly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_error(
-        &connect(&url, TOKEN, COUNTS),
-        &["1 queries are running, the limit of this server"],
-    );
+    // Once the first query runs, a second is refused (asked again until the first has
+    // started, within its four seconds).
+    let started = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = connect(&url, TOKEN, COUNTS);
+        if !out.status.success() {
+            assert_error(&out, &["1 queries are running, the limit of this server"]);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a second query was never refused while the first ran"
+        );
+    }
     let first_out = {
         let _ = first.wait();
         first.wait_with_output().unwrap()
