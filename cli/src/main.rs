@@ -88,7 +88,12 @@ struct QueryArgs {
     #[arg(long, value_name = "URL")]
     connect: Option<String>,
     /// Bearer token for --connect [default: $PUSHDOWN_TOKEN].
-    #[arg(long, value_name = "TOKEN", requires = "connect", conflicts_with = "token_file")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "connect",
+        conflicts_with = "token_file"
+    )]
     token: Option<String>,
     /// File whose first line is the bearer token for --connect.
     #[arg(long, value_name = "FILE", requires = "connect")]

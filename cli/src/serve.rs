@@ -159,7 +159,11 @@ impl ServerSecurityArgs {
     }
 
     /// Refuses to listen beyond loopback without a token and TLS, unless --insecure.
-    fn check_exposure(&self, addr: std::net::SocketAddr, security: &pushdown_flight::Security) -> Result<()> {
+    fn check_exposure(
+        &self,
+        addr: std::net::SocketAddr,
+        security: &pushdown_flight::Security,
+    ) -> Result<()> {
         if addr.ip().is_loopback() || self.insecure {
             return Ok(());
         }
@@ -195,11 +199,7 @@ fn admission(security: &pushdown_flight::Security) -> String {
     if security.token.is_some() {
         parts.push("bearer token required");
     }
-    if security
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.client_ca.is_some())
-    {
+    if security.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
         parts.push("client certificate required");
     }
     parts.iter().map(|p| format!(", {p}")).collect()
@@ -280,10 +280,16 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
         (None, Some(f)) => read_token_file(Some(f))?,
         (None, None) => security.token.clone(),
     };
-    let node_tls = args.node_tls_ca.as_ref().map(|ca| pushdown_flight::ClientTls {
-        ca: Some(ca.clone()),
-        identity: security.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
-    });
+    let node_tls = args
+        .node_tls_ca
+        .as_ref()
+        .map(|ca| pushdown_flight::ClientTls {
+            ca: Some(ca.clone()),
+            identity: security
+                .tls
+                .as_ref()
+                .map(|t| (t.cert.clone(), t.key.clone())),
+        });
     let options = RemoteOptions {
         token: node_token,
         task_timeout: Duration::from_secs(args.task_timeout),

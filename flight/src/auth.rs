@@ -46,7 +46,8 @@ impl Refusals {
     /// Counts a refusal of `peer` and logs (warn) at most one line per [`LOG_EVERY`].
     fn refuse(&mut self, peer: Option<IpAddr>, why: &str) {
         if self.peers.len() >= MAX_PEERS {
-            self.peers.retain(|_, (start, _)| start.elapsed() < REFUSAL_WINDOW);
+            self.peers
+                .retain(|_, (start, _)| start.elapsed() < REFUSAL_WINDOW);
             if self.peers.len() >= MAX_PEERS {
                 self.peers.clear();
             }

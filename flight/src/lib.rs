@@ -101,7 +101,9 @@ impl ClientTls {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         let mut config = ClientTlsConfig::new();
         config = match &self.ca {
-            Some(ca) => config.ca_certificate(Certificate::from_pem(read_pem(ca, "CA certificate")?)),
+            Some(ca) => {
+                config.ca_certificate(Certificate::from_pem(read_pem(ca, "CA certificate")?))
+            }
             None => config.with_native_roots(),
         };
         if let Some((cert, key)) = &self.identity {

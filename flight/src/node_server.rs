@@ -396,11 +396,11 @@ impl FlightService for NodeService {
                     installed
                 })
                 .await
-                    .map_err(|e| Status::internal(format!("put_module panicked: {e}")))?
-                    .map_err(|e| {
-                        log::warn!("refused a module: {e}");
-                        Status::invalid_argument(e.to_string())
-                    })?;
+                .map_err(|e| Status::internal(format!("put_module panicked: {e}")))?
+                .map_err(|e| {
+                    log::warn!("refused a module: {e}");
+                    Status::invalid_argument(e.to_string())
+                })?;
                 let result = arrow_flight::Result {
                     body: Vec::new().into(),
                 };

@@ -230,39 +230,37 @@ impl RemoteStorage {
             let listings = self.listings.lock().expect("not poisoned");
             listings.iter().map(Option::is_some).collect()
         };
-        let fetched = futures::future::join_all(
-            self.nodes.iter().enumerate().map(|(i, node)| {
-                let mut client = self.client(node);
-                let timeout = self.options.task_timeout.min(LIST_TIMEOUT);
-                // A node that failed lately is not asked again while its listing is known.
-                let skip = known[i] && node.is_down();
-                async move {
-                    if skip {
-                        return Err("it failed lately".to_string());
+        let fetched = futures::future::join_all(self.nodes.iter().enumerate().map(|(i, node)| {
+            let mut client = self.client(node);
+            let timeout = self.options.task_timeout.min(LIST_TIMEOUT);
+            // A node that failed lately is not asked again while its listing is known.
+            let skip = known[i] && node.is_down();
+            async move {
+                if skip {
+                    return Err("it failed lately".to_string());
+                }
+                let call = async {
+                    let mut results = client.do_action(Action::new("tables", "")).await?;
+                    let mut body = Vec::new();
+                    while let Some(r) = results.next().await {
+                        body.extend_from_slice(&r?);
                     }
-                    let call = async {
-                        let mut results = client.do_action(Action::new("tables", "")).await?;
-                        let mut body = Vec::new();
-                        while let Some(r) = results.next().await {
-                            body.extend_from_slice(&r?);
-                        }
-                        Ok::<_, FlightError>(body)
-                    };
-                    match tokio::time::timeout(timeout, call).await {
-                        Ok(Ok(body)) => serde_json::from_slice::<Vec<TableDescription>>(&body)
-                            .map_err(|e| format!("malformed table listing: {e}")),
-                        Ok(Err(e)) => {
-                            node.mark(true);
-                            Err(e.to_string())
-                        }
-                        Err(_) => {
-                            node.mark(true);
-                            Err(format!("no answer within {timeout:?}"))
-                        }
+                    Ok::<_, FlightError>(body)
+                };
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(body)) => serde_json::from_slice::<Vec<TableDescription>>(&body)
+                        .map_err(|e| format!("malformed table listing: {e}")),
+                    Ok(Err(e)) => {
+                        node.mark(true);
+                        Err(e.to_string())
+                    }
+                    Err(_) => {
+                        node.mark(true);
+                        Err(format!("no answer within {timeout:?}"))
                     }
                 }
-            }),
-        )
+            }
+        }))
         .await;
         let mut listings = self.listings.lock().expect("not poisoned");
         let mut out = Vec::new();

@@ -246,13 +246,7 @@ pub async fn serve_sql(
     if let Some(cpu) = cpu {
         service = service.with_cpu_runtime(cpu);
     }
-    crate::serve(
-        service,
-        listener,
-        security,
-        MAX_REQUEST_BYTES,
-    )
-    .await
+    crate::serve(service, listener, security, MAX_REQUEST_BYTES).await
 }
 
 /// Largest request message the intermediary decodes (a Flight SQL command carrying the

@@ -12,8 +12,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature,
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature,
 };
 
 /// Largest result, in bytes (or elements × 8 for arrays), one call of a capped function
@@ -83,7 +83,11 @@ impl Capped {
             return Ok(0);
         };
         // Scalars are one value whatever the number of rows.
-        let rows = if args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+        let rows = if args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+        {
             1
         } else {
             rows

@@ -98,15 +98,14 @@ impl StorageClient for LocalStorage {
             if tx.is_closed() {
                 return;
             }
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                node.run_task(&task)
-            }))
-            .unwrap_or_else(|_| {
-                Err(Error::Internal(format!(
-                    "{}: the task panicked",
-                    pushdown_storage_node::task_context(&task)
-                )))
-            });
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run_task(&task)))
+                    .unwrap_or_else(|_| {
+                        Err(Error::Internal(format!(
+                            "{}: the task panicked",
+                            pushdown_storage_node::task_context(&task)
+                        )))
+                    });
             let _ = tx.send(result);
         });
         async move {

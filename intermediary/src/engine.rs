@@ -500,9 +500,7 @@ impl Query {
         let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
             rx.recv().await.map(|item| (item, (rx, guard)))
         });
-        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-            schema, stream,
-        ))
+        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream))
     }
 
     /// Runs the query.

@@ -22,10 +22,10 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use futures::StreamExt;
 use pushdown_protocol::{Expr, PartialAggregate, Pushdown, Task};
 use pushdown_storage_node::{TableInfo, TaskMetrics};
 
@@ -384,16 +384,12 @@ impl ExecutionPlan for PushdownScanExec {
             TASKS_IN_FLIGHT
         };
         // Rows still wanted; no task starts once a LIMIT has its rows.
-        let wanted = Arc::new(AtomicU64::new(
-            self.limit.map_or(u64::MAX, |l| l as u64),
-        ));
+        let wanted = Arc::new(AtomicU64::new(self.limit.map_or(u64::MAX, |l| l as u64)));
         let (wanted_start, wanted_out) = (wanted.clone(), wanted);
         // Tasks start only as the stream is polled, at most `window` ahead of the
         // consumer; their batches come out in task order.
         let stream = futures::stream::iter(tasks)
-            .take_while(move |_| {
-                futures::future::ready(wanted_start.load(Ordering::Relaxed) > 0)
-            })
+            .take_while(move |_| futures::future::ready(wanted_start.load(Ordering::Relaxed) > 0))
             .map(move |task| {
                 started.tasks_started.fetch_add(1, Ordering::Relaxed);
                 node.clone().run_task(task)

@@ -504,8 +504,18 @@ fn tpch_layout() -> &'static Path {
         let dir = tempfile::tempdir().unwrap();
         let all = dir.path().join("all");
         let out = pushdown()
-            .args(["datasets", "tpch", "--scale", "0.1", "--row-group-size", "20000"])
-            .args(["--tables", "lineitem,orders,customer,part,partsupp,supplier,nation,region"])
+            .args([
+                "datasets",
+                "tpch",
+                "--scale",
+                "0.1",
+                "--row-group-size",
+                "20000",
+            ])
+            .args([
+                "--tables",
+                "lineitem,orders,customer,part,partsupp,supplier,nation,region",
+            ])
             .arg("--out")
             .arg(&all)
             .output()
@@ -544,7 +554,9 @@ pub(crate) fn output_within(command: &mut Command, timeout: Duration) -> Output 
     match rx.recv_timeout(timeout) {
         Ok(out) => out.unwrap(),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &id.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
             panic!("{command:?}: no answer within {timeout:?} (a hang)");
         }
     }
@@ -573,7 +585,14 @@ fn all_22_tpch_queries_through_three_nodes_match_embedded_mode() {
             ])
         })
         .collect();
-    let mut args = vec!["intermediary", "serve", "--listen", "127.0.0.1:0", "--token", TOKEN];
+    let mut args = vec![
+        "intermediary",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+    ];
     for n in &nodes {
         args.extend(["--storage-node", n.url.as_str()]);
     }

@@ -98,7 +98,10 @@ fn deep_long_huge_or_memory_hungry_sql_is_refused_and_the_intermediary_keeps_ser
         &["lpad: the result would hold", "over the cap"],
     );
     let wide = format!("SELECT 1{}", "+1".repeat(200));
-    assert_eq!(stdout_ok(connect(&url, TOKEN, &wide)).lines().nth(1), Some("201"));
+    assert_eq!(
+        stdout_ok(connect(&url, TOKEN, &wide)).lines().nth(1),
+        Some("201")
+    );
     assert_eq!(stdout_ok(connect(&url, TOKEN, COUNTS)), embedded(COUNTS));
 }
 
@@ -121,7 +124,11 @@ except Exception as e:
 "#;
     python(
         script,
-        &[&url.replace("http://", "grpc://"), TOKEN, &bytes.to_string()],
+        &[
+            &url.replace("http://", "grpc://"),
+            TOKEN,
+            &bytes.to_string(),
+        ],
     )
 }
 
@@ -224,9 +231,19 @@ fn put_module_needs_the_admin_token_and_never_names_or_replaces_a_plugin() {
     let said = put("wrong", "upper", "", module);
     assert!(said.contains("needs the node's admin token"), "{said}");
     // Names are checked; bytes must hash to the declared SHA-256.
-    let said = put(crate::cluster::ADMIN_TOKEN, "not an identifier; DROP", "", module);
+    let said = put(
+        crate::cluster::ADMIN_TOKEN,
+        "not an identifier; DROP",
+        "",
+        module,
+    );
     assert!(said.contains("is not an identifier"), "{said}");
-    let said = put(crate::cluster::ADMIN_TOKEN, "evil", &"00".repeat(32), module);
+    let said = put(
+        crate::cluster::ADMIN_TOKEN,
+        "evil",
+        &"00".repeat(32),
+        module,
+    );
     assert!(said.contains("not 0000"), "{said}");
     // Over the module cap: refused from the message's length prefix, before it is read.
     let said = put(crate::cluster::ADMIN_TOKEN, "big", "", "-");
@@ -248,7 +265,8 @@ fn put_module_needs_the_admin_token_and_never_names_or_replaces_a_plugin() {
         stdout_ok(connect(&url, TOKEN, "SELECT upper('abc') AS u")),
         "u\r\nABC\r\n"
     );
-    let sql = "SELECT l_returnflag, approx_distinct(l_orderkey) AS d FROM lineitem GROUP BY 1 ORDER BY 1";
+    let sql =
+        "SELECT l_returnflag, approx_distinct(l_orderkey) AS d FROM lineitem GROUP BY 1 ORDER BY 1";
     let local = pushdown()
         .args(["query", "--output", "csv", "--registry", r, "--data"])
         .arg(layout().join("all"))
@@ -264,19 +282,42 @@ fn tokens_are_never_empty_brute_force_is_throttled_and_exposure_needs_consent() 
     let d = data.to_str().unwrap();
     // An empty token would turn checking off: refused.
     let out = pushdown()
-        .args(["storage-node", "serve", "--data", d, "--listen", "127.0.0.1:0", "--token", ""])
+        .args([
+            "storage-node",
+            "serve",
+            "--data",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "",
+        ])
         .output()
         .unwrap();
     assert_error(&out, &["the token given is empty"]);
     let out = pushdown()
-        .args(["storage-node", "serve", "--data", d, "--listen", "127.0.0.1:0"])
+        .args([
+            "storage-node",
+            "serve",
+            "--data",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env("PUSHDOWN_TOKEN", "")
         .output()
         .unwrap();
     assert_error(&out, &["$PUSHDOWN_TOKEN is empty"]);
     // Beyond loopback without a token and TLS: refused unless --insecure.
     let out = pushdown()
-        .args(["storage-node", "serve", "--data", d, "--listen", "0.0.0.0:0"])
+        .args([
+            "storage-node",
+            "serve",
+            "--data",
+            d,
+            "--listen",
+            "0.0.0.0:0",
+        ])
         .output()
         .unwrap();
     assert_error(
@@ -343,7 +384,11 @@ done
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -391,13 +436,24 @@ fn tls_and_client_certificates_between_every_tier() {
     assert!(url.starts_with("https://"), "{url}");
     let query = |extra: &[&str]| {
         pushdown()
-            .args(["query", "--connect", &url, "--token", TOKEN, "--output", "csv"])
+            .args([
+                "query",
+                "--connect",
+                &url,
+                "--token",
+                TOKEN,
+                "--output",
+                "csv",
+            ])
             .args(extra)
             .arg(COUNTS)
             .output()
             .unwrap()
     };
-    assert_eq!(stdout_ok(query(&["--tls-ca", &f("ca.pem")])), embedded(COUNTS));
+    assert_eq!(
+        stdout_ok(query(&["--tls-ca", &f("ca.pem")])),
+        embedded(COUNTS)
+    );
     // A client that does not trust the server's CA gives up during the handshake.
     let out = query(&[]);
     assert_eq!(out.status.code(), Some(1));
@@ -434,7 +490,12 @@ print(t.num_rows, ",".join(t.column_names))
 "#;
     let said = python(
         script,
-        &[&url.replace("https://", "grpc+tls://"), TOKEN, &f("ca.pem"), COUNTS],
+        &[
+            &url.replace("https://", "grpc+tls://"),
+            TOKEN,
+            &f("ca.pem"),
+            COUNTS,
+        ],
     );
     assert_eq!(said.trim(), "3 l_returnflag,n,qty,price");
 }

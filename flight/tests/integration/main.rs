@@ -25,7 +25,11 @@ async fn node() -> (tempfile::TempDir, FlightClient, Arc<StorageNode>) {
     let node = Arc::new(StorageNode::open(dir.path(), options).unwrap());
     let (listener, addr) = pushdown_flight::bind("127.0.0.1:0").await.unwrap();
     let service = NodeService::new(node.clone(), 2);
-    tokio::spawn(pushdown_flight::serve_node(service, listener, Security::default()));
+    tokio::spawn(pushdown_flight::serve_node(
+        service,
+        listener,
+        Security::default(),
+    ));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -64,9 +68,12 @@ async fn tasks_name_only_the_files_units_and_formats_the_node_listed() {
     assert!(units.len() > 1, "{units:?}");
     let mut rows = 0;
     for unit in &units {
-        rows += run(&mut client, &task(&node, unit.clone(), FileFormat::Csv, "t.csv"))
-            .await
-            .unwrap();
+        rows += run(
+            &mut client,
+            &task(&node, unit.clone(), FileFormat::Csv, "t.csv"),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(rows, 1000);
     // A byte range of the client's choosing: the header parsed as data, the whole file as
@@ -76,22 +83,37 @@ async fn tasks_name_only_the_files_units_and_formats_the_node_listed() {
         let err = run(&mut client, &task(&node, unit, FileFormat::Csv, "t.csv"))
             .await
             .unwrap_err();
-        assert!(err.contains("t.csv") && err.contains("is not one of the file's units"), "{err}");
+        assert!(
+            err.contains("t.csv") && err.contains("is not one of the file's units"),
+            "{err}"
+        );
     }
     // The CSV file read as Parquet.
-    let err = run(&mut client, &task(&node, TaskUnit::RowGroup(0), FileFormat::Parquet, "t.csv"))
-        .await
-        .unwrap_err();
-    assert!(err.contains("the task reads it as Parquet, but it is a CSV file"), "{err}");
+    let err = run(
+        &mut client,
+        &task(&node, TaskUnit::RowGroup(0), FileFormat::Parquet, "t.csv"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("the task reads it as Parquet, but it is a CSV file"),
+        "{err}"
+    );
     // Files the node did not list.
     for file in ["../t.csv", "/etc/passwd", "t.csv/../../x"] {
-        let err = run(&mut client, &task(&node, units[0].clone(), FileFormat::Csv, file))
-            .await
-            .unwrap_err();
+        let err = run(
+            &mut client,
+            &task(&node, units[0].clone(), FileFormat::Csv, file),
+        )
+        .await
+        .unwrap_err();
         assert!(err.contains("not a file of an open table"), "{file}: {err}");
     }
     // The node still answers a proper task.
-    assert!(run(&mut client, &task(&node, units[0].clone(), FileFormat::Csv, "t.csv"))
-        .await
-        .is_ok());
+    assert!(run(
+        &mut client,
+        &task(&node, units[0].clone(), FileFormat::Csv, "t.csv")
+    )
+    .await
+    .is_ok());
 }

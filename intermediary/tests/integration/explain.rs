@@ -75,11 +75,17 @@ async fn a_limit_goes_into_the_task_and_the_tasks_not_needed_never_run() {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 5);
         let report = query.run_report();
-        assert!(report.contains("tasks 1 scanned, 0 pruned, "), "{format}: {report}");
+        assert!(
+            report.contains("tasks 1 scanned, 0 pruned, "),
+            "{format}: {report}"
+        );
         assert!(!report.contains(" 0 not run"), "{format}: {report}");
         assert_eq!(figure(&report, "rows in "), figure(&report, "selected "));
         let returned = figure(&report, "bytes returned by the storage node ");
-        assert!(returned < 1 << 20, "{format}: five rows, not a row group: {report}");
+        assert!(
+            returned < 1 << 20,
+            "{format}: five rows, not a row group: {report}"
+        );
         assert_eq!(figure(&report, ", out "), 5, "{report}");
     }
 }
@@ -97,7 +103,10 @@ async fn the_split_is_the_same_with_one_thread_and_with_several() {
             .await
             .unwrap();
         let split = query.explain_split();
-        assert!(split.contains("partial aggregate: group by []"), "{threads}: {split}");
+        assert!(
+            split.contains("partial aggregate: group by []"),
+            "{threads}: {split}"
+        );
         assert!(!split.contains("FilterExec"), "{threads}: {split}");
         assert!(!split.contains("CooperativeExec"), "{threads}: {split}");
     }

@@ -42,8 +42,8 @@ async fn run(format: &str, csv_chunk_size: u64) {
     // than this machine has cores.
     for threads in [1, cores.max(4)] {
         let options = node_options(csv_chunk_size);
-        let engine = Engine::embedded_with_threads(&dir, options, None, threads)
-            .expect("the engine opens");
+        let engine =
+            Engine::embedded_with_threads(&dir, options, None, threads).expect("the engine opens");
         for ((n, sql), expected) in queries.iter().zip(&expected) {
             // Q15 keeps the supplier whose revenue equals the maximum revenue, two sums of
             // the same DOUBLE values (CSV prices are read as DOUBLE, as DuckDB reads them)

@@ -144,7 +144,13 @@ fn stamp(meta: &std::fs::Metadata) -> [u8; STAMP_BYTES] {
 
 /// Writes the sidecar of `file` (named `name`, holding `body`): the content's tag, the
 /// file's stamp, and a seal over both.
-fn write_sidecar(key: &[u8], name: &str, sidecar: &Path, content: &[u8; TAG_BYTES], file: &std::fs::File) {
+fn write_sidecar(
+    key: &[u8],
+    name: &str,
+    sidecar: &Path,
+    content: &[u8; TAG_BYTES],
+    file: &std::fs::File,
+) {
     let Ok(meta) = file.metadata() else {
         return;
     };
