@@ -133,25 +133,36 @@ pub(crate) struct Cluster {
     pub(crate) registries: Vec<tempfile::TempDir>,
 }
 
+/// A storage node over `data` on a free loopback port, with the test token, the admin
+/// token file and its own `registry`, and `extra` arguments.
+pub(crate) fn start_node(data: &Path, registry: &Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "storage-node",
+        "serve",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+        "--admin-token-file",
+        admin_token_file(),
+        "--registry",
+        registry.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    Server::start(&args)
+}
+
 pub(crate) fn cluster(extra: &[&str]) -> Cluster {
     let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<Server> = (1..=3)
         .map(|i| {
-            let data = layout().join(format!("n{i}"));
-            Server::start(&[
-                "storage-node",
-                "serve",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                TOKEN,
-                "--admin-token-file",
-                admin_token_file(),
-                "--registry",
-                registries[i - 1].path().to_str().unwrap(),
-            ])
+            start_node(
+                &layout().join(format!("n{i}")),
+                registries[i - 1].path(),
+                &[],
+            )
         })
         .collect();
     let mut args = vec![
@@ -568,21 +579,11 @@ fn all_22_tpch_queries_through_three_nodes_match_embedded_mode() {
     let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<Server> = (1..=3)
         .map(|i| {
-            let data = layout.join(format!("n{i}"));
-            Server::start(&[
-                "storage-node",
-                "serve",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                TOKEN,
-                "--max-tasks",
-                "1",
-                "--registry",
-                registries[i - 1].path().to_str().unwrap(),
-            ])
+            start_node(
+                &layout.join(format!("n{i}")),
+                registries[i - 1].path(),
+                &["--max-tasks", "1"],
+            )
         })
         .collect();
     let mut args = vec![
