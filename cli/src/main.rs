@@ -417,7 +417,7 @@ fn main() -> ExitCode {
         Command::StorageNode(_) | Command::Intermediary(_)
     );
     let default_filter = if serving {
-        "warn,pushdown_flight=info"
+        "warn,pushdown_flight=info,pushdown_storage_node=info"
     } else {
         "off"
     };

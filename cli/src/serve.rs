@@ -51,6 +51,11 @@ pub struct NodeServeArgs {
     /// Deadline of one plugin call, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     task_deadline: u64,
+    /// Space kept for modules intermediaries send this node (`put_module`), in MiB; the
+    /// least recently received beyond it are forgotten and sent again when needed. 0 keeps
+    /// only the latest.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    received_modules_mib: u64,
     /// Read table TABLE (DIR/TABLE.* or folder DIR/TABLE/) with the parser plugin PARSER
     /// of this node's registry, e.g. `--format access=access_log`. Repeatable.
     #[arg(long, value_name = "TABLE=PARSER")]
@@ -236,6 +241,7 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
         csv_chunk_size: args.csv_chunk_size,
         // Always a registry: intermediaries send the plugins their queries run.
         registry: Some(registry_dir),
+        received_modules_bytes: args.received_modules_mib.saturating_mul(1 << 20),
         sandbox: SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
             ..Default::default()

@@ -300,7 +300,12 @@ impl FlightService for NodeService {
         let output = tokio::task::spawn_blocking(move || node.run_task(&task))
             .await
             .map_err(|e| Status::internal(format!("task panicked: {e}")))?
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            .map_err(|e| match e.root() {
+                // A module this node does not hold (never sent, or forgotten): the
+                // intermediary sends it again.
+                pushdown_storage_node::Error::NotFound { .. } => Status::not_found(e.to_string()),
+                _ => Status::failed_precondition(e.to_string()),
+            })?;
         let metrics = serde_json::to_vec(&output.metrics).expect("metrics serialize");
         let batches = futures::stream::iter(output.batches.into_iter().map(Ok));
         // The task permit is held until the last batch is sent (or the client goes away):

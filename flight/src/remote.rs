@@ -116,6 +116,9 @@ enum Failure {
     Task(String),
     /// The node failed, is unreachable or timed out: try another replica.
     Node(String),
+    /// The node lacks something the task names (a plugin module it never received or
+    /// forgot): send the task's modules again, then try once more.
+    Missing(String),
 }
 
 fn classify(url: &str, e: FlightError) -> Failure {
@@ -124,6 +127,7 @@ fn classify(url: &str, e: FlightError) -> Failure {
             tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
                 Failure::Task(status.message().to_string())
             }
+            tonic::Code::NotFound => Failure::Missing(status.message().to_string()),
             tonic::Code::Unauthenticated => Failure::Task(format!(
                 "storage node {url} refused the call: {}",
                 status.message()
@@ -290,8 +294,34 @@ impl RemoteStorage {
         Ok(out)
     }
 
-    /// One attempt of `task` on node `i`.
+    /// `task` on node `i`; when the node lacks one of the task's modules, the modules are
+    /// sent again and the task tried once more.
     async fn fetch(&self, i: usize, task: &Task) -> std::result::Result<TaskOutput, Failure> {
+        match self.fetch_once(i, task).await {
+            Err(Failure::Missing(message)) => {
+                let plugins = task.plugins();
+                let can_send = self.modules.is_some() && self.options.admin_token.is_some();
+                if plugins.is_empty() || !can_send {
+                    return Err(Failure::Task(message));
+                }
+                // Other tasks may be doing the same: sending a module twice is harmless.
+                {
+                    let mut sent = self.sent.lock().expect("not poisoned");
+                    for p in &plugins {
+                        sent.remove(&(i, p.sha256.clone()));
+                    }
+                }
+                self.fetch_once(i, task).await.map_err(|f| match f {
+                    Failure::Missing(m) => Failure::Task(m),
+                    other => other,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of `task` on node `i`.
+    async fn fetch_once(&self, i: usize, task: &Task) -> std::result::Result<TaskOutput, Failure> {
         self.send_modules(i, task).await?;
         let node = &self.nodes[i];
         let _permit = node
@@ -447,7 +477,9 @@ impl RemoteStorage {
                     self.nodes[i].mark(false);
                     return Ok(out);
                 }
-                Err(Failure::Task(message)) => return Err(Error::Remote(message)),
+                Err(Failure::Task(message) | Failure::Missing(message)) => {
+                    return Err(Error::Remote(message))
+                }
                 Err(Failure::Node(message)) => {
                     self.nodes[i].mark(true);
                     log::warn!(

@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
-use parquet::arrow::parquet_to_arrow_schema;
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::ParquetMetaData;
+use pushdown_footer::FooterError;
 use pushdown_protocol::{ByteRange, FileFormat, PluginRef, TaskUnit};
 
 use crate::error::{Error, Result};
@@ -187,37 +187,32 @@ pub fn list_tables(
     Ok(tables)
 }
 
-thread_local! {
-    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+/// How long decoding one Parquet footer (with its page index) may take: 10 s. The footer
+/// is at most [`pushdown_footer::MAX_FOOTER_BYTES`]; real ones decode in milliseconds.
+pub const FOOTER_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Runs `f`, turning a panic into `Err` without the panic message on stderr (the caller
-/// reports it as an error of its own). Other threads' panics print as before.
-pub(crate) fn catch_quietly<T>(
-    f: impl FnOnce() -> T + std::panic::UnwindSafe,
-) -> std::thread::Result<T> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(|q| q.get()) {
-                previous(info);
-            }
-        }));
-    });
-    QUIET.with(|q| q.set(true));
-    let result = std::panic::catch_unwind(f);
-    QUIET.with(|q| q.set(false));
-    result
-}
-
-/// Reads and decodes a Parquet footer. A panic inside the decoder (a known hazard with
-/// hostile footers) is caught and reported as bad data.
+/// Reads and decodes a Parquet footer within [`FOOTER_DEADLINE`]; see
+/// [`read_parquet_footer_within`].
 ///
 /// # Errors
-/// [`Error::BadData`] naming the file when it is too short, lacks the `PAR1` magic, or its
-/// metadata does not decode; [`Error::Io`] when it cannot be read.
+/// As [`read_parquet_footer_within`].
 pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetFooter, Schema)> {
+    read_parquet_footer_within(path, abs_path, FOOTER_DEADLINE)
+}
+
+/// Reads, decodes and checks a Parquet footer ([`pushdown_footer::decode_footer`]: magic
+/// bytes, bounded length and schema depth, column chunk ranges, page index, Arrow schema)
+/// on a thread of its own, waiting at most `deadline`. A footer that takes longer is
+/// refused; its thread finishes in the background, bounded by the footer's size limit.
+///
+/// # Errors
+/// [`Error::BadData`] naming the file when a check fails or the deadline passes;
+/// [`Error::Io`] when the file cannot be read.
+pub fn read_parquet_footer_within(
+    path: &str,
+    abs_path: &Path,
+    deadline: Duration,
+) -> Result<(u64, ParquetFooter, Schema)> {
     let bad = |message: String| Error::BadData {
         file: path.to_string(),
         message,
@@ -227,82 +222,33 @@ pub fn read_parquet_footer(path: &str, abs_path: &Path) -> Result<(u64, ParquetF
         error,
     };
     let file = File::open(abs_path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len < 12 {
-        return Err(bad(format!(
-            "not a Parquet file: {len} bytes, too short for a footer"
-        )));
-    }
-    let mut tail = [0u8; 8];
-    file.read_exact_at(&mut tail, len - 8).map_err(io)?;
-    let mut head = [0u8; 4];
-    file.read_exact_at(&mut head, 0).map_err(io)?;
-    if &tail[4..] == b"PARE" {
-        return Err(bad("encrypted Parquet footers are not supported".into()));
-    }
-    if &tail[4..] != b"PAR1" || &head != b"PAR1" {
-        return Err(bad(
-            "not a Parquet file: the PAR1 magic bytes are missing".into()
-        ));
-    }
-    let metadata_len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
-    if metadata_len + 12 > len {
-        return Err(bad(format!(
-            "footer length {metadata_len} exceeds the file's {len} bytes (truncated file?)"
-        )));
-    }
-    let start = len - 8 - metadata_len;
-    let mut raw = vec![0u8; metadata_len as usize];
-    file.read_exact_at(&mut raw, start).map_err(io)?;
-    let decoded = catch_quietly(|| ParquetMetaDataReader::decode_metadata(&raw));
-    let metadata = match decoded {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return Err(bad(format!("invalid footer: {e}"))),
-        Err(_) => return Err(bad("invalid footer: the decoder gave up on it".into())),
-    };
-    for (i, rg) in metadata.row_groups().iter().enumerate() {
-        for col in rg.columns() {
-            let chunk_start = col
-                .dictionary_page_offset()
-                .unwrap_or(col.data_page_offset());
-            if chunk_start < 0 || col.compressed_size() < 0 {
-                return Err(bad(format!(
-                    "row group {i}: column chunk {} has a negative offset or size (corrupt footer)",
-                    col.column_path()
-                )));
-            }
-            let (s, l) = col.byte_range();
-            if s.checked_add(l).is_none_or(|end| end > start) {
-                return Err(bad(format!(
-                    "row group {i}: column chunk {} claims bytes {s}..{} beyond the data section (truncated or corrupt file)",
-                    col.column_path(),
-                    s.saturating_add(l)
-                )));
-            }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("footer".into())
+        .spawn(move || {
+            let _ = tx.send(pushdown_footer::decode_footer(&file));
+        })
+        .map_err(io)?;
+    let footer = match rx.recv_timeout(deadline) {
+        Ok(Ok(footer)) => footer,
+        Ok(Err(FooterError::Bad(m))) => return Err(bad(m)),
+        Ok(Err(FooterError::Read(m))) => return Err(io(std::io::Error::other(m))),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(bad(format!(
+                "footer decoding did not finish within its deadline of {} ms; the file is refused",
+                deadline.as_millis()
+            )))
         }
-    }
-    // The page index (column and offset index), when the file has one, for page pruning.
-    // A missing or unreadable page index only turns page pruning off for the file.
-    let metadata = match catch_quietly(std::panic::AssertUnwindSafe(|| {
-        let mut reader = ParquetMetaDataReader::new_with_metadata(metadata.clone())
-            .with_page_index_policy(PageIndexPolicy::Optional);
-        reader.read_page_indexes(&file)?;
-        reader.finish()
-    })) {
-        Ok(Ok(with_index)) => with_index,
-        _ => metadata,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(bad("invalid footer: the decoder gave up on it".into()))
+        }
     };
-    let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), None)
-        .map_err(|e| bad(format!("schema not representable in Arrow: {e}")))?;
-    let footer = ParquetFooter {
-        metadata: Arc::new(metadata),
-        raw: Bytes::from(raw),
-        range: ByteRange {
-            start,
-            end: len - 8,
-        },
+    let parquet_footer = ParquetFooter {
+        metadata: footer.metadata,
+        raw: footer.raw,
+        range: footer.range,
     };
-    Ok((len, footer, schema))
+    Ok((footer.len, parquet_footer, footer.schema))
 }
 
 /// Infers a CSV file's schema from its header and first records (types as arrow-csv infers

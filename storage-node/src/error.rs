@@ -73,6 +73,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error under any [`Error::Context`] layers.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { inner, .. } => inner.root(),
+            other => other,
+        }
+    }
+
     /// Wraps the error with the place it happened.
     pub fn context(self, context: impl Into<String>) -> Error {
         Error::Context {

@@ -20,7 +20,6 @@
 pub mod catalog;
 mod error;
 mod node;
-mod prune;
 pub mod registry;
 mod sandbox;
 
@@ -30,7 +29,7 @@ pub use node::{
     decode_result, task_context, NodeOptions, StorageNode, TaskMetrics, TaskOutput, BUILTIN_PLUGIN,
     BUILTIN_WASM,
 };
-pub use prune::row_group_may_match;
+pub use pushdown_footer::prune::row_group_may_match;
 pub use registry::{RegisteredPlugin, Registry};
 pub use sandbox::{
     CallOutput, PluginModule, Precompiled, Sandbox, SandboxConfig, ABI_VERSION, RANDOM_STREAM,

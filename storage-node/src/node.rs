@@ -11,19 +11,19 @@ use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::RowSelection;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataWriter};
 use pushdown_protocol::plugin::EXPORT_PARSE;
 use pushdown_protocol::{
-    encode_request, ByteRange, ColumnPages, Expr, FileFormat, GuestRequest, PageSelection,
-    PluginKind, PluginRef, RowRun, StageRun, Task, TaskUnit, PROTOCOL_VERSION,
+    encode_request, ByteRange, FileFormat, GuestRequest, PluginKind, PluginRef, StageRun, Task,
+    TaskUnit, PROTOCOL_VERSION,
 };
 
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::error::{Error, Result};
-use crate::prune::{bloom_filters_may_match, page_rows, page_selection, row_group_may_match};
 use crate::registry::Registry;
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
+use pushdown_footer::plan::page_segments;
+use pushdown_footer::prune::{prune_row_group, Verdict};
+use pushdown_footer::row_group_footer;
 
 /// The built-in pipeline module, built for `wasm32-wasip1` by `build.rs`.
 pub static BUILTIN_WASM: &[u8] = include_bytes!(env!("PUSHDOWN_BUILTIN_WASM_PATH"));
@@ -47,6 +47,9 @@ pub struct NodeOptions {
     pub registry: Option<PathBuf>,
     /// Tables whose files a parser plugin reads, by table name (`--format TABLE=PARSER`).
     pub formats: BTreeMap<String, PluginRef>,
+    /// Bytes of modules received from intermediaries (`put_module`) kept in the registry;
+    /// the least recently received beyond it are forgotten. Defaults to 1 GiB.
+    pub received_modules_bytes: u64,
 }
 
 impl Default for NodeOptions {
@@ -58,6 +61,7 @@ impl Default for NodeOptions {
             sandbox: SandboxConfig::default(),
             registry: None,
             formats: BTreeMap::new(),
+            received_modules_bytes: 1 << 30,
         }
     }
 }
@@ -236,7 +240,12 @@ impl StorageNode {
         }
         // Validated before it is compiled (and only then cached): see Sandbox::link.
         self.sandbox.load_plugin(&plugin.name, bytes)?;
-        registry.store_module(bytes)?;
+        let (_, forgotten) = registry.store_module(bytes, self.options.received_modules_bytes)?;
+        let mut loaded = self.plugins.lock().expect("not poisoned");
+        for hash in forgotten {
+            log::info!("forgot received module {hash}: over the received-module budget");
+            loaded.remove(&hash);
+        }
         Ok(())
     }
 
@@ -359,18 +368,23 @@ impl StorageNode {
                     .collect();
                 let mut selection = None;
                 if let Some(p) = &task.predicate {
-                    match self.prune(&file, footer, *rg, p, &mut pruning)? {
-                        Some(PageRows::None) => return Ok(Planned::Pruned(pruning)),
-                        Some(PageRows::Some(s)) => selection = Some(s),
-                        None => {}
+                    let open = || {
+                        std::fs::File::open(&file.abs_path).map_err(|error| Error::Io {
+                            path: file.path.clone(),
+                            error,
+                        })
+                    };
+                    let (verdict, index_bytes) =
+                        prune_row_group(p, metadata, &file.schema, *rg, open)?;
+                    pruning.index_bytes += index_bytes;
+                    match verdict {
+                        Verdict::NoRows => return Ok(Planned::Pruned(pruning)),
+                        Verdict::Rows(s) => selection = Some(s),
+                        Verdict::AllRows => {}
                     }
                 }
                 // The guest decodes the footer of every task: hand it one row group's.
-                let task_footer = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
-                    task_footer(metadata, *rg)
-                }))
-                .ok()
-                .flatten();
+                let task_footer = row_group_footer(metadata, *rg);
                 let footer_range = match &task_footer {
                     Some(bytes) => {
                         footer_row_group = Some(0);
@@ -438,56 +452,6 @@ impl StorageNode {
             request,
             input_len,
             pruning,
-        }))
-    }
-
-    /// Runs the row-group pruning steps in order of cost: min/max statistics, Bloom
-    /// filters, page index. Returns the page index's row selection, if it skips rows.
-    /// Statistics are untrusted bytes too: a panic while reading them keeps the rows.
-    fn prune(
-        &self,
-        file: &FileInfo,
-        footer: &catalog::ParquetFooter,
-        rg: usize,
-        predicate: &Expr,
-        pruning: &mut Pruning,
-    ) -> Result<Option<PageRows>> {
-        let metadata = &footer.metadata;
-        let quietly = |f: &dyn Fn() -> bool| {
-            catalog::catch_quietly(std::panic::AssertUnwindSafe(f)).unwrap_or(true)
-        };
-        if !quietly(&|| row_group_may_match(predicate, metadata, &file.schema, rg)) {
-            return Ok(Some(PageRows::None));
-        }
-        let has_bloom_filter = metadata
-            .row_group(rg)
-            .columns()
-            .iter()
-            .any(|c| c.bloom_filter_offset().is_some());
-        if has_bloom_filter {
-            let handle = std::fs::File::open(&file.abs_path).map_err(|error| Error::Io {
-                path: file.path.clone(),
-                error,
-            })?;
-            let (may_match, bytes) = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
-                bloom_filters_may_match(predicate, metadata, &file.schema, rg, &handle)
-            }))
-            .unwrap_or((true, 0));
-            pruning.index_bytes += bytes;
-            if !may_match {
-                return Ok(Some(PageRows::None));
-            }
-        }
-        let selection = catalog::catch_quietly(std::panic::AssertUnwindSafe(|| {
-            page_selection(predicate, metadata, &file.schema, rg)
-        }))
-        .unwrap_or(None);
-        Ok(selection.map(|s| {
-            if s.selects_any() {
-                PageRows::Some(s)
-            } else {
-                PageRows::None
-            }
         }))
     }
 
@@ -631,114 +595,6 @@ struct Pruning {
     index_bytes: u64,
     /// Data pages of the projected column chunks not read.
     pages_skipped: u64,
-}
-
-/// The footer of a task on row group `rg`: the file's metadata with only that row group
-/// (then at index 0), as the Thrift `FileMetaData` without the length and magic trailer.
-/// `None` when it does not encode.
-fn task_footer(metadata: &ParquetMetaData, rg: usize) -> Option<Vec<u8>> {
-    let one = ParquetMetaDataBuilder::new(metadata.file_metadata().clone())
-        .add_row_group(metadata.row_group(rg).clone())
-        .build();
-    let mut bytes = Vec::new();
-    ParquetMetaDataWriter::new(&mut bytes, &one).finish().ok()?;
-    bytes.truncate(bytes.len().checked_sub(8)?);
-    Some(bytes)
-}
-
-/// The page index's verdict on a row group.
-enum PageRows {
-    /// No row can match.
-    None,
-    /// Only these rows can match.
-    Some(RowSelection),
-}
-
-/// The request's page selection, the byte segments to read (each projected column chunk's
-/// dictionary page and the data pages holding selected rows, adjacent ones merged) and the
-/// number of data pages skipped. `None` when an offset index is missing or does not fit its
-/// column chunk: then whole column chunks are read.
-fn page_segments(
-    metadata: &ParquetMetaData,
-    rg: usize,
-    leaves: &[usize],
-    selection: &RowSelection,
-) -> Option<(PageSelection, Vec<ByteRange>, u64)> {
-    let row_group = metadata.row_group(rg);
-    let num_rows = usize::try_from(row_group.num_rows()).ok()?;
-    let offset_index = metadata.offset_index()?.get(rg)?;
-    let mut selected = Vec::new();
-    let mut at = 0usize;
-    for run in selection.iter() {
-        if !run.skip {
-            selected.push(at..at + run.row_count);
-        }
-        at += run.row_count;
-    }
-    let mut ranges = Vec::new();
-    let mut columns = Vec::new();
-    let mut skipped = 0u64;
-    for &leaf in leaves {
-        let locations = offset_index.get(leaf)?.page_locations();
-        let rows = page_rows(locations, num_rows)?;
-        let (chunk_start, chunk_len) = row_group.column(leaf).byte_range();
-        let chunk_end = chunk_start.checked_add(chunk_len)?;
-        let first = u64::try_from(locations.first()?.offset).ok()?;
-        if first < chunk_start {
-            return None;
-        }
-        if first > chunk_start {
-            // The dictionary page, read whenever any data page is.
-            ranges.push(chunk_start..first);
-        }
-        for (page, rows) in locations.iter().zip(rows) {
-            let start = u64::try_from(page.offset).ok()?;
-            let end = start.checked_add(u64::try_from(page.compressed_page_size).ok()?)?;
-            if start < first || end > chunk_end {
-                return None;
-            }
-            if selected
-                .iter()
-                .any(|s| s.start < rows.end && rows.start < s.end)
-            {
-                ranges.push(start..end);
-            } else {
-                skipped += 1;
-            }
-        }
-        columns.push(ColumnPages {
-            leaf,
-            pages: locations
-                .iter()
-                .map(|p| {
-                    [
-                        p.offset,
-                        i64::from(p.compressed_page_size),
-                        p.first_row_index,
-                    ]
-                })
-                .collect(),
-        });
-    }
-    ranges.sort_by_key(|r| r.start);
-    let mut segments: Vec<ByteRange> = Vec::new();
-    for r in ranges {
-        match segments.last_mut() {
-            Some(last) if last.end == r.start => last.end = r.end,
-            _ => segments.push(ByteRange {
-                start: r.start,
-                end: r.end,
-            }),
-        }
-    }
-    let rows = selection
-        .iter()
-        .map(|run| RowRun {
-            rows: run.row_count as u64,
-            skip: run.skip,
-        })
-        .collect();
-    Some((PageSelection { rows, columns }, segments, skipped))
 }
 
 /// Reads the task's segments from the file straight into the guest's input buffer (the

@@ -222,11 +222,16 @@ impl Registry {
 
     /// Stores validated module bytes by their SHA-256 only, under no name: what a storage
     /// node keeps of the modules intermediaries send it. Never creates, renames or
-    /// replaces a named plugin. Returns the SHA-256.
+    /// replaces a named plugin.
+    ///
+    /// Received modules are kept within `budget` bytes: the least recently received ones
+    /// beyond it are forgotten (an intermediary sends a module again when a node no longer
+    /// has it); modules registered under a name are never deleted. Returns the module's
+    /// SHA-256 and the SHA-256s forgotten.
     ///
     /// # Errors
     /// [`Error::Internal`] for database errors.
-    pub fn store_module(&self, bytes: &[u8]) -> Result<String> {
+    pub fn store_module(&self, bytes: &[u8], budget: u64) -> Result<(String, Vec<String>)> {
         let sha256 = sha256_hex(bytes);
         let mut conn = self.conn.lock().expect("not poisoned");
         let tx = conn.transaction().map_err(db_err(&self.dir))?;
@@ -235,13 +240,44 @@ impl Registry {
             params![sha256, bytes],
         )
         .map_err(db_err(&self.dir))?;
+        // A new rowid each time: rowid order is receipt order, most recent last.
         tx.execute(
-            "INSERT OR IGNORE INTO received (sha256) VALUES (?1)",
+            "INSERT OR REPLACE INTO received (sha256) VALUES (?1)",
             params![sha256],
         )
         .map_err(db_err(&self.dir))?;
+        let mut forgotten = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT r.sha256, length(m.bytes) FROM received r JOIN modules m USING (sha256)
+                     ORDER BY r.rowid DESC",
+                )
+                .map_err(db_err(&self.dir))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db_err(&self.dir))?;
+            let mut total = 0u64;
+            for row in rows {
+                let (hash, len) = row.map_err(db_err(&self.dir))?;
+                total = total.saturating_add(u64::try_from(len).unwrap_or(0));
+                if total > budget && hash != sha256 {
+                    forgotten.push(hash);
+                }
+            }
+        }
+        for hash in &forgotten {
+            tx.execute("DELETE FROM received WHERE sha256 = ?1", params![hash])
+                .map_err(db_err(&self.dir))?;
+        }
+        tx.execute(
+            "DELETE FROM modules WHERE sha256 NOT IN (SELECT sha256 FROM plugins)
+                 AND sha256 NOT IN (SELECT sha256 FROM received)",
+            [],
+        )
+        .map_err(db_err(&self.dir))?;
         tx.commit().map_err(db_err(&self.dir))?;
-        Ok(sha256)
+        Ok((sha256, forgotten))
     }
 
     /// Every registered plugin, by name. A row that does not hold a valid plugin (a name
@@ -448,4 +484,35 @@ pub fn build_crate(path: &Path) -> Result<PathBuf> {
             path.display()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(registry: &Registry, bytes: &[u8]) -> bool {
+        let plugin = PluginRef {
+            name: "m".into(),
+            sha256: sha256_hex(bytes),
+        };
+        registry.module(&plugin).is_ok()
+    }
+
+    #[test]
+    fn received_modules_beyond_the_budget_are_forgotten_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let (a, b, c) = (vec![1u8; 100], vec![2u8; 100], vec![3u8; 100]);
+        assert!(registry.store_module(&a, 250).unwrap().1.is_empty());
+        assert!(registry.store_module(&b, 250).unwrap().1.is_empty());
+        // a was received again, so b is now the least recent.
+        registry.store_module(&a, 250).unwrap();
+        let (_, forgotten) = registry.store_module(&c, 250).unwrap();
+        assert_eq!(forgotten, vec![sha256_hex(&b)]);
+        assert!(has(&registry, &a) && !has(&registry, &b) && has(&registry, &c));
+        // A budget of 0 keeps only the module just received.
+        let (_, forgotten) = registry.store_module(&b, 0).unwrap();
+        assert_eq!(forgotten.len(), 2);
+        assert!(!has(&registry, &a) && has(&registry, &b) && !has(&registry, &c));
+    }
 }

@@ -277,6 +277,70 @@ fn put_module_needs_the_admin_token_and_never_names_or_replaces_a_plugin() {
 }
 
 #[test]
+fn a_node_keeps_received_modules_within_its_budget_and_gets_forgotten_ones_again() {
+    let reg = tempfile::tempdir().unwrap();
+    for name in ["approx_distinct", "avg_length"] {
+        let out = pushdown()
+            .args([
+                "plugin",
+                "register",
+                example(name).to_str().unwrap(),
+                "--registry",
+            ])
+            .arg(reg.path())
+            .output()
+            .unwrap();
+        stdout_ok(out);
+    }
+    // A node that keeps only the module it received last.
+    let node_registry = tempfile::tempdir().unwrap();
+    let node = crate::cluster::start_node(
+        &layout().join("all"),
+        node_registry.path(),
+        &["--received-modules-mib", "0"],
+    );
+    let intermediary = Server::start(&[
+        "intermediary",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+        "--node-admin-token-file",
+        admin_token_file(),
+        "--registry",
+        reg.path().to_str().unwrap(),
+        "--storage-node",
+        &node.url,
+    ]);
+    let distinct =
+        "SELECT l_returnflag, approx_distinct(l_orderkey) AS d FROM lineitem GROUP BY 1 ORDER BY 1";
+    let length =
+        "SELECT l_linestatus, avg_length(l_comment) AS a FROM lineitem GROUP BY 1 ORDER BY 1";
+    let local = |sql: &str| {
+        let out = pushdown()
+            .args(["query", "--output", "csv", "--registry"])
+            .arg(reg.path())
+            .arg("--data")
+            .arg(layout().join("all"))
+            .arg(sql)
+            .output()
+            .unwrap();
+        stdout_ok(out)
+    };
+    // approx_distinct is sent, then forgotten when avg_length arrives, then sent again.
+    for sql in [distinct, length, distinct] {
+        assert_eq!(
+            stdout_ok(connect(&intermediary.url, TOKEN, sql)),
+            local(sql)
+        );
+    }
+    drop(intermediary);
+    let log = node.stop();
+    assert!(log.contains("forgot received module"), "{log}");
+}
+
+#[test]
 fn tokens_are_never_empty_brute_force_is_throttled_and_exposure_needs_consent() {
     let data = layout().join("n1");
     let d = data.to_str().unwrap();

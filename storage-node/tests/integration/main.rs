@@ -2,4 +2,5 @@
 //! error naming the plugin and the reason, and the node keeps serving normal tasks.
 
 mod cache;
+mod footer;
 mod hostile;

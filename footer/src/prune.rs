@@ -385,3 +385,70 @@ pub fn page_rows(
     }
     Some(rows)
 }
+
+/// What pruning decided for one row group of a task.
+#[derive(Debug)]
+pub enum Verdict {
+    /// No row can match: the row group is not read.
+    NoRows,
+    /// Only these rows can match (page index); the selection selects at least one row.
+    Rows(RowSelection),
+    /// Any row may match.
+    AllRows,
+}
+
+/// Runs the pruning steps on row group `row_group` in order of cost: min/max statistics,
+/// Bloom filters (read through `open`, called only when a projected column chunk has one),
+/// page index. Returns the verdict and the bytes of Bloom filters read.
+///
+/// Statistics are untrusted bytes: a panic in any step keeps the rows (the step's answer
+/// is "may match").
+///
+/// # Errors
+/// The error of `open`.
+pub fn prune_row_group<R: ChunkReader, E>(
+    predicate: &Expr,
+    metadata: &ParquetMetaData,
+    schema: &Schema,
+    row_group: usize,
+    open: impl FnOnce() -> Result<R, E>,
+) -> Result<(Verdict, u64), E> {
+    use crate::catch_quietly;
+    use std::panic::AssertUnwindSafe;
+    let Some(rg) = metadata.row_groups().get(row_group) else {
+        return Ok((Verdict::AllRows, 0));
+    };
+    if !catch_quietly(AssertUnwindSafe(|| {
+        row_group_may_match(predicate, metadata, schema, row_group)
+    }))
+    .unwrap_or(true)
+    {
+        return Ok((Verdict::NoRows, 0));
+    }
+    let mut index_bytes = 0;
+    if rg
+        .columns()
+        .iter()
+        .any(|c| c.bloom_filter_offset().is_some())
+    {
+        let file = open()?;
+        let (may_match, bytes) = catch_quietly(AssertUnwindSafe(|| {
+            bloom_filters_may_match(predicate, metadata, schema, row_group, &file)
+        }))
+        .unwrap_or((true, 0));
+        index_bytes = bytes;
+        if !may_match {
+            return Ok((Verdict::NoRows, index_bytes));
+        }
+    }
+    let selection = catch_quietly(AssertUnwindSafe(|| {
+        page_selection(predicate, metadata, schema, row_group)
+    }))
+    .unwrap_or(None);
+    let verdict = match selection {
+        Some(s) if s.selects_any() => Verdict::Rows(s),
+        Some(_) => Verdict::NoRows,
+        None => Verdict::AllRows,
+    };
+    Ok((verdict, index_bytes))
+}

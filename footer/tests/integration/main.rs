@@ -1,0 +1,163 @@
+//! Untrusted footers: the fuzz corpora and the shared Parquet corpora replayed through the
+//! fuzz entry points (each input must return, without a panic), and each bound of
+//! `decode_footer` met by a file made to cross it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use pushdown_footer::{decode_footer, fuzz, FooterError, MAX_FOOTER_BYTES, MAX_SCHEMA_DEPTH};
+
+fn testdata() -> PathBuf {
+    match std::env::var_os("PUSHDOWN_TESTDATA") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"),
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn corpus(target: &str) -> Vec<PathBuf> {
+    files(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target),
+    )
+}
+
+fn shared_parquet() -> Vec<PathBuf> {
+    let mut inputs = Vec::new();
+    for dir in ["parquet-testing/data", "parquet-testing/bad_data"] {
+        inputs.extend(
+            files(&testdata().join(dir))
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet")),
+        );
+    }
+    inputs
+}
+
+#[test]
+fn parquet_footer_corpus() {
+    let mut inputs = corpus("parquet_footer");
+    inputs.extend(shared_parquet());
+    assert!(inputs.len() >= 50, "{} inputs", inputs.len());
+    for path in inputs {
+        fuzz::parquet_footer(&std::fs::read(&path).unwrap());
+    }
+}
+
+#[test]
+fn page_plan_corpus() {
+    let mut inputs = corpus("page_plan");
+    inputs.extend(shared_parquet());
+    assert!(inputs.len() >= 50, "{} inputs", inputs.len());
+    for path in inputs {
+        fuzz::page_plan(&std::fs::read(&path).unwrap());
+    }
+}
+
+#[test]
+fn the_shared_corpus_decodes_or_is_refused_with_a_reason() {
+    let mut decoded = 0;
+    for path in shared_parquet() {
+        let bytes = Bytes::from(std::fs::read(&path).unwrap());
+        match decode_footer(&bytes) {
+            Ok(footer) => {
+                assert_eq!(footer.len, bytes.len() as u64);
+                assert_eq!(footer.range.end, footer.len - 8);
+                decoded += 1;
+            }
+            Err(FooterError::Bad(m)) => assert!(!m.is_empty(), "{}", path.display()),
+            Err(FooterError::Read(m)) => panic!("{}: read error {m}", path.display()),
+        }
+    }
+    assert!(decoded >= 40, "only {decoded} files decoded");
+}
+
+/// A Parquet file with no row groups whose schema nests `depth` groups around one leaf.
+fn nested_schema_file(depth: usize) -> Vec<u8> {
+    let mut message = String::from("message m {");
+    for i in 0..depth {
+        message.push_str(&format!(" optional group g{i} {{"));
+    }
+    message.push_str(" optional int32 leaf;");
+    message.push_str(&" }".repeat(depth));
+    message.push_str(" }");
+    let schema = Arc::new(parse_message_type(&message).unwrap());
+    let mut out = Vec::new();
+    let writer =
+        SerializedFileWriter::new(&mut out, schema, Arc::new(WriterProperties::new())).unwrap();
+    writer.close().unwrap();
+    out
+}
+
+#[test]
+fn a_schema_nested_beyond_the_limit_is_refused_before_decoding() {
+    let ok = decode_footer(&Bytes::from(nested_schema_file(MAX_SCHEMA_DEPTH - 2)));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let deep = nested_schema_file(200);
+    match decode_footer(&Bytes::from(deep)) {
+        Err(FooterError::Bad(m)) => assert!(
+            m.contains("schema nested") && m.contains("exceeds the limit of 64"),
+            "{m}"
+        ),
+        other => panic!("{:?}", other.map(|f| f.len)),
+    }
+}
+
+#[test]
+fn a_footer_longer_than_the_limit_is_refused_before_it_is_read() {
+    let mut file = b"PAR1".to_vec();
+    file.extend([0u8; 64]);
+    let claimed = u32::try_from(MAX_FOOTER_BYTES + 1).unwrap();
+    file.extend(claimed.to_le_bytes());
+    file.extend(b"PAR1");
+    match decode_footer(&Bytes::from(file)) {
+        Err(FooterError::Bad(m)) => assert_eq!(
+            m,
+            format!("footer of {claimed} bytes exceeds the limit of {MAX_FOOTER_BYTES} bytes")
+        ),
+        other => panic!("{:?}", other.map(|f| f.len)),
+    }
+}
+
+#[test]
+fn truncated_and_foreign_files_are_refused_with_a_reason() {
+    let good = nested_schema_file(1);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"PAR1".to_vec(), "too short for a footer"),
+        (
+            b"not a parquet file at all".to_vec(),
+            "PAR1 magic bytes are missing",
+        ),
+        (
+            [&good[..4], &[0u8; 8], &1000u32.to_le_bytes(), b"PAR1"].concat(),
+            "exceeds the file's",
+        ),
+        (
+            [&good[..good.len() - 4], b"PARE"].concat(),
+            "encrypted Parquet footers",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        match decode_footer(&Bytes::from(bytes)) {
+            Err(FooterError::Bad(m)) => assert!(m.contains(expected), "{m} lacks {expected}"),
+            other => panic!("{:?}", other.map(|f| f.len)),
+        }
+    }
+}
