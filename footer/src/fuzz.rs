@@ -8,7 +8,7 @@ use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use pushdown_protocol::{CmpOp, Expr, Literal};
 
 use crate::plan::page_segments;
-use crate::prune::{bloom_filters_may_match, page_selection, row_group_may_match};
+use crate::prune::{prune_row_group, Verdict};
 use crate::{decode_footer, row_group_footer};
 
 /// Row groups and columns looked at per input, so one input stays fast.
@@ -26,7 +26,8 @@ pub fn parquet_footer(data: &[u8]) {
 }
 
 /// Target `page_plan`: decodes the footer, then for each row group runs every pruning step
-/// (statistics, Bloom filters, page index) and the page planning of a task over all leaf
+/// (statistics, Bloom filters, page index, as `prune_row_group` does for the storage node,
+/// panics in arrow-rs caught) and the page planning of a task over all leaf
 /// columns, for predicates on each column (`<`, `>`, `=` and `IN` against a literal of the
 /// column's type).
 pub fn page_plan(data: &[u8]) {
@@ -64,9 +65,12 @@ pub fn page_plan(data: &[u8]) {
     for rg in 0..metadata.num_row_groups().min(MAX_PLANNED) {
         let num_rows = usize::try_from(metadata.row_group(rg).num_rows()).unwrap_or(0);
         for predicate in &predicates {
-            let _ = row_group_may_match(predicate, metadata, &footer.schema, rg);
-            let _ = bloom_filters_may_match(predicate, metadata, &footer.schema, rg, &file);
-            if let Some(selection) = page_selection(predicate, metadata, &footer.schema, rg) {
+            // As the storage node runs it: a panic inside arrow-rs's statistics readers
+            // keeps the rows (see `prune_row_group`).
+            let open = || Ok::<_, ()>(file.clone());
+            if let Ok((Verdict::Rows(selection), _)) =
+                prune_row_group(predicate, metadata, &footer.schema, rg, open)
+            {
                 let _ = page_segments(metadata, rg, &leaves, &selection);
             }
         }

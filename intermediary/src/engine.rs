@@ -485,6 +485,13 @@ impl Query {
             };
             use futures::StreamExt;
             while let Some(item) = stream.next().await {
+                if item.is_err() {
+                    // Free the query's memory reservations (and stop its operators)
+                    // before the client hears of the failure and sends its next query.
+                    drop(stream);
+                    let _ = tx.send(item).await;
+                    return;
+                }
                 if tx.send(item).await.is_err() {
                     return;
                 }
