@@ -134,7 +134,7 @@ pub fn decode_footer<R: ChunkReader>(file: &R) -> Result<Footer, FooterError> {
     match schema_depth(&raw) {
         Ok(depth) if depth > MAX_SCHEMA_DEPTH => {
             return Err(bad(format!(
-                "schema nested {depth} levels deep exceeds the limit of {MAX_SCHEMA_DEPTH}"
+                "schema nested more than {MAX_SCHEMA_DEPTH} levels deep (the limit)"
             )))
         }
         Ok(_) => {}

@@ -113,7 +113,7 @@ fn a_schema_nested_beyond_the_limit_is_refused_before_decoding() {
     let deep = nested_schema_file(200);
     match decode_footer(&Bytes::from(deep)) {
         Err(FooterError::Bad(m)) => assert!(
-            m.contains("schema nested") && m.contains("exceeds the limit of 64"),
+            m == "schema nested more than 64 levels deep (the limit)",
             "{m}"
         ),
         other => panic!("{:?}", other.map(|f| f.len)),
@@ -159,5 +159,21 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
             Err(FooterError::Bad(m)) => assert!(m.contains(expected), "{m} lacks {expected}"),
             other => panic!("{:?}", other.map(|f| f.len)),
         }
+    }
+}
+
+#[test]
+fn a_schema_element_claiming_more_children_than_follow_is_refused() {
+    // Found by the page_plan fuzz target: arrow-rs reserved 11.5 GB for the children.
+    let path = corpus("page_plan")
+        .into_iter()
+        .find(|p| p.ends_with("oom-2c4d73123bb15cac1e56fc1ee5ea27851bfceb1b"))
+        .unwrap();
+    match decode_footer(&Bytes::from(std::fs::read(path).unwrap())) {
+        Err(FooterError::Bad(m)) => assert!(
+            m.starts_with("invalid footer: schema element") && m.contains("children, but only"),
+            "{m}"
+        ),
+        other => panic!("{:?}", other.map(|f| f.len)),
     }
 }
