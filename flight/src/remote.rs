@@ -435,6 +435,7 @@ impl StorageClient for RemoteStorage {
                     units: f.units,
                     footer: None,
                     schema: schema.clone(),
+                    csv_delimiter: b',',
                 })
             })
             .collect();

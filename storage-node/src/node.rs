@@ -438,6 +438,7 @@ impl StorageNode {
             file_len: file.len,
             batch_size: self.options.batch_size,
             csv_all_varchar: self.options.csv_all_varchar,
+            csv_delimiter: file.csv_delimiter,
             stage,
             pages,
             footer_row_group,

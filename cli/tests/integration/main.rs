@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod dialects;
 mod malformed;
 mod output;
 mod plugins;

@@ -21,13 +21,14 @@ pub fn csv_chunk(data: &[u8]) {
                 .map(|(n, t)| Field::new(n, t, true))
                 .collect::<Vec<_>>(),
         );
-        for empty_is_null in [true, false] {
+        for (empty_is_null, delimiter) in [(true, b','), (false, b','), (true, b'\t')] {
             let _ = crate::parse_csv(
                 Bytes::copy_from_slice(data),
                 &schema,
                 &columns,
                 1024,
                 empty_is_null,
+                delimiter,
             );
         }
     }

@@ -245,7 +245,8 @@ fn with_offset_index(
 /// Parses one CSV chunk of whole RFC 4180 records (no header) with the given file schema.
 ///
 /// Only the named `columns` are materialised. An empty field is NULL unless
-/// `empty_is_null` is false. Batches hold at most `batch_size` rows.
+/// `empty_is_null` is false. Fields are separated by `delimiter`. Batches hold at most
+/// `batch_size` rows.
 ///
 /// # Errors
 /// A message naming the line (counted from 1 at the start of the chunk) when a field
@@ -256,6 +257,7 @@ pub fn parse_csv(
     columns: &[String],
     batch_size: usize,
     empty_is_null: bool,
+    delimiter: u8,
 ) -> Result<Vec<RecordBatch>, String> {
     let projection: Vec<usize> = columns
         .iter()
@@ -273,6 +275,7 @@ pub fn parse_csv(
     }
     let reader = builder
         .with_header(false)
+        .with_delimiter(delimiter)
         .with_batch_size(batch_size.max(1))
         .with_projection(projection)
         .build_buffered(Cursor::new(input))

@@ -151,6 +151,7 @@ fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>,
             &columns,
             request.batch_size,
             !request.csv_all_varchar,
+            request.csv_delimiter,
         ),
         (FileFormat::Plugin(parser), TaskUnit::Lines { .. }) => {
             parse_ipc(input, &request.file_schema, &columns, parser)
