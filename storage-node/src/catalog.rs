@@ -273,7 +273,12 @@ pub fn infer_csv_schema(
         error,
     })?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-        return Err(bad("empty CSV file: there is no header row".into()));
+        // As DuckDB reads it: one text column, no rows.
+        return Ok(Schema::new(vec![arrow_schema::Field::new(
+            "column0",
+            arrow_schema::DataType::Utf8,
+            true,
+        )]));
     }
     if all_varchar {
         let mut reader = csv::ReaderBuilder::new()
@@ -287,7 +292,7 @@ pub fn infer_csv_schema(
             .iter()
             .map(|n| arrow_schema::Field::new(n, arrow_schema::DataType::Utf8, true))
             .collect();
-        return Ok(Schema::new(fields));
+        return Ok(unique_header_names(Schema::new(fields)));
     }
     let format = arrow_csv::reader::Format::default()
         .with_header(true)
@@ -295,7 +300,45 @@ pub fn infer_csv_schema(
     let (schema, _) = format
         .infer_schema(std::io::BufReader::new(file), Some(CSV_INFER_RECORDS))
         .map_err(|e| bad(format!("CSV schema inference: {e}")))?;
-    Ok(schema)
+    Ok(unique_header_names(schema))
+}
+
+/// Header names made non-empty and unique as DuckDB's `read_csv` makes them: an empty name
+/// becomes `column<i>` (its 0-based position); from left to right, a name already used gets
+/// the first free suffix `_1`, `_2`, …: `a,a,,b,a,a_1` → `a, a_1, column2, b, a_2, a_1_1`.
+pub fn unique_header_names(schema: Schema) -> Schema {
+    let named: Vec<String> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if f.name().trim().is_empty() {
+                format!("column{i}")
+            } else {
+                f.name().clone()
+            }
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .zip(named)
+        .map(|(f, name)| {
+            let name = if seen.insert(name.clone()) {
+                name
+            } else {
+                let unique = (1..)
+                    .map(|k| format!("{name}_{k}"))
+                    .find(|n| !seen.contains(n))
+                    .expect("an unused suffix");
+                seen.insert(unique.clone());
+                unique
+            };
+            f.as_ref().clone().with_name(name)
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// The candidate field delimiters, in order of preference on a tie.

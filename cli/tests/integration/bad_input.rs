@@ -104,10 +104,15 @@ fn csv_row_with_the_wrong_number_of_fields() {
 }
 
 #[test]
-fn empty_csv_file() {
+fn empty_csv_file_is_an_empty_table_as_in_duckdb() {
     let dir = folder(&[("t.csv", b"")]);
-    let out = query(dir.path(), &[], "SELECT * FROM t");
-    assert_error(&out, &["t.csv", "empty CSV file"]);
+    let out = query(dir.path(), &["--output", "csv"], "SELECT * FROM t");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "column0\r\n");
 }
 
 #[test]

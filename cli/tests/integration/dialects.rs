@@ -84,3 +84,40 @@ fn semicolon_pipe_and_tab_files_read_as_duckdb_reads_them() {
         );
     }
 }
+
+#[test]
+fn duplicate_and_empty_header_names_are_made_unique_as_duckdb_makes_them() {
+    let csv = b"a,a,,b,a,a_1\n1,2,3,4,5,6\n";
+    let dir = folder(&[("dup.csv", csv)]);
+    let ours = pushdown()
+        .args(["query", "--output", "csv", "--data"])
+        .arg(dir.path())
+        .arg("SELECT * FROM dup")
+        .output()
+        .unwrap();
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let ours = String::from_utf8(ours.stdout).unwrap();
+    let header = ours.lines().next().unwrap().trim_end().to_string();
+    let path = dir.path().join("dup.csv");
+    let python = crate::support::python();
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import duckdb, sys; print(','.join(duckdb.sql(f\"SELECT * FROM read_csv('{sys.argv[1]}')\").columns))",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(header, theirs);
+    assert_eq!(ours.lines().nth(1).unwrap().trim_end(), "1,2,3,4,5,6");
+}
