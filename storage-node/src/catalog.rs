@@ -303,7 +303,8 @@ pub fn infer_csv_schema(
     Ok(unique_header_names(schema))
 }
 
-/// Header names made non-empty and unique as DuckDB's `read_csv` makes them: an empty name
+/// Header names made non-empty and unique as DuckDB's `read_csv` makes them (a leading
+/// UTF-8 byte order mark dropped): an empty name
 /// becomes `column<i>` (its 0-based position); from left to right, a name already used gets
 /// the first free suffix `_1`, `_2`, …: `a,a,,b,a,a_1` → `a, a_1, column2, b, a_2, a_1_1`.
 pub fn unique_header_names(schema: Schema) -> Schema {
@@ -312,10 +313,12 @@ pub fn unique_header_names(schema: Schema) -> Schema {
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            if f.name().trim().is_empty() {
+            // A UTF-8 byte order mark (Excel writes one) is not part of the first name.
+            let name = f.name().trim_start_matches('\u{feff}');
+            if name.trim().is_empty() {
                 format!("column{i}")
             } else {
-                f.name().clone()
+                name.to_string()
             }
         })
         .collect();

@@ -121,3 +121,31 @@ fn duplicate_and_empty_header_names_are_made_unique_as_duckdb_makes_them() {
     assert_eq!(header, theirs);
     assert_eq!(ours.lines().nth(1).unwrap().trim_end(), "1,2,3,4,5,6");
 }
+
+#[test]
+fn a_byte_order_mark_and_crlf_line_ends_read_as_in_duckdb() {
+    let csv = b"\xef\xbb\xbfid;name\r\n1;x\r\n2;y\r\n";
+    let dir = folder(&[("bom.csv", csv)]);
+    let ours = pushdown()
+        .args(["query", "--output", "csv", "--data"])
+        .arg(dir.path())
+        .arg("SELECT id, name FROM bom ORDER BY id")
+        .output()
+        .unwrap();
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let ours = String::from_utf8(ours.stdout).unwrap();
+    let path = dir.path().join("bom.csv");
+    let theirs = duckdb(&format!(
+        "SELECT id, name FROM read_csv('{}') ORDER BY id",
+        path.display()
+    ));
+    let theirs: String = theirs
+        .iter()
+        .map(|r| format!("{},{}\r\n", text(&r[0]), text(&r[1])))
+        .collect();
+    assert_eq!(ours, format!("id,name\r\n{theirs}"));
+}
