@@ -154,6 +154,26 @@ pub(crate) fn start_node(data: &Path, registry: &Path, extra: &[&str]) -> Server
     Server::start(&args)
 }
 
+/// An intermediary on a free loopback port over the storage nodes at `nodes`, with the test
+/// token and the nodes' admin token file, and `extra` arguments.
+pub(crate) fn start_intermediary(nodes: &[&str], extra: &[&str]) -> Server {
+    let mut args = vec![
+        "intermediary",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        TOKEN,
+        "--node-admin-token-file",
+        admin_token_file(),
+    ];
+    for url in nodes {
+        args.extend(["--storage-node", url]);
+    }
+    args.extend(extra);
+    Server::start(&args)
+}
+
 pub(crate) fn cluster(extra: &[&str]) -> Cluster {
     let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<Server> = (1..=3)
@@ -165,21 +185,8 @@ pub(crate) fn cluster(extra: &[&str]) -> Cluster {
             )
         })
         .collect();
-    let mut args = vec![
-        "intermediary",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token",
-        TOKEN,
-        "--node-admin-token-file",
-        admin_token_file(),
-    ];
-    for n in &nodes {
-        args.extend(["--storage-node", n.url.as_str()]);
-    }
-    args.extend(extra);
-    let intermediary = Server::start(&args);
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    let intermediary = start_intermediary(&urls, extra);
     Cluster {
         nodes,
         intermediary,

@@ -1,9 +1,9 @@
 //! CSV dialects as users have them: the field delimiter is sniffed from the file (`,` `;`
 //! `|` tab; tab for `.tsv`), and each file reads as DuckDB's `read_csv` defaults read it.
 
-use serde_json::Value;
+use std::path::Path;
 
-use crate::plugins::duckdb;
+use crate::plugins::{duckdb, text};
 use crate::support::{folder, pushdown};
 
 /// A table of `n` rows with an integer, a decimal and a text column (some text holds the
@@ -27,12 +27,22 @@ fn table(d: char, n: usize) -> String {
     out
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
+/// `pushdown query --output csv ARGS --data DIR SQL`'s output; the query must succeed.
+fn ours(dir: &Path, args: &[&str], sql: &str) -> String {
+    let out = pushdown()
+        .args(["query", "--output", "csv"])
+        .args(args)
+        .arg("--data")
+        .arg(dir)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -53,18 +63,7 @@ fn semicolon_pipe_and_tab_files_read_as_duckdb_reads_them() {
                 "SELECT count(*), sum(id), CAST(round(sum(price) * 100) AS BIGINT), count(DISTINCT note), min(note), max(note) FROM {from}"
             )
         };
-        let ours = pushdown()
-            .args(["query", "--output", "csv", "--threads", "2", "--data"])
-            .arg(dir.path())
-            .arg(sql(stem))
-            .output()
-            .unwrap();
-        assert!(
-            ours.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&ours.stderr)
-        );
-        let ours = String::from_utf8(ours.stdout).unwrap();
+        let ours = ours(dir.path(), &["--threads", "2"], &sql(stem));
         let row: Vec<String> = ours
             .lines()
             .nth(1)
@@ -89,18 +88,7 @@ fn semicolon_pipe_and_tab_files_read_as_duckdb_reads_them() {
 fn duplicate_and_empty_header_names_are_made_unique_as_duckdb_makes_them() {
     let csv = b"a,a,,b,a,a_1\n1,2,3,4,5,6\n";
     let dir = folder(&[("dup.csv", csv)]);
-    let ours = pushdown()
-        .args(["query", "--output", "csv", "--data"])
-        .arg(dir.path())
-        .arg("SELECT * FROM dup")
-        .output()
-        .unwrap();
-    assert!(
-        ours.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ours.stderr)
-    );
-    let ours = String::from_utf8(ours.stdout).unwrap();
+    let ours = ours(dir.path(), &[], "SELECT * FROM dup");
     let header = ours.lines().next().unwrap().trim_end().to_string();
     let path = dir.path().join("dup.csv");
     let python = crate::support::python();
@@ -126,18 +114,7 @@ fn duplicate_and_empty_header_names_are_made_unique_as_duckdb_makes_them() {
 fn a_byte_order_mark_and_crlf_line_ends_read_as_in_duckdb() {
     let csv = b"\xef\xbb\xbfid;name\r\n1;x\r\n2;y\r\n";
     let dir = folder(&[("bom.csv", csv)]);
-    let ours = pushdown()
-        .args(["query", "--output", "csv", "--data"])
-        .arg(dir.path())
-        .arg("SELECT id, name FROM bom ORDER BY id")
-        .output()
-        .unwrap();
-    assert!(
-        ours.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ours.stderr)
-    );
-    let ours = String::from_utf8(ours.stdout).unwrap();
+    let ours = ours(dir.path(), &[], "SELECT id, name FROM bom ORDER BY id");
     let path = dir.path().join("bom.csv");
     let theirs = duckdb(&format!(
         "SELECT id, name FROM read_csv('{}') ORDER BY id",

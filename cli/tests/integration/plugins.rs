@@ -107,7 +107,7 @@ pub(crate) fn duckdb(sql: &str) -> Vec<Vec<Value>> {
     rows
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

@@ -299,20 +299,10 @@ fn a_node_keeps_received_modules_within_its_budget_and_gets_forgotten_ones_again
         node_registry.path(),
         &["--received-modules-mib", "0"],
     );
-    let intermediary = Server::start(&[
-        "intermediary",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token",
-        TOKEN,
-        "--node-admin-token-file",
-        admin_token_file(),
-        "--registry",
-        reg.path().to_str().unwrap(),
-        "--storage-node",
-        &node.url,
-    ]);
+    let intermediary = crate::cluster::start_intermediary(
+        &[&node.url],
+        &["--registry", reg.path().to_str().unwrap()],
+    );
     let distinct =
         "SELECT l_returnflag, approx_distinct(l_orderkey) AS d FROM lineitem GROUP BY 1 ORDER BY 1";
     let length =
