@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pushdown_intermediary::{Engine, Progress};
 use pushdown_storage_node::NodeOptions;
 
+mod csv_args;
 mod output;
 mod plugin;
 mod serve;
@@ -116,9 +117,8 @@ struct QueryArgs {
     /// Target size of a CSV chunk (one task each), in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     csv_chunk_size: u64,
-    /// Read every CSV column as text, empty fields as empty strings (no type inference).
-    #[arg(long)]
-    csv_all_varchar: bool,
+    #[command(flatten)]
+    csv: csv_args::CsvArgs,
     /// Tasks run in parallel (default: the number of cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -265,7 +265,8 @@ fn query(args: QueryArgs) -> Result<()> {
         registry,
         formats,
         csv_chunk_size: args.csv_chunk_size,
-        csv_all_varchar: args.csv_all_varchar,
+        csv_all_varchar: args.csv.csv_all_varchar,
+        csv: args.csv.options()?,
         sandbox: pushdown_storage_node::SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
             max_memory_bytes: (args.plugin_memory as usize) << 20,

@@ -61,6 +61,8 @@ pub struct NodeServeArgs {
     #[arg(long, value_name = "TABLE=PARSER")]
     format: Vec<String>,
     #[command(flatten)]
+    csv: crate::csv_args::CsvArgs,
+    #[command(flatten)]
     registry: RegistryArg,
 }
 
@@ -239,6 +241,8 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
     let options = NodeOptions {
         formats,
         csv_chunk_size: args.csv_chunk_size,
+        csv_all_varchar: args.csv.csv_all_varchar,
+        csv: args.csv.options()?,
         // Always a registry: intermediaries send the plugins their queries run.
         registry: Some(registry_dir),
         received_modules_bytes: args.received_modules_mib.saturating_mul(1 << 20),

@@ -71,6 +71,9 @@ pub struct FileDescription {
     /// chunk's min/max statistics (as the footer stores them, displayed), by column path.
     #[serde(default)]
     pub row_groups: Vec<RowGroupSummary>,
+    /// CSV only: the dialect the node reads the file with (sniffed, or as its options fix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<pushdown_protocol::CsvDialect>,
 }
 
 /// A row group's statistics from a Parquet footer.
@@ -194,6 +197,7 @@ fn describe_tables(
                 sha256,
                 units: f.units.clone(),
                 row_groups,
+                csv: f.csv.clone(),
             });
         }
         out.push(TableDescription {

@@ -435,7 +435,7 @@ impl StorageClient for RemoteStorage {
                     units: f.units,
                     footer: None,
                     schema: schema.clone(),
-                    csv_delimiter: b',',
+                    csv: f.csv,
                 })
             })
             .collect();

@@ -549,6 +549,24 @@ impl Query {
                 t.format,
                 t.files.len()
             );
+            // Each distinct CSV dialect, with the files read in it.
+            let mut dialects: Vec<(&pushdown_protocol::CsvDialect, Vec<&str>)> = Vec::new();
+            for f in &t.files {
+                if let Some(d) = &f.csv {
+                    match dialects.iter_mut().find(|(known, _)| *known == d) {
+                        Some((_, files)) => files.push(&f.path),
+                        None => dialects.push((d, vec![&f.path])),
+                    }
+                }
+            }
+            for (d, files) in &dialects {
+                let which = if dialects.len() == 1 {
+                    String::new()
+                } else {
+                    format!(" ({})", files.join(", "))
+                };
+                let _ = writeln!(out, "  CSV dialect{which}: {d}");
+            }
             let read = needed_columns(scan.predicate(), scan.pushdown(), &t.schema);
             let _ = writeln!(out, "  projection (columns read): {}", read.join(", "));
             match scan.predicate() {
@@ -621,6 +639,18 @@ impl Query {
                 get(&m.rows_selected),
                 get(&m.rows_out),
             );
+            if scan
+                .table()
+                .files
+                .iter()
+                .any(|f| f.csv.as_ref().is_some_and(|d| d.lenient))
+            {
+                let _ = writeln!(
+                    out,
+                    "  records repaired (--csv-lenient: missing fields read as NULL): {}",
+                    get(&m.rows_repaired)
+                );
+            }
         }
         out
     }

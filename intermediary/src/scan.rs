@@ -58,6 +58,8 @@ pub struct ScanMetrics {
     pub rows_selected: AtomicU64,
     /// Rows returned to the intermediary.
     pub rows_out: AtomicU64,
+    /// CSV records a lenient dialect padded with NULL.
+    pub rows_repaired: AtomicU64,
 }
 
 impl ScanMetrics {
@@ -74,6 +76,8 @@ impl ScanMetrics {
         self.rows_out.fetch_add(m.rows_out, Ordering::Relaxed);
         self.pages_skipped
             .fetch_add(m.pages_skipped, Ordering::Relaxed);
+        self.rows_repaired
+            .fetch_add(m.rows_repaired, Ordering::Relaxed);
     }
 }
 

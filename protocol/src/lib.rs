@@ -18,10 +18,12 @@
 //! `pushdown-plugins/ABI.md`.
 #![warn(missing_docs)]
 
+mod csv;
 mod expr;
 pub mod plugin;
 mod task;
 
+pub use csv::CsvDialect;
 pub use expr::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
 pub use plugin::{PluginKind, PluginRef, PluginSignature};
 pub use task::{

@@ -3,6 +3,7 @@
 use arrow_schema::Schema;
 use serde::{Deserialize, Serialize};
 
+use crate::csv::CsvDialect;
 use crate::expr::{AggregateFunction, Expr, PartialAggregate};
 use crate::plugin::PluginRef;
 
@@ -212,10 +213,10 @@ pub struct GuestRequest {
     /// (DuckDB's `all_varchar`). Defaults to false.
     #[serde(default)]
     pub csv_all_varchar: bool,
-    /// CSV only: the field delimiter byte (the storage node sniffs it from the file's first
-    /// records, or takes tab for `.tsv`). Defaults to `,`.
-    #[serde(default = "comma")]
-    pub csv_delimiter: u8,
+    /// CSV only: the file's dialect (the storage node sniffs it from the file's first
+    /// records, or takes what the user set). Defaults to RFC 4180 with a header.
+    #[serde(default)]
+    pub csv: CsvDialect,
     /// Benchmarks only: run one stage of the pipeline `repeat` times instead of the task
     /// (see [`StageRun`]). Absent in every request a query sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,8 +328,4 @@ pub fn decode_request(bytes: &[u8]) -> Result<GuestRequest, String> {
         ));
     }
     Ok(request)
-}
-
-fn comma() -> u8 {
-    b','
 }

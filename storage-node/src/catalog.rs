@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,9 @@ use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::file::metadata::ParquetMetaData;
 use pushdown_footer::FooterError;
-use pushdown_protocol::{ByteRange, FileFormat, PluginRef, TaskUnit};
+use pushdown_protocol::{ByteRange, CsvDialect, FileFormat, PluginRef, TaskUnit};
 
+use crate::dialect::{csv_layout, CsvLayout, CsvOverrides};
 use crate::error::{Error, Result};
 
 /// Rows sampled to infer a CSV file's schema.
@@ -62,8 +63,8 @@ pub struct FileInfo {
     pub footer: Option<ParquetFooter>,
     /// The schema the file is read with.
     pub schema: SchemaRef,
-    /// CSV only: the field delimiter ([`sniff_csv_delimiter`]); `,` for other formats.
-    pub csv_delimiter: u8,
+    /// CSV only: the dialect the file is read with ([`crate::dialect::csv_layout`]).
+    pub csv: Option<CsvDialect>,
 }
 
 /// A table: its schema and files.
@@ -252,55 +253,117 @@ pub fn read_parquet_footer_within(
     Ok((footer.len, parquet_footer, footer.schema))
 }
 
-/// Infers a CSV file's schema from its header and first records (types as arrow-csv infers
-/// them: Int64, Float64, Boolean, Date32, Timestamp or Utf8), or, with `all_varchar`, reads
-/// the header and makes every column Utf8.
+/// Infers a CSV file's schema from its header (or, without one, names `column0`,
+/// `column1`, …) and first records (types as arrow-csv infers them: Int64, Float64,
+/// Boolean, Date32, Timestamp or Utf8), or, with `all_varchar`, makes every column Utf8.
+/// A file with nothing after its skipped lines is one Utf8 column `column0`, as DuckDB
+/// reads an empty file.
 ///
 /// # Errors
-/// [`Error::BadData`] for an empty file or one that does not parse as CSV.
+/// [`Error::BadData`] for a file that does not parse as CSV in `layout`'s dialect.
 pub fn infer_csv_schema(
     path: &str,
     abs_path: &Path,
     all_varchar: bool,
-    delimiter: u8,
+    layout: &CsvLayout,
 ) -> Result<Schema> {
     let bad = |message: String| Error::BadData {
         file: path.to_string(),
         message,
     };
-    let file = File::open(abs_path).map_err(|error| Error::Io {
+    let io = |error| Error::Io {
         path: path.to_string(),
         error,
-    })?;
-    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-        // As DuckDB reads it: one text column, no rows.
+    };
+    let mut file = File::open(abs_path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if layout.header_start >= len {
         return Ok(Schema::new(vec![arrow_schema::Field::new(
             "column0",
             arrow_schema::DataType::Utf8,
             true,
         )]));
     }
-    if all_varchar {
+    file.seek(SeekFrom::Start(layout.header_start))
+        .map_err(io)?;
+    let d = &layout.dialect;
+    let schema = if all_varchar {
         let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .delimiter(delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(d.delimiter)
+            .quote(d.quote.unwrap_or(0))
+            .escape(d.escape)
+            .comment(d.comment)
             .from_reader(file);
-        let header = reader
-            .headers()
+        let mut first = csv::StringRecord::new();
+        reader
+            .read_record(&mut first)
             .map_err(|e| bad(format!("CSV header: {e}")))?;
-        let fields: Vec<_> = header
+        let fields: Vec<_> = first
             .iter()
             .map(|n| arrow_schema::Field::new(n, arrow_schema::DataType::Utf8, true))
             .collect();
-        return Ok(unique_header_names(Schema::new(fields)));
+        Schema::new(fields)
+    } else {
+        let mut format = arrow_csv::reader::Format::default()
+            .with_header(d.header)
+            .with_delimiter(d.delimiter)
+            .with_quote(d.quote.unwrap_or(0))
+            .with_truncated_rows(d.lenient);
+        if let Some(escape) = d.escape {
+            format = format.with_escape(escape);
+        }
+        if let Some(comment) = d.comment {
+            format = format.with_comment(comment);
+        }
+        if let Some(null) = &d.null {
+            let pattern = format!("^{}$", regex::escape(null));
+            format = format.with_null_regex(
+                regex::Regex::new(&pattern).map_err(|e| bad(format!("--csv-null: {e}")))?,
+            );
+        }
+        let (schema, _) = format
+            .infer_schema(std::io::BufReader::new(file), Some(CSV_INFER_RECORDS))
+            .map_err(|e| bad(ragged_message(&e.to_string(), d.skip)))?;
+        schema
+    };
+    if d.header {
+        return Ok(unique_header_names(schema));
     }
-    let format = arrow_csv::reader::Format::default()
-        .with_header(true)
-        .with_delimiter(delimiter);
-    let (schema, _) = format
-        .infer_schema(std::io::BufReader::new(file), Some(CSV_INFER_RECORDS))
-        .map_err(|e| bad(format!("CSV schema inference: {e}")))?;
-    Ok(unique_header_names(schema))
+    // No header: DuckDB's names, column0, column1, ...
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.as_ref().clone().with_name(format!("column{i}")))
+        .collect();
+    Ok(Schema::new(fields))
+}
+
+/// arrow-csv's schema-inference error, said plainly when a record has another number of
+/// fields than the first: `line 3: 2 fields where the first record has 3 (...)`, the line
+/// counted in the file (`skipped` lines came before the part arrow-csv read).
+fn ragged_message(message: &str, skipped: u64) -> String {
+    // "... Expected 3 records, found 2 records at line 3"
+    let number_after = |key: &str| -> Option<u64> {
+        let rest = &message[message.find(key)? + key.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (
+        message.contains("unequal lengths"),
+        number_after("Expected "),
+        number_after("found "),
+        number_after("at line "),
+    ) {
+        (true, Some(expected), Some(found), Some(line)) => format!(
+            "line {}: {found} fields where the first record has {expected} \
+             (--csv-lenient reads a record with missing fields with NULL for them)",
+            line + skipped
+        ),
+        _ => format!("CSV schema inference: {message}"),
+    }
 }
 
 /// Header names made non-empty and unique as DuckDB's `read_csv` makes them (a leading
@@ -344,117 +407,111 @@ pub fn unique_header_names(schema: Schema) -> Schema {
     Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
-/// The candidate field delimiters, in order of preference on a tie.
-const CSV_DELIMITERS: [u8; 4] = [b',', b';', b'|', b'\t'];
-
-/// Bytes of a CSV file's start that [`sniff_csv_delimiter`] reads.
-const CSV_SNIFF_BYTES: usize = 64 << 10;
-
-/// The field delimiter of a CSV file: tab for a `.tsv` file; otherwise the candidate among
-/// `,` `;` `|` and tab that splits the first records (up to 64 KiB, whole records only,
-/// quotes honoured) into the most fields, the same number in every record. A file no
-/// candidate splits consistently (one column, or ragged rows) is read with `,`.
-/// In the spirit of DuckDB's CSV sniffer (<https://duckdb.org/docs/stable/data/csv/auto_detection>),
-/// which also picks the dialect whose records agree on the most columns.
-///
-/// # Errors
-/// [`Error::Io`] when the file cannot be read.
-pub fn sniff_csv_delimiter(path: &str, abs_path: &Path) -> Result<u8> {
-    if abs_path.extension().is_some_and(|e| e == "tsv") {
-        return Ok(b'\t');
-    }
-    let io = |error| Error::Io {
-        path: path.to_string(),
-        error,
-    };
-    let mut sample = Vec::with_capacity(CSV_SNIFF_BYTES);
-    File::open(abs_path)
-        .map_err(io)?
-        .take(CSV_SNIFF_BYTES as u64)
-        .read_to_end(&mut sample)
-        .map_err(io)?;
-    let complete = sample.len() < CSV_SNIFF_BYTES;
-    let mut best = (b',', 1usize);
-    for delimiter in CSV_DELIMITERS {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(delimiter)
-            .from_reader(sample.as_slice());
-        let mut counts = Vec::new();
-        let mut record = csv::ByteRecord::new();
-        while let Ok(true) = reader.read_byte_record(&mut record) {
-            // A record cut off by the end of the sample is not counted.
-            let ends_at = usize::try_from(reader.position().byte()).unwrap_or(usize::MAX);
-            if !complete && ends_at >= sample.len() {
-                break;
-            }
-            counts.push(record.len());
-        }
-        let Some(&first) = counts.first() else {
-            continue;
-        };
-        if first > best.1 && counts.iter().all(|&n| n == first) {
-            best = (delimiter, first);
-        }
-    }
-    Ok(best.0)
-}
-
-/// Cuts a CSV file into chunks of whole records of about `chunk_size` bytes, after the
-/// header line. Record boundaries are newlines outside quotes (RFC 4180: a quote toggles
-/// quoting, `""` toggles twice), found by one pass over the file.
+/// Cuts a CSV file into chunks of whole records of about `chunk_size` bytes, from the
+/// first data record (`layout.data_start`: after the skipped lines and the header). Record
+/// boundaries are newlines outside quotes (RFC 4180: a quote toggles quoting, `""` toggles
+/// twice; the dialect's escape byte inside quotes takes the next byte literally; a comment
+/// line is skipped whole), found by one pass over the file.
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be read; [`Error::BadData`] naming the byte offset
 /// when a quoted field never closes.
-pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<ByteRange>> {
+pub fn csv_chunks(
+    path: &str,
+    abs_path: &Path,
+    chunk_size: u64,
+    layout: &CsvLayout,
+) -> Result<Vec<ByteRange>> {
     let io = |error| Error::Io {
         path: path.to_string(),
         error,
     };
     let mut file = File::open(abs_path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
+    if layout.data_start >= len {
+        return Ok(Vec::new());
+    }
+    file.seek(SeekFrom::Start(layout.data_start)).map_err(io)?;
+    let d = &layout.dialect;
+    // Bytes that change the state; a missing one stands in as another newline.
+    let quote = d.quote.unwrap_or(b'\n');
+    let escape = d.escape.filter(|_| d.quote.is_some()).unwrap_or(b'\n');
     let chunk_size = chunk_size.max(1);
     let mut chunks = Vec::new();
     let mut in_quotes = false;
     let mut quote_opened = 0u64;
-    let mut header_end: Option<u64> = None;
-    let mut chunk_start = 0u64;
+    // Where the last quoted field's closing quote was: a quote right after it is a
+    // doubled (literal) quote, and the field goes on.
+    let mut closed_at = u64::MAX;
+    // The next byte is taken literally (it follows an escape inside quotes).
+    let mut escaped = false;
+    let mut line_start = true;
+    let mut in_comment = false;
+    // The byte before the current buffer.
+    let mut last = b'\n';
+    let mut chunk_start = layout.data_start;
     let mut buf = vec![0u8; 4 << 20];
-    let mut offset = 0u64;
+    let mut offset = layout.data_start;
     loop {
         let n = file.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
-        for i in memchr::memchr2_iter(b'"', b'\n', &buf[..n]) {
-            if buf[i] == b'"' {
-                in_quotes = !in_quotes;
-                if in_quotes {
-                    quote_opened = offset + i as u64;
-                }
+        let mut i = 0;
+        while i < n {
+            if escaped {
+                escaped = false;
+                i += 1;
                 continue;
             }
-            if in_quotes {
-                continue;
+            if line_start {
+                line_start = false;
+                in_comment = d.comment == Some(buf[i]);
             }
-            let boundary = offset + i as u64 + 1;
-            match header_end {
-                None => {
-                    header_end = Some(boundary);
-                    chunk_start = boundary;
-                }
-                Some(_) if boundary - chunk_start >= chunk_size => {
+            let found = if in_comment {
+                memchr::memchr(b'\n', &buf[i..n])
+            } else {
+                memchr::memchr3(quote, b'\n', escape, &buf[i..n])
+            };
+            let Some(k) = found else {
+                break;
+            };
+            let at = i + k;
+            i = at + 1;
+            let byte = buf[at];
+            let position = offset + at as u64;
+            if byte == b'\n' && !in_quotes {
+                in_comment = false;
+                line_start = true;
+                let boundary = position + 1;
+                if boundary - chunk_start >= chunk_size {
                     chunks.push(ByteRange {
                         start: chunk_start,
                         end: boundary,
                     });
                     chunk_start = boundary;
                 }
-                Some(_) => {}
+            } else if byte == escape && in_quotes && Some(byte) == d.escape {
+                escaped = true;
+            } else if byte == quote && Some(byte) == d.quote {
+                if in_quotes {
+                    in_quotes = false;
+                    closed_at = position;
+                } else if position == closed_at.wrapping_add(1) {
+                    // `""` inside a quoted field: still inside.
+                    in_quotes = true;
+                } else {
+                    // As csv-core reads it: a quote opens a quoted field only at the
+                    // field's start; elsewhere it is text.
+                    let prev = if at > 0 { buf[at - 1] } else { last };
+                    if prev == d.delimiter || prev == b'\n' || prev == b'\r' {
+                        in_quotes = true;
+                        quote_opened = position;
+                    }
+                }
             }
         }
+        last = buf[n - 1];
         offset += n as u64;
     }
     if in_quotes {
@@ -465,7 +522,7 @@ pub fn csv_chunks(path: &str, abs_path: &Path, chunk_size: u64) -> Result<Vec<By
             ),
         });
     }
-    if header_end.is_some() && chunk_start < len {
+    if chunk_start < len {
         chunks.push(ByteRange {
             start: chunk_start,
             end: len,
@@ -535,13 +592,14 @@ pub fn open_table(
     source: &TableSource,
     csv_chunk_size: u64,
     csv_all_varchar: bool,
+    csv: &CsvOverrides,
     parser_schemas: &BTreeMap<String, SchemaRef>,
 ) -> Result<TableInfo> {
     let mut files = Vec::with_capacity(source.files.len());
     let mut table_schema: Option<SchemaRef> = None;
     for path in &source.files {
         let abs_path = root.join(path);
-        let mut csv_delimiter = b',';
+        let mut csv_dialect = None;
         let (len, units, footer, schema) = match &source.format {
             FileFormat::Parquet => {
                 let (len, footer, schema) = read_parquet_footer(path, &abs_path)?;
@@ -551,11 +609,10 @@ pub fn open_table(
                 (len, units, Some(footer), schema)
             }
             FileFormat::Csv => {
-                let delimiter = sniff_csv_delimiter(path, &abs_path)?;
-                csv_delimiter = delimiter;
+                let layout = csv_layout(path, &abs_path, csv)?;
                 let schema = match &table_schema {
                     Some(s) => s.as_ref().clone(),
-                    None => infer_csv_schema(path, &abs_path, csv_all_varchar, delimiter)?,
+                    None => infer_csv_schema(path, &abs_path, csv_all_varchar, &layout)?,
                 };
                 let len = std::fs::metadata(&abs_path)
                     .map_err(|error| Error::Io {
@@ -563,10 +620,11 @@ pub fn open_table(
                         error,
                     })?
                     .len();
-                let units = csv_chunks(path, &abs_path, csv_chunk_size)?
+                let units = csv_chunks(path, &abs_path, csv_chunk_size, &layout)?
                     .into_iter()
                     .map(TaskUnit::CsvChunk)
                     .collect();
+                csv_dialect = Some(layout.dialect);
                 (len, units, None, schema)
             }
             FileFormat::Plugin(parser) => {
@@ -585,7 +643,7 @@ pub fn open_table(
             units,
             footer,
             schema: Arc::new(schema),
-            csv_delimiter,
+            csv: csv_dialect,
         };
         match &table_schema {
             None => table_schema = Some(info.schema.clone()),
@@ -618,7 +676,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.csv");
         std::fs::write(&path, text).unwrap();
-        csv_chunks("t.csv", &path, chunk_size)
+        let layout = csv_layout("t.csv", &path, &CsvOverrides::default()).unwrap();
+        csv_chunks("t.csv", &path, chunk_size, &layout)
             .unwrap()
             .iter()
             .map(|r| String::from_utf8(text[r.start as usize..r.end as usize].to_vec()).unwrap())
@@ -639,6 +698,16 @@ mod tests {
         assert_eq!(
             chunks_of(text, 1),
             ["\"x\ny\",1\n", "\"\"\"q\"\"\n\",2\n", "last,3"]
+        );
+    }
+
+    #[test]
+    fn quotes_open_only_at_a_field_start_and_comments_and_escapes_are_skipped() {
+        // `5"7` is text; the comment's quote opens nothing; `\"` inside quotes ends nothing.
+        let text = b"a,b\n5\"7,1\n# it's \"odd\n\"x\\\"\ny\",2\n3,4\n";
+        assert_eq!(
+            chunks_of(text, 1),
+            ["5\"7,1\n", "# it's \"odd\n", "\"x\\\"\ny\",2\n", "3,4\n"]
         );
     }
 

@@ -18,12 +18,14 @@
 #![warn(missing_docs)]
 
 pub mod catalog;
+pub mod dialect;
 mod error;
 mod node;
 pub mod registry;
 mod sandbox;
 
 pub use catalog::{FileInfo, TableInfo, TableSource};
+pub use dialect::{CsvOptions, CsvOverrides};
 pub use error::{Error, Result};
 pub use node::{
     decode_result, task_context, NodeOptions, StorageNode, TaskMetrics, TaskOutput, BUILTIN_PLUGIN,

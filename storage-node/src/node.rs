@@ -18,6 +18,7 @@ use pushdown_protocol::{
 };
 
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
+use crate::dialect::CsvOptions;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
@@ -47,6 +48,9 @@ pub struct NodeOptions {
     pub registry: Option<PathBuf>,
     /// Tables whose files a parser plugin reads, by table name (`--format TABLE=PARSER`).
     pub formats: BTreeMap<String, PluginRef>,
+    /// What the user fixed of the CSV dialects (`--csv-delimiter` and the like), for every
+    /// table and per table; the rest is sniffed from each file.
+    pub csv: CsvOptions,
     /// Bytes of modules received from intermediaries (`put_module`) kept in the registry;
     /// the least recently received beyond it are forgotten. Defaults to 1 GiB.
     pub received_modules_bytes: u64,
@@ -61,6 +65,7 @@ impl Default for NodeOptions {
             sandbox: SandboxConfig::default(),
             registry: None,
             formats: BTreeMap::new(),
+            csv: CsvOptions::default(),
             received_modules_bytes: 1 << 30,
         }
     }
@@ -84,6 +89,9 @@ pub struct TaskMetrics {
     /// Data pages of the projected column chunks skipped by page-index pruning.
     #[serde(default)]
     pub pages_skipped: u64,
+    /// CSV with `--csv-lenient`: records with missing fields padded with NULL.
+    #[serde(default)]
+    pub rows_repaired: u64,
 }
 
 /// The result of one task.
@@ -130,7 +138,18 @@ impl StorageNode {
     /// built-in module does not load.
     pub fn open(root: impl AsRef<Path>, options: NodeOptions) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        catalog::list_tables(&root, &options.formats)?;
+        let tables = catalog::list_tables(&root, &options.formats)?;
+        for name in options.csv.tables.keys() {
+            if !tables
+                .get(name)
+                .is_some_and(|t| t.format == FileFormat::Csv)
+            {
+                return Err(Error::NotFound {
+                    path: root.join(name).display().to_string(),
+                    message: format!("a --csv-* option names table {name}, which is not a CSV table of this directory"),
+                });
+            }
+        }
         let sandbox = Sandbox::new(options.sandbox.clone())?;
         let builtin = sandbox.load_hashed(
             BUILTIN_PLUGIN,
@@ -294,6 +313,7 @@ impl StorageNode {
             &source,
             self.options.csv_chunk_size,
             self.options.csv_all_varchar,
+            &self.options.csv.for_table(name),
             &self.parser_schemas,
         )?);
         let mut files = self.files.lock().expect("not poisoned");
@@ -438,7 +458,7 @@ impl StorageNode {
             file_len: file.len,
             batch_size: self.options.batch_size,
             csv_all_varchar: self.options.csv_all_varchar,
-            csv_delimiter: file.csv_delimiter,
+            csv: file.csv.clone().unwrap_or_default(),
             stage,
             pages,
             footer_row_group,
@@ -555,8 +575,39 @@ impl StorageNode {
                 Arc::new(plugins),
             )?,
         };
-        let (rows_in, rows_selected, batches, ipc_len) =
-            decode_result(BUILTIN_PLUGIN, &output.payload, &task.output_schema)?;
+        // A lenient CSV dialect adds the count of repaired records to the header.
+        let lenient = planned.file.csv.as_ref().is_some_and(|d| d.lenient);
+        let (payload, rows_repaired) = if lenient {
+            let count = output
+                .payload
+                .get(16..24)
+                .and_then(|c| c.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| Error::Plugin {
+                    plugin: BUILTIN_PLUGIN.into(),
+                    message: "returned a result shorter than its 24-byte header".into(),
+                })?;
+            (&output.payload[..16], Some((count, &output.payload[24..])))
+        } else {
+            (&output.payload[..], None)
+        };
+        let (rows_in, rows_selected, batches, ipc_len) = match rows_repaired {
+            None => decode_result(BUILTIN_PLUGIN, payload, &task.output_schema)?,
+            Some((_, ipc)) => {
+                let (rows_in, rows_selected, _) =
+                    split_output(payload).ok_or_else(|| Error::Plugin {
+                        plugin: BUILTIN_PLUGIN.into(),
+                        message: "returned a result shorter than its header".into(),
+                    })?;
+                let batches =
+                    decode_ipc(ipc, &task.output_schema).map_err(|message| Error::Plugin {
+                        plugin: BUILTIN_PLUGIN.into(),
+                        message,
+                    })?;
+                (rows_in, rows_selected, batches, ipc.len() as u64)
+            }
+        };
+        let rows_repaired = rows_repaired.map_or(0, |(n, _)| n);
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
         Ok(TaskOutput {
             batches,
@@ -568,6 +619,7 @@ impl StorageNode {
                 rows_in,
                 rows_selected,
                 rows_out,
+                rows_repaired,
             },
         })
     }

@@ -83,7 +83,13 @@ fn csv_row_with_the_wrong_number_of_fields() {
     // Within the rows sampled for the schema: the host's schema inference names the line.
     let dir = folder(&[("t.csv", b"a,b,c\n1,2,3\n4,5\n6,7,8\n")]);
     let out = query(dir.path(), &[], "SELECT * FROM t");
-    assert_error(&out, &["t.csv", "line 3", "Expected 3"]);
+    assert_error(
+        &out,
+        &[
+            "t.csv: line 3: 2 fields where the first record has 3",
+            "--csv-lenient",
+        ],
+    );
     // Past the sample: the sandboxed parser names the chunk's byte range and the line in it.
     let mut csv = b"a,b,c\n".to_vec();
     for i in 0..20_000 {
@@ -99,7 +105,23 @@ fn csv_row_with_the_wrong_number_of_fields() {
             "plugin pushdown-builtin",
             "line 20001",
             "expected 3",
+            "--csv-lenient",
         ],
+    );
+    // With --csv-lenient the record is read, its missing field NULL.
+    let out = query(
+        dir.path(),
+        &["--csv-lenient", "--output", "csv"],
+        "SELECT count(*), count(c) FROM t",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "count(*),count(t.c)\r\n20001,20000\r\n"
     );
 }
 

@@ -3,7 +3,7 @@
 //! panic. The fuzz targets are one-line wrappers around these functions.
 
 use bytes::Bytes;
-use pushdown_protocol::ByteRange;
+use pushdown_protocol::{ByteRange, CsvDialect};
 
 /// Parses `data` as a CSV chunk of records against a three-column text schema and an
 /// inferred-type schema.
@@ -21,14 +21,31 @@ pub fn csv_chunk(data: &[u8]) {
                 .map(|(n, t)| Field::new(n, t, true))
                 .collect::<Vec<_>>(),
         );
-        for (empty_is_null, delimiter) in [(true, b','), (false, b','), (true, b'\t')] {
+        let tsv = CsvDialect {
+            delimiter: b'\t',
+            ..CsvDialect::default()
+        };
+        let lenient = CsvDialect {
+            quote: Some(b'\''),
+            escape: Some(b'\\'),
+            comment: Some(b'#'),
+            null: Some("NA".into()),
+            lenient: true,
+            ..CsvDialect::default()
+        };
+        for (empty_is_null, dialect) in [
+            (true, CsvDialect::default()),
+            (false, CsvDialect::default()),
+            (true, tsv),
+            (true, lenient),
+        ] {
             let _ = crate::parse_csv(
                 Bytes::copy_from_slice(data),
                 &schema,
                 &columns,
                 1024,
                 empty_is_null,
-                delimiter,
+                &dialect,
             );
         }
     }

@@ -15,7 +15,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataBuilder, ParquetMetaDataReader};
 use parquet::file::page_index::offset_index::{OffsetIndexMetaData, PageLocation};
 use parquet::file::reader::{ChunkReader, Length};
-use pushdown_protocol::{ByteRange, PageSelection};
+use pushdown_protocol::{ByteRange, CsvDialect, PageSelection};
 
 /// The bytes of a file that a task was handed: a few segments at known offsets.
 /// Reading outside them is an error, not a read of the file.
@@ -242,23 +242,27 @@ fn with_offset_index(
         .build())
 }
 
-/// Parses one CSV chunk of whole RFC 4180 records (no header) with the given file schema.
+/// Parses one CSV chunk of whole records (no header, no skipped lines) written in
+/// `dialect`, with the given file schema.
 ///
-/// Only the named `columns` are materialised. An empty field is NULL unless
-/// `empty_is_null` is false. Fields are separated by `delimiter`. Batches hold at most
-/// `batch_size` rows.
+/// Only the named `columns` are materialised. An empty field (or the dialect's NULL
+/// string) is NULL unless `empty_is_null` is false and the dialect names no NULL string.
+/// Batches hold at most `batch_size` rows. With [`CsvDialect::lenient`], a record with
+/// fewer fields than the schema gets NULL for the missing ones; the second value returned
+/// counts those records (0 otherwise).
 ///
 /// # Errors
 /// A message naming the line (counted from 1 at the start of the chunk) when a field
-/// does not parse as its column's type or a record has the wrong number of fields.
+/// does not parse as its column's type, a record has the wrong number of fields, or the
+/// chunk is not UTF-8.
 pub fn parse_csv(
     input: Bytes,
     file_schema: &Schema,
     columns: &[String],
     batch_size: usize,
     empty_is_null: bool,
-    delimiter: u8,
-) -> Result<Vec<RecordBatch>, String> {
+    dialect: &CsvDialect,
+) -> Result<(Vec<RecordBatch>, u64), String> {
     let projection: Vec<usize> = columns
         .iter()
         .map(|c| {
@@ -268,17 +272,76 @@ pub fn parse_csv(
         })
         .collect::<Result<_, _>>()?;
     let mut builder = arrow_csv::ReaderBuilder::new(Arc::new(file_schema.clone()));
-    if !empty_is_null {
+    match &dialect.null {
+        Some(null) => {
+            let pattern = format!("^{}$", regex::escape(null));
+            builder =
+                builder.with_null_regex(regex::Regex::new(&pattern).map_err(|e| e.to_string())?);
+        }
         // A pattern that matches no string: no field is NULL.
-        builder =
-            builder.with_null_regex(regex::Regex::new(r"[^\x00-\x{10FFFF}]").expect("valid regex"));
+        None if !empty_is_null => {
+            builder = builder
+                .with_null_regex(regex::Regex::new(r"[^\x00-\x{10FFFF}]").expect("valid regex"));
+        }
+        None => {}
     }
+    // arrow-csv always quotes; a byte that is never in text stands for "no quote".
+    builder = builder.with_quote(dialect.quote.unwrap_or(0));
+    if let Some(escape) = dialect.escape {
+        builder = builder.with_escape(escape);
+    }
+    if let Some(comment) = dialect.comment {
+        builder = builder.with_comment(comment);
+    }
+    let repaired = if dialect.lenient {
+        short_records(&input, file_schema.fields().len(), dialect)
+    } else {
+        0
+    };
     let reader = builder
         .with_header(false)
-        .with_delimiter(delimiter)
+        .with_delimiter(dialect.delimiter)
+        .with_truncated_rows(dialect.lenient)
         .with_batch_size(batch_size.max(1))
         .with_projection(projection)
         .build_buffered(Cursor::new(input))
         .map_err(|e| e.to_string())?;
-    reader.map(|b| b.map_err(|e| e.to_string())).collect()
+    let batches = reader
+        .map(|b| b.map_err(|e| with_hint(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    Ok((batches, repaired))
+}
+
+/// Records of `input` with fewer than `fields` fields (those `lenient` pads with NULL).
+fn short_records(input: &[u8], fields: usize, dialect: &CsvDialect) -> u64 {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(dialect.delimiter)
+        .quote(dialect.quote.unwrap_or(0))
+        .escape(dialect.escape)
+        .comment(dialect.comment)
+        .from_reader(input);
+    let mut record = csv::ByteRecord::new();
+    let mut short = 0;
+    while let Ok(true) = reader.read_byte_record(&mut record) {
+        if record.len() < fields {
+            short += 1;
+        }
+    }
+    short
+}
+
+/// arrow-csv's message, with what to do about it when there is something to do.
+fn with_hint(message: String) -> String {
+    if message.contains("incorrect number of fields") {
+        format!("{message} (--csv-lenient reads a record with missing fields with NULL for them)")
+    } else if message.contains("invalid UTF-8") {
+        format!(
+            "{message}: the file is not UTF-8 (Latin-1 or another encoding?); convert it first, \
+             e.g. iconv -f LATIN1 -t UTF-8"
+        )
+    } else {
+        message
+    }
 }

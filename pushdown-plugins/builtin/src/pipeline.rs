@@ -22,6 +22,8 @@ pub struct TaskStats {
     pub rows_in: u64,
     /// Rows that passed the predicate.
     pub rows_selected: u64,
+    /// CSV with a lenient dialect: records padded with NULL for missing fields.
+    pub rows_repaired: u64,
 }
 
 /// Runs a decoded request over its input bytes.
@@ -32,8 +34,11 @@ pub fn run_pipeline(
     request: &GuestRequest,
     input: Bytes,
 ) -> Result<(Vec<RecordBatch>, TaskStats), String> {
-    let batches = parse_input(request, input)?;
-    let mut stats = TaskStats::default();
+    let (batches, rows_repaired) = parse_input(request, input)?;
+    let mut stats = TaskStats {
+        rows_repaired,
+        ..TaskStats::default()
+    };
     let output_schema = Arc::new(request.task.output_schema.clone());
     let mut aggregator = match &request.task.pushdown {
         Pushdown::PartialAggregate {
@@ -131,8 +136,9 @@ fn dictionary_keys(task: &pushdown_protocol::Task) -> Vec<String> {
         .collect()
 }
 
-/// Parse: the task's row group or CSV chunk as record batches of the needed columns.
-fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>, String> {
+/// Parse: the task's row group or CSV chunk as record batches of the needed columns, and
+/// the records a lenient CSV dialect repaired.
+fn parse_input(request: &GuestRequest, input: Bytes) -> Result<(Vec<RecordBatch>, u64), String> {
     let columns = request.task.needed_columns(&request.file_schema);
     match (&request.task.format, &request.task.unit) {
         (FileFormat::Parquet, TaskUnit::RowGroup(rg)) => parse_parquet(
@@ -144,17 +150,18 @@ fn parse_input(request: &GuestRequest, input: Bytes) -> Result<Vec<RecordBatch>,
             request.batch_size,
             request.pages.as_ref(),
             &dictionary_keys(&request.task),
-        ),
+        )
+        .map(|b| (b, 0)),
         (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(
             input,
             &request.file_schema,
             &columns,
             request.batch_size,
             !request.csv_all_varchar,
-            request.csv_delimiter,
+            &request.csv,
         ),
         (FileFormat::Plugin(parser), TaskUnit::Lines { .. }) => {
-            parse_ipc(input, &request.file_schema, &columns, parser)
+            parse_ipc(input, &request.file_schema, &columns, parser).map(|b| (b, 0))
         }
         (format, unit) => Err(format!("a {format:?} file cannot be read as {unit:?}")),
     }
@@ -290,13 +297,13 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
     if run.stage == Stage::Parse {
         let mut stats = TaskStats::default();
         for _ in 0..run.repeat {
-            let parsed = parse_input(request, input.clone())?;
+            let (parsed, _) = parse_input(request, input.clone())?;
             stats.rows_in = count(&parsed);
             stats.rows_selected = stats.rows_in;
         }
         return Ok(stats);
     }
-    let parsed = parse_input(request, input)?;
+    let (parsed, _) = parse_input(request, input)?;
     let rows_in = count(&parsed);
     if run.stage == Stage::Filter {
         let mut rows_selected = 0;
@@ -310,6 +317,7 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
         return Ok(TaskStats {
             rows_in,
             rows_selected,
+            rows_repaired: 0,
         });
     }
     let selected = parsed
@@ -320,6 +328,7 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
     let stats = TaskStats {
         rows_in,
         rows_selected,
+        rows_repaired: 0,
     };
     if run.stage == Stage::PartialAggregate {
         for _ in 0..run.repeat {
@@ -350,6 +359,7 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
     Ok(TaskStats {
         rows_in: count(&partials),
         rows_selected: count(&partials),
+        rows_repaired: 0,
     })
 }
 
@@ -371,8 +381,9 @@ pub fn encode_ipc(
 /// Runs one task from its JSON request and input bytes, as the Wasm export does.
 ///
 /// When the request names a stage ([`GuestRequest::stage`], benchmarks only), runs that
-/// stage with [`run_stage`] and returns the 16-byte header alone. Otherwise returns `rows_in` (8 bytes, little-endian), `rows_selected` (8 bytes) and then the
-/// Arrow IPC stream of the result batches.
+/// stage with [`run_stage`] and returns the 16-byte header alone. Otherwise returns `rows_in` (8 bytes, little-endian), `rows_selected` (8 bytes),
+/// when the request's CSV dialect is lenient `rows_repaired` (8 bytes), and then the Arrow
+/// IPC stream of the result batches.
 ///
 /// # Errors
 /// A one-line message when the request is malformed or any stage fails.
@@ -386,9 +397,12 @@ pub fn run_task(request: &[u8], input: Vec<u8>) -> Result<Vec<u8>, String> {
         return Ok(out);
     }
     let (batches, stats) = run_pipeline(&request, Bytes::from(input))?;
-    let mut out = Vec::with_capacity(16);
+    let mut out = Vec::with_capacity(24);
     out.extend_from_slice(&stats.rows_in.to_le_bytes());
     out.extend_from_slice(&stats.rows_selected.to_le_bytes());
+    if request.csv.lenient {
+        out.extend_from_slice(&stats.rows_repaired.to_le_bytes());
+    }
     let ipc = encode_ipc(&request.task.output_schema, &batches)?;
     out.extend_from_slice(&ipc);
     Ok(out)
