@@ -509,3 +509,72 @@ fn the_dialect_corpus_reads_as_duckdb_reads_it() {
     println!("{report}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Two tables written differently, each given its own options with `TABLE=`, and the same
+/// options on a storage node behind an intermediary: the same answer, and `--explain`
+/// shows each table's dialect. A `TABLE=` naming no CSV table is refused.
+#[test]
+fn per_table_options_work_embedded_and_on_a_storage_node() {
+    use crate::cluster::{connect, start_intermediary, start_node, stdout_ok, TOKEN};
+    // `prices`: a title line, `:` between fields, `NA` for NULL. `notes`: no header, `'`
+    // around text. `plain`: sniffed as it is.
+    let dir = folder(&[
+        (
+            "prices.csv",
+            b"exported by a tool\nid:price\n1:2.5\n2:NA\n3:4\n",
+        ),
+        ("notes.csv", b"1,'one, uno'\n2,'two'\n"),
+        ("plain.csv", b"id,n\n1,10\n2,20\n"),
+    ]);
+    let options = [
+        "--csv-delimiter",
+        "prices=:",
+        "--csv-skip",
+        "prices=1",
+        "--csv-null",
+        "prices=NA",
+        "--csv-header",
+        "notes=false",
+        "--csv-quote",
+        "notes='",
+    ];
+    let sql = "SELECT p.id, p.price, n.column1 AS note, x.n FROM prices p \
+               JOIN notes n ON n.column0 = p.id JOIN plain x ON x.id = p.id ORDER BY p.id";
+    let mut args = options.to_vec();
+    args.push("--explain");
+    let out = pushdown()
+        .args(["query", "--output", "csv"])
+        .args(&args)
+        .arg("--data")
+        .arg(dir.path())
+        .arg(sql)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let embedded = stdout_ok(out);
+    assert_eq!(
+        embedded,
+        "id,price,note,n\r\n1,2.5,\"one, uno\",10\r\n2,,two,20\r\n"
+    );
+    assert!(
+        stderr.contains("CSV dialect: delimiter ':', quote '\"', escape doubled quote, header yes, skip 1 line(s), comment none, NULL \"NA\"")
+            && stderr.contains("CSV dialect: delimiter ',', quote ''', escape doubled quote, header no"),
+        "{stderr}"
+    );
+    // The same options on the node that holds the files.
+    let registry = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path(), registry.path(), &options);
+    let intermediary = start_intermediary(&[&node.url], &[]);
+    assert_eq!(stdout_ok(connect(&intermediary.url, TOKEN, sql)), embedded);
+    // A TABLE= prefix must name a CSV table of the folder.
+    let out = crate::support::query(dir.path(), &["--csv-null", "price=NA"], "SELECT 1");
+    crate::support::assert_error(
+        &out,
+        &["a --csv-* option names table price, which is not a CSV table"],
+    );
+    let out = crate::support::query(dir.path(), &["--csv-delimiter", ";;"], "SELECT 1");
+    crate::support::assert_error(
+        &out,
+        &["--csv-delimiter: \";;\" is not one ASCII character"],
+    );
+}
