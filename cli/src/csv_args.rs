@@ -36,6 +36,12 @@ pub struct CsvArgs {
     /// Text read as NULL [default: the empty field].
     #[arg(long, value_name = "[TABLE=]STRING")]
     pub csv_null: Vec<String>,
+    /// `strftime` format of DATE columns, e.g. `%d/%m/%Y` [default: ISO 8601, 2024-01-31].
+    #[arg(long, value_name = "[TABLE=]FORMAT")]
+    pub csv_dateformat: Vec<String>,
+    /// `strftime` format of TIMESTAMP columns, e.g. `%d/%m/%Y %H:%M` [default: ISO 8601].
+    #[arg(long, value_name = "[TABLE=]FORMAT")]
+    pub csv_timestampformat: Vec<String>,
     /// Records with missing fields get NULL for them (counted as repaired by `--explain`)
     /// instead of failing the query.
     #[arg(long)]
@@ -78,6 +84,15 @@ fn maybe_byte(option: &str, value: &str) -> Result<Option<u8>> {
         "none" | "" => Ok(None),
         v => byte(option, v).map(Some),
     }
+}
+
+/// A `strftime` format chrono can parse with.
+fn strftime(option: &str, value: &str) -> Result<String> {
+    use chrono::format::{Item, StrftimeItems};
+    if value.is_empty() || StrftimeItems::new(value).any(|i| matches!(i, Item::Error)) {
+        bail!("{option}: {value:?} is not a strftime format (e.g. %d/%m/%Y)");
+    }
+    Ok(value.to_string())
 }
 
 impl CsvArgs {
@@ -168,6 +183,20 @@ impl CsvArgs {
             &self.csv_null,
             |v| Ok(v.to_string()),
             |o| &mut o.null,
+        )?;
+        each(
+            &mut options,
+            "--csv-dateformat",
+            &self.csv_dateformat,
+            |v| strftime("--csv-dateformat", v),
+            |o| &mut o.date_format,
+        )?;
+        each(
+            &mut options,
+            "--csv-timestampformat",
+            &self.csv_timestampformat,
+            |v| strftime("--csv-timestampformat", v),
+            |o| &mut o.timestamp_format,
         )?;
         Ok(options)
     }

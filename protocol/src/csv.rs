@@ -28,6 +28,14 @@ pub struct CsvDialect {
     /// With `lenient`, a record with fewer fields than the header gets NULL for the missing
     /// ones (and is counted as repaired) instead of failing the query.
     pub lenient: bool,
+    /// The `strftime` format (chrono's syntax, as DuckDB's `dateformat`) of the file's DATE
+    /// columns; `None`: ISO 8601 dates (`2024-01-31`) as arrow-csv reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_format: Option<String>,
+    /// The `strftime` format of the file's TIMESTAMP columns (DuckDB's `timestampformat`);
+    /// `None`: ISO 8601 timestamps as arrow-csv reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_format: Option<String>,
     /// The line ending seen in the file (`\n`, `\r\n` or `\r`), for `--explain`; the parser
     /// accepts all three.
     pub line_ending: String,
@@ -45,6 +53,8 @@ impl Default for CsvDialect {
             skip: 0,
             null: None,
             lenient: false,
+            date_format: None,
+            timestamp_format: None,
             line_ending: "\n".into(),
         }
     }
@@ -75,13 +85,19 @@ impl std::fmt::Display for CsvDialect {
         let ending = self.line_ending.replace('\r', "\\r").replace('\n', "\\n");
         write!(
             f,
-            "delimiter {}, quote {}, escape {escape}, header {}, skip {} line(s), comment {}, NULL {null}, line ending {ending}{}",
+            "delimiter {}, quote {}, escape {escape}, header {}, skip {} line(s), comment {}, NULL {null}, line ending {ending}{}{}{}",
             show(Some(self.delimiter)),
             show(self.quote),
             if self.header { "yes" } else { "no" },
             self.skip,
             show(self.comment),
             if self.lenient { ", lenient" } else { "" },
+            self.date_format
+                .as_ref()
+                .map_or(String::new(), |f| format!(", dates {f}")),
+            self.timestamp_format
+                .as_ref()
+                .map_or(String::new(), |f| format!(", timestamps {f}")),
         )
     }
 }

@@ -324,9 +324,15 @@ pub fn infer_csv_schema(
             );
         }
         let (schema, _) = format
-            .infer_schema(std::io::BufReader::new(file), Some(CSV_INFER_RECORDS))
+            .infer_schema(std::io::BufReader::new(&mut file), Some(CSV_INFER_RECORDS))
             .map_err(|e| bad(ragged_message(&e.to_string(), d.skip)))?;
-        schema
+        if d.date_format.is_some() || d.timestamp_format.is_some() {
+            file.seek(SeekFrom::Start(layout.header_start))
+                .map_err(io)?;
+            with_formats(schema, &mut file, d)
+        } else {
+            schema
+        }
     };
     if d.header {
         return Ok(unique_header_names(schema));
@@ -339,6 +345,78 @@ pub fn infer_csv_schema(
         .map(|(i, f)| f.as_ref().clone().with_name(format!("column{i}")))
         .collect();
     Ok(Schema::new(fields))
+}
+
+/// The inferred `schema` with the dialect's date and timestamp formats applied: a text,
+/// integer or date column whose sampled values all parse with `--csv-dateformat` is
+/// Date32 (and a date column that does not, text); likewise Timestamp(µs) for
+/// `--csv-timestampformat`. `file` is at the header (or first record).
+fn with_formats(schema: Schema, file: &mut File, d: &CsvDialect) -> Schema {
+    use arrow_schema::{DataType, TimeUnit};
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(d.header)
+        .flexible(true)
+        .delimiter(d.delimiter)
+        .quote(d.quote.unwrap_or(0))
+        .escape(d.escape)
+        .comment(d.comment)
+        .from_reader(file);
+    let columns = schema.fields().len();
+    // Per column: whether every value seen parses as a date / a timestamp, and whether one was seen.
+    let mut dates = vec![(true, false); columns];
+    let mut stamps = vec![(true, false); columns];
+    let mut record = csv::StringRecord::new();
+    let mut seen = 0;
+    while seen < CSV_INFER_RECORDS && matches!(reader.read_record(&mut record), Ok(true)) {
+        seen += 1;
+        for (j, value) in record.iter().enumerate().take(columns) {
+            let value = value.trim();
+            if value.is_empty() || Some(value) == d.null.as_deref() {
+                continue;
+            }
+            if let Some(f) = &d.date_format {
+                let ok = chrono::NaiveDate::parse_from_str(value, f).is_ok();
+                dates[j] = (dates[j].0 && ok, true);
+            }
+            if let Some(f) = &d.timestamp_format {
+                let ok = chrono::NaiveDateTime::parse_from_str(value, f).is_ok();
+                stamps[j] = (stamps[j].0 && ok, true);
+            }
+        }
+    }
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(j, f)| {
+            let ty = f.data_type();
+            let candidate = matches!(ty, DataType::Utf8 | DataType::Int64);
+            let new = if d.date_format.is_some() && (candidate || *ty == DataType::Date32) {
+                match dates[j] {
+                    (true, true) => DataType::Date32,
+                    _ if *ty == DataType::Date32 => DataType::Utf8,
+                    _ => ty.clone(),
+                }
+            } else {
+                ty.clone()
+            };
+            let new = if d.timestamp_format.is_some()
+                && (matches!(
+                    new,
+                    DataType::Utf8 | DataType::Int64 | DataType::Timestamp(_, _)
+                )) {
+                match stamps[j] {
+                    (true, true) => DataType::Timestamp(TimeUnit::Microsecond, None),
+                    _ if matches!(new, DataType::Timestamp(_, _)) => DataType::Utf8,
+                    _ => new,
+                }
+            } else {
+                new
+            };
+            f.as_ref().clone().with_data_type(new)
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// arrow-csv's schema-inference error, said plainly when a record has another number of

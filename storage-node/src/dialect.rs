@@ -47,6 +47,10 @@ pub struct CsvOverrides {
     pub null: Option<String>,
     /// `--csv-lenient`: records with missing fields padded with NULL.
     pub lenient: Option<bool>,
+    /// `--csv-dateformat`: the `strftime` format of DATE columns.
+    pub date_format: Option<String>,
+    /// `--csv-timestampformat`: the `strftime` format of TIMESTAMP columns.
+    pub timestamp_format: Option<String>,
 }
 
 impl CsvOverrides {
@@ -61,6 +65,14 @@ impl CsvOverrides {
             skip: self.skip.or(fallback.skip),
             null: self.null.clone().or_else(|| fallback.null.clone()),
             lenient: self.lenient.or(fallback.lenient),
+            date_format: self
+                .date_format
+                .clone()
+                .or_else(|| fallback.date_format.clone()),
+            timestamp_format: self
+                .timestamp_format
+                .clone()
+                .or_else(|| fallback.timestamp_format.clone()),
         }
     }
 }
@@ -172,6 +184,8 @@ struct Reading {
     columns: usize,
     /// Lines skipped before it.
     skip: u64,
+    /// Lines this reading accounts for: its records and its comment lines.
+    rows: usize,
 }
 
 fn reader_for<'a>(d: &CsvDialect, bytes: &'a [u8]) -> csv::Reader<&'a [u8]> {
@@ -218,6 +232,7 @@ fn read_sample(
             records: Vec::new(),
             columns: 1,
             skip: skip.unwrap_or(0),
+            rows: 0,
         });
     }
     let counts: Vec<usize> = records.iter().map(|(_, r)| r.len()).collect();
@@ -244,8 +259,13 @@ fn read_sample(
     }
     let skip = skip.unwrap_or(records[first].0 - 1);
     let records: Vec<_> = records.into_iter().skip(first).map(|(_, r)| r).collect();
+    let comments = d.comment.map_or(0, |c| {
+        usize::from(sample.first() == Some(&c))
+            + memchr::memmem::find_iter(sample, &[b'\n', c]).count()
+    });
     Some(Reading {
         columns: records[0].len(),
+        rows: records.len() + comments,
         records,
         skip,
     })
@@ -320,8 +340,9 @@ pub fn sniff(sample: &[u8], complete: bool, fixed: &CsvOverrides, tsv: bool) -> 
         None => vec![None],
     };
     let lenient = fixed.lenient.unwrap_or(false);
-    // (columns, comment preference, lines skipped, preference order) picks the best.
-    let mut best: Option<((usize, usize, u64, usize), CsvDialect, Reading)> = None;
+    // The most lines read consistently, then the most columns, then the comment
+    // preference, the fewest lines skipped and the candidates' order pick the best.
+    let mut best: Option<((usize, usize, usize, u64, usize), CsvDialect, Reading)> = None;
     let mut order = 0;
     for (comment_rank, &comment) in comments.iter().enumerate() {
         for &quote in &quotes {
@@ -354,13 +375,14 @@ pub fn sniff(sample: &[u8], complete: bool, fixed: &CsvOverrides, tsv: bool) -> 
                     if reading.columns < 2 && delimiter != delimiters[0] {
                         continue;
                     }
-                    let key = (reading.columns, comment_rank, reading.skip, order);
-                    let better = match &best {
-                        None => true,
-                        Some((k, _, _)) => {
-                            key.0 > k.0 || (key.0 == k.0 && (key.1, key.2, key.3) < (k.1, k.2, k.3))
-                        }
-                    };
+                    let key = (
+                        usize::MAX - reading.rows,
+                        usize::MAX - reading.columns,
+                        comment_rank,
+                        reading.skip,
+                        order,
+                    );
+                    let better = best.as_ref().is_none_or(|(k, _, _)| key < *k);
                     if better {
                         best = Some((key, dialect, reading));
                     }
@@ -392,6 +414,8 @@ pub fn sniff(sample: &[u8], complete: bool, fixed: &CsvOverrides, tsv: bool) -> 
             .is_none_or(|r| has_header(r, fixed.null.as_deref()))
     });
     dialect.line_ending = line_ending(sample).to_string();
+    dialect.date_format = fixed.date_format.clone();
+    dialect.timestamp_format = fixed.timestamp_format.clone();
     dialect
 }
 
@@ -511,6 +535,9 @@ mod tests {
         let d = sniffed("a,b\n\"x\\\"y\",1\n\"z\",2\n");
         assert_eq!((d.quote, d.escape), (Some(b'"'), Some(b'\\')));
         assert_eq!(sniffed("a,b\n\"x\"\"y\",1\n").escape, None);
+        // More columns after a skipped line do not beat every line read alike.
+        let d = sniffed("key,val\n1,\"{\"\"a\"\": 1, \"\"b\"\": [2, 3]}\"\n");
+        assert_eq!((d.quote, d.skip, d.header), (Some(b'"'), 0, true));
     }
 
     #[test]

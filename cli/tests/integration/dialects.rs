@@ -133,7 +133,7 @@ fn a_byte_order_mark_and_crlf_line_ends_read_as_in_duckdb() {
 /// `pushdown query --output csv` writes) or the first line of its error.
 fn duckdb_csv(cases: &[(std::path::PathBuf, &str)]) -> Vec<Result<String, String>> {
     const SCRIPT: &str = r#"
-import csv, duckdb, io, json, sys
+import csv, datetime, duckdb, io, json, sys
 out = []
 for path, options in json.loads(sys.argv[1]):
     try:
@@ -141,7 +141,9 @@ for path, options in json.loads(sys.argv[1]):
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\r\n")
         w.writerow(rel.columns)
-        show = lambda v: "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+        # Timestamps as `--output csv` writes them (arrow-csv: 2024-01-31T10:30:00).
+        show = lambda v: ("" if v is None else str(v).lower() if isinstance(v, bool)
+            else v.isoformat() if isinstance(v, datetime.datetime) else str(v))
         for row in rel.fetchall():
             w.writerow([show(v) for v in row])
         out.append({"Ok": buf.getvalue()})
@@ -428,6 +430,30 @@ const CORPUS: &[Case] = &[
         bytes: b"a,b\n'p,q',\"r\n",
         ours: &["--csv-quote", "'"],
         theirs: ", quote=''''",
+        expect: Expect::Same,
+    },
+    Case {
+        name: "ISO dates",
+        file: "iso.csv",
+        bytes: b"d,n\n2024-01-31,1\n2024-02-01,2\n",
+        ours: &[],
+        theirs: "",
+        expect: Expect::Same,
+    },
+    Case {
+        name: "--csv-dateformat %d/%m/%Y",
+        file: "dates.csv",
+        bytes: b"d,n\n31/01/2024,1\n01/02/2024,2\n",
+        ours: &["--csv-dateformat", "%d/%m/%Y"],
+        theirs: ", dateformat='%d/%m/%Y'",
+        expect: Expect::Same,
+    },
+    Case {
+        name: "--csv-timestampformat",
+        file: "stamps.csv",
+        bytes: b"t,n\n31/01/2024 10:30,1\n01/02/2024 23:59,2\n",
+        ours: &["--csv-timestampformat", "%d/%m/%Y %H:%M"],
+        theirs: ", timestampformat='%d/%m/%Y %H:%M'",
         expect: Expect::Same,
     },
     Case {

@@ -76,19 +76,38 @@ fn truncated_parquet_files() {
 
 #[test]
 fn broken_csv() {
-    let cases: &[(&[u8], &[&str])] = &[
+    // A quote that never closes: as DuckDB's sniffer does, the file reads as unquoted
+    // (`"abc` is text); with the quote fixed, the error names where it opened.
+    let unclosed: &[u8] = b"a,b\n1,\"abc\n2,3\n";
+    let cases: &[(&[u8], &[&str], &[&str])] = &[
         (
-            b"a,b\n1,\"abc\n2,3\n",
+            unclosed,
+            &["--csv-quote", "\""],
             &["t.csv", "unterminated quote", "byte 6"],
         ),
-        (b"a,b\n1,x\xff\xfe\n2,y\n", &["t.csv", "line"]),
-        (b"a,b\n1,2\n3\n", &["t.csv", "line 3"]),
+        (
+            b"a,b\n1,x\xff\xfe\n2,y\n",
+            &[],
+            &["t.csv", "line 2: byte 0xff at offset 7 is not UTF-8"],
+        ),
+        (b"a,b\n1,2\n3\n", &[], &["t.csv", "line 3"]),
     ];
-    for (bytes, needles) in cases {
+    for (bytes, args, needles) in cases {
         let dir = folder(&[("t.csv", bytes)]);
-        let out = query(dir.path(), &[], "SELECT * FROM t");
+        let out = query(dir.path(), args, "SELECT * FROM t");
         assert_error(&out, needles);
     }
+    let dir = folder(&[("t.csv", unclosed)]);
+    let out = query(dir.path(), &["--output", "csv"], "SELECT * FROM t");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a,b\r\n1,\"\"\"abc\"\r\n2,3\r\n"
+    );
 }
 
 #[test]

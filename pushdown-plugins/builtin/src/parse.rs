@@ -271,7 +271,30 @@ pub fn parse_csv(
                 .map_err(|_| format!("column {c} is not in the file"))
         })
         .collect::<Result<_, _>>()?;
-    let mut builder = arrow_csv::ReaderBuilder::new(Arc::new(file_schema.clone()));
+    // Columns in the dialect's date or timestamp format are read as text, then converted.
+    let formatted = |ty: &DataType| match ty {
+        DataType::Date32 => dialect.date_format.as_deref(),
+        DataType::Timestamp(_, None) => dialect.timestamp_format.as_deref(),
+        _ => None,
+    };
+    let read_schema = Schema::new(
+        file_schema
+            .fields()
+            .iter()
+            .map(|f| match formatted(f.data_type()) {
+                Some(_) => f.as_ref().clone().with_data_type(DataType::Utf8),
+                None => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let conversions: Vec<Option<(&str, DataType)>> = projection
+        .iter()
+        .map(|&i| {
+            let ty = file_schema.field(i).data_type();
+            formatted(ty).map(|f| (f, ty.clone()))
+        })
+        .collect();
+    let mut builder = arrow_csv::ReaderBuilder::new(Arc::new(read_schema));
     match &dialect.null {
         Some(null) => {
             let pattern = format!("^{}$", regex::escape(null));
@@ -303,13 +326,89 @@ pub fn parse_csv(
         .with_delimiter(dialect.delimiter)
         .with_truncated_rows(dialect.lenient)
         .with_batch_size(batch_size.max(1))
-        .with_projection(projection)
+        .with_projection(projection.clone())
         .build_buffered(Cursor::new(input))
         .map_err(|e| e.to_string())?;
-    let batches = reader
-        .map(|b| b.map_err(|e| with_hint(e.to_string())))
-        .collect::<Result<_, _>>()?;
+    let mut batches = Vec::new();
+    let mut first_line = 1;
+    for batch in reader {
+        let batch = batch.map_err(|e| with_hint(e.to_string()))?;
+        let rows = batch.num_rows();
+        batches.push(if conversions.iter().all(Option::is_none) {
+            batch
+        } else {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(&conversions)
+                .map(|(c, conversion)| match conversion {
+                    Some((format, ty)) => parse_formatted(c, format, ty, first_line),
+                    None => Ok(c.clone()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let schema = Arc::new(
+                file_schema
+                    .project(&projection)
+                    .map_err(|e| e.to_string())?,
+            );
+            RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())?
+        });
+        first_line += rows;
+    }
     Ok((batches, repaired))
+}
+
+/// A text column of dates or timestamps in `format` (chrono's `strftime` syntax) as
+/// `ty` (Date32, or Timestamp in µs); `first_line` is the chunk line of its first row.
+fn parse_formatted(
+    column: &arrow_array::ArrayRef,
+    format: &str,
+    ty: &DataType,
+    first_line: usize,
+) -> Result<arrow_array::ArrayRef, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::{Date32Array, TimestampMicrosecondArray};
+    let text = column.as_string::<i32>();
+    let bad = |row: usize, value: &str, what: &str| {
+        format!(
+            "line {}: {value:?} is not a {what} in the format {format}",
+            first_line + row
+        )
+    };
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+    match ty {
+        DataType::Date32 => {
+            let days = text
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    v.map(|v| {
+                        chrono::NaiveDate::parse_from_str(v.trim(), format)
+                            .ok()
+                            .and_then(|d| i32::try_from((d - epoch).num_days()).ok())
+                            .ok_or_else(|| bad(row, v, "date"))
+                    })
+                    .transpose()
+                })
+                .collect::<Result<Date32Array, _>>()?;
+            Ok(Arc::new(days))
+        }
+        _ => {
+            let micros = text
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    v.map(|v| {
+                        chrono::NaiveDateTime::parse_from_str(v.trim(), format)
+                            .map(|t| t.and_utc().timestamp_micros())
+                            .map_err(|_| bad(row, v, "timestamp"))
+                    })
+                    .transpose()
+                })
+                .collect::<Result<TimestampMicrosecondArray, _>>()?;
+            Ok(Arc::new(micros))
+        }
+    }
 }
 
 /// Records of `input` with fewer than `fields` fields (those `lenient` pads with NULL).
