@@ -211,7 +211,7 @@ fn read_sample(
 ) -> Option<Reading> {
     let start = skip.map_or(0, |n| skip_lines(sample, n));
     let mut reader = reader_for(d, &sample[start..]);
-    let mut records: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
+    let mut records: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
     let mut record = csv::ByteRecord::new();
     loop {
         match reader.read_byte_record(&mut record) {
@@ -224,8 +224,9 @@ fn read_sample(
         if !complete && start + ends_at >= sample.len() {
             break;
         }
-        let line = record.position().map_or(1, |p| p.line());
-        records.push((line, record.iter().map(<[u8]>::to_vec).collect()));
+        // Where the record starts, in the sample.
+        let at = start + record.position().map_or(0, |p| p.byte() as usize);
+        records.push((at, record.iter().map(<[u8]>::to_vec).collect()));
     }
     if records.is_empty() {
         return Some(Reading {
@@ -246,10 +247,13 @@ fn read_sample(
         Some(_) => 0,
         None => {
             let limit = MAX_SNIFFED_SKIP.min(counts.len().saturating_sub(1));
+            // Lines are skipped only before at least two records that agree (a header
+            // and a row): one longer record is no reason to drop the lines above it.
             (0..=limit).find(|&s| {
-                counts
-                    .get(s)
-                    .is_some_and(|&n| counts[..s].iter().all(|&c| c < n))
+                (s == 0 || counts.len() - s >= 2)
+                    && counts
+                        .get(s)
+                        .is_some_and(|&n| counts[..s].iter().all(|&c| c < n))
                     && agree(s)
             })?
         }
@@ -257,7 +261,15 @@ fn read_sample(
     if !agree(first) {
         return None;
     }
-    let skip = skip.unwrap_or(records[first].0 - 1);
+    // Lines (newlines) before the first record kept.
+    let skip = skip.unwrap_or_else(|| {
+        // A CRLF record ends at its `\r`: the next one may start at the `\n`.
+        let mut at = records[first].0.min(sample.len());
+        while at < sample.len() && matches!(sample[at], b'\r' | b'\n') {
+            at += 1;
+        }
+        memchr::memchr_iter(b'\n', &sample[..at]).count() as u64
+    });
     let records: Vec<_> = records.into_iter().skip(first).map(|(_, r)| r).collect();
     let comments = d.comment.map_or(0, |c| {
         usize::from(sample.first() == Some(&c))
@@ -265,7 +277,9 @@ fn read_sample(
     });
     Some(Reading {
         columns: records[0].len(),
-        rows: records.len() + comments,
+        // Skipped lines count as read: a title above a table does not lose to a
+        // reading of every line as one column.
+        rows: first + records.len() + comments,
         records,
         skip,
     })
@@ -550,6 +564,11 @@ mod tests {
         assert!(d.header);
         let d = sniffed("My report\nmade today\na,b\n1,2\n");
         assert_eq!((d.skip, d.header, d.comment), (2, true, None));
+        let d = sniffed("My report\r\nmade today\r\na,b\r\n1,2\r\n");
+        assert_eq!((d.skip, d.header), (2, true));
+        // Not read as one column of `,`: the title lines are skipped.
+        let d = sniffed("My report\nmade today\nid;name\n1;a\n2;b\n");
+        assert_eq!((d.delimiter, d.skip), (b';', 2));
         let d = sniffed("a,b\n1,2\n# note\n3,4\n");
         assert_eq!((d.skip, d.comment), (0, Some(b'#')));
         // A comment line that happens to have as many fields is still a comment.
