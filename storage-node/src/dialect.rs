@@ -341,8 +341,18 @@ pub fn sniff(sample: &[u8], complete: bool, fixed: &CsvOverrides, tsv: bool) -> 
         (None, true) => vec![b'\t'],
         (None, false) => DELIMITERS.to_vec(),
     };
+    // The quote that opens more fields in the sample (after a delimiter or at a line's
+    // start) is tried first, so it wins a tie.
+    let opens = |q: u8| {
+        sample
+            .windows(2)
+            .filter(|w| w[1] == q && (w[0] == b'\n' || delimiters.contains(&w[0])))
+            .count()
+            + usize::from(sample.first() == Some(&q))
+    };
     let quotes: Vec<Option<u8>> = match fixed.quote {
         Some(q) => vec![q],
+        None if opens(b'\'') > opens(b'"') => vec![Some(b'\''), Some(b'"')],
         None => vec![Some(b'"'), Some(b'\'')],
     };
     // `#` comment lines are read as comments when the sample has any (as DuckDB does).
@@ -549,6 +559,9 @@ mod tests {
         let d = sniffed("a,b\n\"x\\\"y\",1\n\"z\",2\n");
         assert_eq!((d.quote, d.escape), (Some(b'"'), Some(b'\\')));
         assert_eq!(sniffed("a,b\n\"x\"\"y\",1\n").escape, None);
+        // Quoted everywhere with `'`: `'` is the quote, though `"` reads alike.
+        let d = sniffed("'a','b'\n'x','1'\n'z','2'\n");
+        assert_eq!(d.quote, Some(b'\''));
         // More columns after a skipped line do not beat every line read alike.
         let d = sniffed("key,val\n1,\"{\"\"a\"\": 1, \"\"b\"\": [2, 3]}\"\n");
         assert_eq!((d.quote, d.skip, d.header), (Some(b'"'), 0, true));
