@@ -584,7 +584,19 @@ fn plugin_new_to_a_query_for_every_kind() {
             "cargo test: {}",
             String::from_utf8_lossy(&test.stderr)
         );
-        let wasm = ok(pushdown(&["plugin", "build", dir.to_str().unwrap()]));
+        let built = crate::support::pushdown()
+            .args(["plugin", "build", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&built.stderr).to_string();
+        assert!(
+            built.status.success()
+                && report.contains(&format!("built {kind} plugin {name}"))
+                && report.contains("pushdown_signature")
+                && report.contains("WASI preview 1 function(s)"),
+            "{report}"
+        );
+        let wasm = String::from_utf8(built.stdout).unwrap();
         ok(pushdown(&[
             "plugin",
             "register",
@@ -593,6 +605,30 @@ fn plugin_new_to_a_query_for_every_kind() {
             r,
         ]));
     }
+    // A module that imports more than WASI preview 1 is refused by `plugin build`.
+    let lib = work.path().join("twice/src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    let source = source.replace(
+        "x.unary(|v| 2.0 * v)",
+        "x.unary(|v| unsafe { host_double(v) })",
+    ) + "\n#[link(wasm_import_module = \"env\")]\nextern \"C\" {\n    fn host_double(v: f64) -> f64;\n}\n";
+    std::fs::write(&lib, source).unwrap();
+    let built = crate::support::pushdown()
+        .args([
+            "plugin",
+            "build",
+            work.path().join("twice").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&built.stderr);
+    assert!(
+        !built.status.success()
+            && err.contains("beyond WASI preview 1")
+            && err.contains("env")
+            && err.contains("not registered"),
+        "{err}"
+    );
     let data = folder(&[
         ("t.csv", b"x\n1.5\n2\n\n3\n"),
         ("pairs.kv", b"a=1\nb=2\na=40\n"),

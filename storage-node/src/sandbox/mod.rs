@@ -573,6 +573,24 @@ impl PluginModule {
         &self.sha256
     }
 
+    /// The module's imports, as `module::name` (`wasi_snapshot_preview1::fd_write`).
+    pub fn imports(&self) -> Vec<String> {
+        self.instance_pre
+            .module()
+            .imports()
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect()
+    }
+
+    /// The names of the module's exports.
+    pub fn exports(&self) -> Vec<String> {
+        self.instance_pre
+            .module()
+            .exports()
+            .map(|e| e.name().to_string())
+            .collect()
+    }
+
     fn error(&self, message: String) -> Error {
         Error::Plugin {
             plugin: self.name.clone(),
