@@ -10,7 +10,8 @@
 //! * To describe one unit of work (a Parquet row group or a CSV byte range) use [`Task`].
 //! * To describe what the guest computes use [`Pushdown`]: a projection or a partial aggregate,
 //!   and an optional predicate, written as [`Expr`] over the columns of the file.
-//! * To hand the guest its input use [`GuestRequest`].
+//! * To hand the guest its input use [`GuestRequest`]; a CSV file's dialect travels in it
+//!   as [`CsvDialect`].
 //!
 //! Every type is plain data that serializes to JSON with serde, so it is free of heavy
 //! dependencies and builds for `wasm32-wasip1`. The version of this encoding is

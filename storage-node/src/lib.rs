@@ -13,6 +13,7 @@
 //!
 //! * To open a data directory and run tasks, use [`StorageNode`].
 //! * To list or open tables without a node, use the functions of [`catalog`].
+//! * To sniff a CSV file's dialect (or fix parts of it per table), use [`dialect`].
 //! * To run your own module under the same limits, use [`Sandbox`] and [`PluginModule`].
 //! * To register, list and fetch user plugins, use [`Registry`].
 #![warn(missing_docs)]
