@@ -184,7 +184,7 @@ struct Reading {
     columns: usize,
     /// Lines skipped before it.
     skip: u64,
-    /// Lines this reading accounts for: its records and its comment lines.
+    /// Lines this reading accounts for: skipped lines, its records and its comment lines.
     rows: usize,
 }
 
