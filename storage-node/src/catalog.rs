@@ -16,7 +16,7 @@ use parquet::file::metadata::ParquetMetaData;
 use pushdown_footer::FooterError;
 use pushdown_protocol::{ByteRange, CsvDialect, FileFormat, PluginRef, TaskUnit};
 
-use crate::dialect::{csv_layout, CsvLayout, CsvOverrides};
+use crate::dialect::{csv_layout, csv_reader, CsvLayout, CsvOverrides};
 use crate::error::{Error, Result};
 
 /// Rows sampled to infer a CSV file's schema.
@@ -288,14 +288,7 @@ pub fn infer_csv_schema(
         .map_err(io)?;
     let d = &layout.dialect;
     let schema = if all_varchar {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(d.delimiter)
-            .quote(d.quote.unwrap_or(0))
-            .escape(d.escape)
-            .comment(d.comment)
-            .from_reader(file);
+        let mut reader = csv_reader(d, file);
         let mut first = csv::StringRecord::new();
         reader
             .read_record(&mut first)
@@ -353,19 +346,15 @@ pub fn infer_csv_schema(
 /// `--csv-timestampformat`. `file` is at the header (or first record).
 fn with_formats(schema: Schema, file: &mut File, d: &CsvDialect) -> Schema {
     use arrow_schema::{DataType, TimeUnit};
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(d.header)
-        .flexible(true)
-        .delimiter(d.delimiter)
-        .quote(d.quote.unwrap_or(0))
-        .escape(d.escape)
-        .comment(d.comment)
-        .from_reader(file);
+    let mut reader = csv_reader(d, file);
     let columns = schema.fields().len();
     // Per column: whether every value seen parses as a date / a timestamp, and whether one was seen.
     let mut dates = vec![(true, false); columns];
     let mut stamps = vec![(true, false); columns];
     let mut record = csv::StringRecord::new();
+    if d.header && !matches!(reader.read_record(&mut record), Ok(true)) {
+        return schema;
+    }
     let mut seen = 0;
     while seen < CSV_INFER_RECORDS && matches!(reader.read_record(&mut record), Ok(true)) {
         seen += 1;

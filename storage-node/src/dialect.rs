@@ -188,7 +188,9 @@ struct Reading {
     rows: usize,
 }
 
-fn reader_for<'a>(d: &CsvDialect, bytes: &'a [u8]) -> csv::Reader<&'a [u8]> {
+/// A reader of `input`'s records in dialect `d`: every record (a header too), any number of
+/// fields each.
+pub(crate) fn csv_reader<R: Read>(d: &CsvDialect, input: R) -> csv::Reader<R> {
     csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -196,7 +198,7 @@ fn reader_for<'a>(d: &CsvDialect, bytes: &'a [u8]) -> csv::Reader<&'a [u8]> {
         .quote(d.quote.unwrap_or(0))
         .escape(d.escape)
         .comment(d.comment)
-        .from_reader(bytes)
+        .from_reader(input)
 }
 
 /// Reads the sample with `d`. With a fixed `skip`, that many lines go first; otherwise up to
@@ -210,7 +212,7 @@ fn read_sample(
     skip: Option<u64>,
 ) -> Option<Reading> {
     let start = skip.map_or(0, |n| skip_lines(sample, n));
-    let mut reader = reader_for(d, &sample[start..]);
+    let mut reader = csv_reader(d, &sample[start..]);
     let mut records: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
     let mut record = csv::ByteRecord::new();
     loop {
@@ -506,14 +508,7 @@ pub fn csv_layout(path: &str, abs_path: &Path, fixed: &CsvOverrides) -> Result<C
         header_start += n as u64;
     }
     let data_start = if dialect.header {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(dialect.delimiter)
-            .quote(dialect.quote.unwrap_or(0))
-            .escape(dialect.escape)
-            .comment(dialect.comment)
-            .from_reader(lines);
+        let mut reader = csv_reader(&dialect, lines);
         let mut record = csv::ByteRecord::new();
         match reader.read_byte_record(&mut record) {
             Ok(true) => header_start + reader.position().byte(),
