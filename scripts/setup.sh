@@ -6,12 +6,15 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pushdown/target}"
 
 # Debian packages: clang, lld, llvm-ar and wasi-libc compile the zstd codec (C) into the
-# Wasm plugins; python3-venv holds the DuckDB test oracle.
+# Wasm plugins, and C plugins; python3-venv holds the DuckDB test oracle.
 need_apt=()
 command -v clang >/dev/null || need_apt+=(clang)
 command -v wasm-ld >/dev/null || need_apt+=(lld)
 command -v llvm-ar >/dev/null || need_apt+=(llvm)
 [ -d /usr/include/wasm32-wasi ] || need_apt+=(wasi-libc)
+# compiler-rt's wasm32 builtins: clang links them into C plugins (`pushdown plugin build`).
+command -v clang >/dev/null && [ -f "$(clang -print-resource-dir)/lib/wasi/libclang_rt.builtins-wasm32.a" ] \
+  || need_apt+=(libclang-rt-dev-wasm32)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 [ -x /usr/bin/time ] || need_apt+=(time)
 # openssl makes the certificates of the TLS tests.

@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pushdown_protocol::{PluginKind, PluginRef};
 use pushdown_storage_node::{Registry, Sandbox, SandboxConfig};
 
-/// The SDK crate of this checkout, for `plugin new`.
-const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../pushdown-plugins/sdk");
+/// The plugin SDKs this binary carries (see `cli/build.rs`): `SDK_FILES`.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/sdk_files.rs"));
+}
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -24,13 +26,19 @@ pub enum PluginCommand {
         /// Folder to create the crate in.
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
-        /// The pushdown-plugin SDK crate [default: the one of this pushdown checkout].
+        /// The language: a Rust crate on the `pushdown-plugin` SDK, or C on
+        /// `pushdown_plugin.h` (scalar and aggregate plugins).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// The pushdown-plugin SDK crate, for SDK development [default: the SDK inside
+        /// this binary, unpacked to $PUSHDOWN_CACHE_DIR/sdk, else ~/.cache/pushdown/sdk].
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
     },
-    /// Build a plugin crate for wasm32-wasip1 (release) and print the module's path.
+    /// Build a plugin for wasm32-wasip1 and print the module's path: a Rust crate (cargo,
+    /// release), or a folder of C files (clang --target=wasm32-wasi with wasi-libc).
     Build {
-        /// The crate's folder.
+        /// The plugin's folder.
         #[arg(default_value = ".")]
         path: PathBuf,
     },
@@ -74,6 +82,14 @@ impl RegistryArg {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// A Rust crate on the `pushdown-plugin` SDK, with a native test.
+    Rust,
+    /// C on `pushdown_plugin.h`, built with clang and wasi-libc.
+    C,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Kind {
     /// A scalar function (SELECT, WHERE).
@@ -90,8 +106,12 @@ pub fn run(command: PluginCommand) -> Result<()> {
             name,
             kind,
             dir,
+            lang,
             sdk,
-        } => new(&name, kind, &dir, sdk),
+        } => match lang {
+            Lang::Rust => new(&name, kind, &dir, sdk),
+            Lang::C => new_c(&name, kind, &dir),
+        },
         PluginCommand::Build { path } => {
             let wasm = build(&path)?;
             eprintln!("{}", check_built(&wasm)?);
@@ -241,25 +261,36 @@ pub fn formats(specs: &[String], dir: &Path) -> Result<BTreeMap<String, PluginRe
     Ok(out)
 }
 
-fn new(name: &str, kind: Kind, dir: &Path, sdk: Option<PathBuf>) -> Result<()> {
-    let kind_name = match kind {
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
         Kind::Scalar => "scalar",
         Kind::Aggregate => "aggregate",
         Kind::Parser => "parser",
-    };
+    }
+}
+
+/// Refuses a name SQL could not call (the signature's rules, ABI.md).
+fn check_name(name: &str, kind: Kind) -> Result<()> {
     let probe = pushdown_protocol::PluginSignature {
-        kind: kind_name.parse().map_err(anyhow::Error::msg)?,
+        kind: kind_name(kind).parse().map_err(anyhow::Error::msg)?,
         name: name.to_string(),
         arguments: vec!["Float64".into()],
         returns: Some("Float64".into()),
         columns: vec![],
     };
-    if let Err(m) = probe.check() {
-        if m.contains("name") {
-            bail!("plugin new {name}: {m}");
-        }
+    match probe.check() {
+        Err(m) if m.contains("name") => bail!("plugin new {name}: {m}"),
+        _ => Ok(()),
     }
-    let sdk = sdk.unwrap_or_else(|| PathBuf::from(SDK_DIR));
+}
+
+fn new(name: &str, kind: Kind, dir: &Path, sdk: Option<PathBuf>) -> Result<()> {
+    let kind_name = kind_name(kind);
+    check_name(name, kind)?;
+    let sdk = match sdk {
+        Some(dir) => dir,
+        None => unpacked_sdk()?.join("pushdown-plugins/sdk"),
+    };
     let sdk = sdk
         .canonicalize()
         .with_context(|| format!("the SDK crate {} is missing; pass --sdk DIR", sdk.display()))?;
@@ -365,9 +396,186 @@ fn check_built(wasm: &Path) -> Result<String> {
     ))
 }
 
-/// Builds the crate at `path` for wasm32-wasip1 and returns the module's path.
+/// Builds the plugin at `path` for wasm32-wasip1 and returns the module's path: a crate
+/// (`Cargo.toml`) with cargo, else the folder's `.c` files with clang.
 pub fn build(path: &Path) -> Result<PathBuf> {
+    if !path.join("Cargo.toml").is_file() && !c_sources(path)?.is_empty() {
+        return build_c(path);
+    }
     Ok(pushdown_storage_node::registry::build_crate(path)?)
+}
+
+/// The `.c` files of `dir`, sorted.
+fn c_sources(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))?;
+    let mut sources: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    Ok(sources)
+}
+
+/// How to get the C toolchain on Debian.
+const C_TOOLCHAIN_HINT: &str =
+    "the C plugin toolchain is clang, lld, wasi-libc and libclang-rt-dev-wasm32 (Debian: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32; scripts/setup.sh installs them)";
+
+/// Compiles the `.c` files of `dir` into one reactor module, `dir/target/NAME.wasm` (NAME:
+/// the folder's name), with `clang --target=wasm32-wasi -O2 -mexec-model=reactor` and
+/// wasi-libc (`$PUSHDOWN_CLANG` names another clang). The include path is the folder, then
+/// the `pushdown_plugin.h` inside this binary (see [`unpacked_sdk`]).
+///
+/// # Errors
+/// clang missing or failing (its diagnostics are on stderr), with the packages to install.
+fn build_c(dir: &Path) -> Result<PathBuf> {
+    let sources = c_sources(dir)?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("{}", dir.display()))?;
+    let name = dir
+        .file_name()
+        .map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into_owned());
+    let out_dir = dir.join("target");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("{}", out_dir.display()))?;
+    let wasm = out_dir.join(format!("{name}.wasm"));
+    let clang = std::env::var_os("PUSHDOWN_CLANG").unwrap_or_else(|| "clang".into());
+    let status = std::process::Command::new(&clang)
+        .args([
+            "--target=wasm32-wasi",
+            "-O2",
+            "-mexec-model=reactor",
+            "-Wall",
+        ])
+        .arg("-I")
+        .arg(&dir)
+        // Then the header this binary carries, for a folder without its own copy.
+        .arg("-I")
+        .arg(unpacked_sdk()?.join("pushdown-plugins/c"))
+        .arg("-o")
+        .arg(&wasm)
+        .args(&sources)
+        .arg("-lm")
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: running {}: {e}; {C_TOOLCHAIN_HINT}",
+                dir.display(),
+                clang.to_string_lossy()
+            )
+        })?;
+    if !status.success() {
+        bail!(
+            "{}: clang failed ({status}; its messages are above); if it names a missing header or libclang_rt.builtins-wasm32.a, {C_TOOLCHAIN_HINT}",
+            dir.display()
+        );
+    }
+    Ok(wasm)
+}
+
+/// The SDK inside this binary, unpacked (once per content) to `sdk/` of the cache folder
+/// ([`pushdown_storage_node::cache_root`]) as
+/// `pushdown-plugin-VERSION-abiN-HASH/` (HASH: the first 12 hex digits of the SHA-256 of
+/// the files), a workspace of `protocol/` and `pushdown-plugins/sdk/` with `Cargo.lock`.
+/// A folder of another version or content is left alone; an interrupted unpack never
+/// leaves a folder of that name.
+///
+/// # Errors
+/// No cache folder (neither `$PUSHDOWN_CACHE_DIR`, `$XDG_CACHE_HOME` nor `$HOME`), or a
+/// write that fails.
+pub fn unpacked_sdk() -> Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (name, bytes) in embedded::SDK_FILES {
+        hash.update((name.len() as u64).to_le_bytes());
+        hash.update(name.as_bytes());
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    }
+    let hex: String = hash.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let root = pushdown_storage_node::cache_root().context(
+        "no cache folder for the plugin SDK: set PUSHDOWN_CACHE_DIR (or HOME), or pass --sdk DIR",
+    )?;
+    let parent = root.join("sdk");
+    let dir = parent.join(format!(
+        "pushdown-plugin-{}-abi{}-{hex}",
+        env!("CARGO_PKG_VERSION"),
+        pushdown_storage_node::ABI_VERSION
+    ));
+    if dir.join("Cargo.toml").is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".unpacking-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a folder in {}", parent.display()))?;
+    for (name, bytes) in embedded::SDK_FILES {
+        let path = staging.path().join(name);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let staged = staging.keep();
+    if let Err(e) = std::fs::rename(&staged, &dir) {
+        let _ = std::fs::remove_dir_all(&staged);
+        // Another process unpacked the same content first.
+        if !dir.join("Cargo.toml").is_file() {
+            return Err(e)
+                .with_context(|| format!("unpacking the plugin SDK to {}", dir.display()));
+        }
+    }
+    Ok(dir)
+}
+
+/// The file `name` of the embedded SDK (e.g. `pushdown-plugins/c/pushdown_plugin.h`).
+fn embedded_file(name: &str) -> &'static [u8] {
+    embedded::SDK_FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, b)| *b)
+        .expect("build.rs embeds it")
+}
+
+/// `plugin new --lang c`: `NAME/NAME.c`, the header `pushdown_plugin.h` and `ABI.md` from
+/// this binary, and a `.gitignore`.
+fn new_c(name: &str, kind: Kind, dir: &Path) -> Result<()> {
+    check_name(name, kind)?;
+    let template = match kind {
+        Kind::Scalar => C_SCALAR_TEMPLATE,
+        Kind::Aggregate => C_AGGREGATE_TEMPLATE,
+        Kind::Parser => bail!(
+            "plugin new {name} --lang c: the C skeletons are scalar and aggregate plugins; start a parser from --lang rust, or write pushdown_parse against ABI.md"
+        ),
+    };
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::write(
+        root.join(format!("{name}.c")),
+        template.replace("__NAME__", name),
+    )?;
+    std::fs::write(
+        root.join("pushdown_plugin.h"),
+        embedded_file("pushdown-plugins/c/pushdown_plugin.h"),
+    )?;
+    std::fs::write(
+        root.join("ABI.md"),
+        embedded_file("pushdown-plugins/ABI.md"),
+    )?;
+    std::fs::write(root.join(".gitignore"), "/target\n")?;
+    println!(
+        "created {} plugin {name} (C) in {}\n  pushdown plugin build {} && pushdown plugin register <the .wasm it prints>",
+        kind_name(kind),
+        root.display(),
+        root.display()
+    );
+    Ok(())
 }
 
 const SCALAR_TEMPLATE: &str = r#"//! Scalar plugin `__NAME__(x DOUBLE) -> DOUBLE`: twice its argument (NULL stays NULL).
@@ -548,3 +756,8 @@ mod tests {
     }
 }
 "#;
+
+/// `plugin new --lang c --kind scalar`: `__NAME__` is replaced.
+const C_SCALAR_TEMPLATE: &str = include_str!("../templates/scalar.c");
+/// `plugin new --lang c --kind aggregate`: `__NAME__` is replaced.
+const C_AGGREGATE_TEMPLATE: &str = include_str!("../templates/aggregate.c");

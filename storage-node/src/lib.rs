@@ -35,5 +35,6 @@ pub use node::{
 pub use pushdown_footer::prune::row_group_may_match;
 pub use registry::{RegisteredPlugin, Registry};
 pub use sandbox::{
-    CallOutput, PluginModule, Precompiled, Sandbox, SandboxConfig, ABI_VERSION, RANDOM_STREAM,
+    cache_root, CallOutput, PluginModule, Precompiled, Sandbox, SandboxConfig, ABI_VERSION,
+    RANDOM_STREAM,
 };

@@ -547,47 +547,93 @@ fn an_unknown_function_is_named_with_the_registered_ones() {
     );
 }
 
-/// `plugin new` for each kind gives a crate whose test passes natively, which builds for
-/// Wasm, registers, and answers a query.
+/// The plugin author's path from the binary alone: `pushdown` copied to a scratch folder
+/// and run there, with its own cache and no variable naming this checkout. `plugin new`
+/// for each kind (Rust, on the SDK the binary unpacks) and for a C scalar and aggregate
+/// (`--lang c`, on the header it carries) gives plugins that build, register and answer a
+/// query; nothing they build from lies in this checkout.
 #[test]
 fn plugin_new_to_a_query_for_every_kind() {
-    let work = tempfile::tempdir().unwrap();
-    let reg = tempfile::tempdir().unwrap();
-    let r = reg.path().to_str().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let binary = scratch.path().join("pushdown");
+    std::fs::copy(env!("CARGO_BIN_EXE_pushdown"), &binary).unwrap();
+    let work = scratch.path().join("plugins");
+    std::fs::create_dir(&work).unwrap();
+    let cache = scratch.path().join("cache");
+    let reg = scratch.path().join("registry");
+    let r = reg.to_str().unwrap();
+    let checkout = repo().canonicalize().unwrap();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-target"),
+        PathBuf::from,
+    );
+    let run = |args: &[&str]| -> Output {
+        crate::support::pushdown_at(&binary)
+            .args(args)
+            .current_dir(&work)
+            .env("PUSHDOWN_CACHE_DIR", &cache)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("CARGO_MANIFEST_DIR")
+            .output()
+            .unwrap()
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    for (name, kind) in [
-        ("twice", "scalar"),
-        ("sum_squares", "aggregate"),
-        ("kv", "parser"),
+    for (name, kind, lang) in [
+        ("twice", "scalar", "rust"),
+        ("sum_squares", "aggregate", "rust"),
+        ("kv", "parser", "rust"),
+        ("twice_c", "scalar", "c"),
+        ("sum_squares_c", "aggregate", "c"),
     ] {
-        let out = ok(pushdown(&[
-            "plugin",
-            "new",
-            name,
-            "--kind",
-            kind,
-            "--dir",
-            work.path().to_str().unwrap(),
+        let out = ok(run(&[
+            "plugin", "new", name, "--kind", kind, "--lang", lang,
         ]));
         assert!(
             out.contains(&format!("created {kind} plugin {name}")),
             "{out}"
         );
-        let dir = work.path().join(name);
-        let test = Command::new(&cargo)
-            .args(["test", "--release", "--quiet"])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            test.status.success(),
-            "cargo test: {}",
-            String::from_utf8_lossy(&test.stderr)
-        );
-        let built = crate::support::pushdown()
-            .args(["plugin", "build", dir.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let dir = work.join(name);
+        if lang == "rust" {
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            assert!(manifest.contains(cache.to_str().unwrap()), "{manifest}");
+            let test = Command::new(&cargo)
+                .args(["test", "--release", "--quiet"])
+                .current_dir(&dir)
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .unwrap();
+            assert!(
+                test.status.success(),
+                "cargo test: {}",
+                String::from_utf8_lossy(&test.stderr)
+            );
+            // Every crate it builds from is the binary's SDK or a registry crate.
+            let metadata = Command::new(&cargo)
+                .args(["metadata", "--format-version", "1", "--offline"])
+                .args(["--filter-platform", "wasm32-wasip1"])
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                metadata.status.success(),
+                "cargo metadata: {}",
+                String::from_utf8_lossy(&metadata.stderr)
+            );
+            let metadata: Value = serde_json::from_slice(&metadata.stdout).unwrap();
+            let packages = metadata["packages"].as_array().unwrap();
+            for package in packages {
+                let path = package["manifest_path"].as_str().unwrap();
+                assert!(!Path::new(path).starts_with(&checkout), "{path}");
+            }
+            assert!(packages.iter().any(|p| p["name"] == "pushdown-plugin"
+                && p["manifest_path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(cache.to_str().unwrap())));
+        } else {
+            assert!(dir.join("pushdown_plugin.h").is_file() && dir.join("ABI.md").is_file());
+        }
+        let built = run(&["plugin", "build", name]);
         let report = String::from_utf8_lossy(&built.stderr).to_string();
         assert!(
             built.status.success()
@@ -597,30 +643,21 @@ fn plugin_new_to_a_query_for_every_kind() {
             "{report}"
         );
         let wasm = String::from_utf8(built.stdout).unwrap();
-        ok(pushdown(&[
-            "plugin",
-            "register",
-            wasm.trim(),
-            "--registry",
-            r,
-        ]));
+        ok(run(&["plugin", "register", wasm.trim(), "--registry", r]));
     }
+    // C skeletons are scalar and aggregate plugins; a parser is refused, saying so.
+    let parser = run(&["plugin", "new", "kv_c", "--kind", "parser", "--lang", "c"]);
+    assert_error(&parser, &["--lang c", "scalar and aggregate", "ABI.md"]);
+    assert!(!work.join("kv_c").exists());
     // A module that imports more than WASI preview 1 is refused by `plugin build`.
-    let lib = work.path().join("twice/src/lib.rs");
+    let lib = work.join("twice/src/lib.rs");
     let source = std::fs::read_to_string(&lib).unwrap();
     let source = source.replace(
         "x.unary(|v| 2.0 * v)",
         "x.unary(|v| unsafe { host_double(v) })",
     ) + "\n#[link(wasm_import_module = \"env\")]\nextern \"C\" {\n    fn host_double(v: f64) -> f64;\n}\n";
     std::fs::write(&lib, source).unwrap();
-    let built = crate::support::pushdown()
-        .args([
-            "plugin",
-            "build",
-            work.path().join("twice").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let built = run(&["plugin", "build", "twice"]);
     let err = String::from_utf8_lossy(&built.stderr);
     assert!(
         !built.status.success()
@@ -635,15 +672,112 @@ fn plugin_new_to_a_query_for_every_kind() {
     ]);
     let rows = query_csv(
         data.path(),
-        reg.path(),
+        &reg,
         &["--format", "pairs=kv"],
-        "SELECT (SELECT sum(twice(x)) FROM t), (SELECT sum_squares(x) FROM t), \
-         (SELECT sum(value) FROM pairs WHERE key = 'a')",
+        "SELECT (SELECT sum(twice(x)) FROM t) a, (SELECT sum_squares(x) FROM t) b, \
+         (SELECT sum(value) FROM pairs WHERE key = 'a') c, (SELECT sum(twice_c(x)) FROM t) d, \
+         (SELECT sum_squares_c(x) FROM t) e, (SELECT sum_squares_c(x) FROM t WHERE x > 10) f",
     );
     assert_eq!(
         rows,
-        vec![vec!["13.0".to_string(), "15.25".into(), "41".into()]]
+        vec![vec![
+            "13.0".to_string(),
+            "15.25".into(),
+            "41".into(),
+            "13.0".into(),
+            "15.25".into(),
+            String::new()
+        ]]
     );
+}
+
+/// The C examples `hypot_c` (scalar) and `geomean_c` (aggregate), built by `plugin build`
+/// from their `.c` file alone (the header comes from the binary), agree with DuckDB on
+/// TPC-H lineitem in Parquet and CSV, pushed into the storage node's sandbox; NULLs pass
+/// through; a bad value fails the query naming the plugin.
+#[test]
+fn c_plugins_hypot_and_geomean_agree_with_duckdb() {
+    let work = tempfile::tempdir().unwrap();
+    let mut modules = Vec::new();
+    for name in ["hypot_c", "geomean_c"] {
+        let dir = work.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let source = repo().join(format!("pushdown-plugins/examples/{name}/{name}.c"));
+        std::fs::copy(&source, dir.join(format!("{name}.c"))).unwrap();
+        let out = ok(pushdown(&["plugin", "build", dir.to_str().unwrap()]));
+        modules.push(PathBuf::from(out.trim()));
+    }
+    let reg = registry(&[&modules[0], &modules[1]]);
+    let close = |a: &str, b: &Value| {
+        let (x, y): (f64, f64) = (a.parse().unwrap(), b.as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{a} vs {b}");
+    };
+    for format in ["parquet", "csv"] {
+        let data = lineitem().join(format);
+        let file = data.join(format!("lineitem.{format}"));
+        let sql = "SELECT l_returnflag, sum(hypot_c(l_quantity, l_discount)), \
+                   geomean_c(l_extendedprice), count(*) FROM lineitem \
+                   WHERE hypot_c(l_quantity, l_tax) < 20 GROUP BY 1 ORDER BY 1";
+        let ours = query_csv(&data, reg.path(), &[], sql);
+        let theirs = duckdb(&format!(
+            "SELECT l_returnflag, sum(sqrt(l_quantity::DOUBLE ^ 2 + l_discount::DOUBLE ^ 2)), \
+             geomean(l_extendedprice::DOUBLE), count(*) FROM '{}' \
+             WHERE sqrt(l_quantity::DOUBLE ^ 2 + l_tax::DOUBLE ^ 2) < 20 GROUP BY 1 ORDER BY 1",
+            file.display()
+        ));
+        assert_eq!(ours.len(), 3, "{ours:?}");
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a[0], text(&b[0]));
+            close(&a[1], &b[1]);
+            close(&a[2], &b[2]);
+            assert_eq!(a[3], text(&b[3]), "{format}");
+        }
+        let out = run_query(
+            data.to_str().unwrap(),
+            reg.path().to_str().unwrap(),
+            &["--explain", sql],
+        );
+        let explain = String::from_utf8_lossy(&out.stderr);
+        // The call runs inside the storage node's sandbox: it is part of the pushed predicate.
+        let pushed = explain
+            .lines()
+            .find(|l| l.trim_start().starts_with("predicate: "))
+            .unwrap_or_default();
+        assert!(
+            pushed.contains("hypot_c(") && pushed.contains("l_tax") && pushed.ends_with("< 20"),
+            "{explain}"
+        );
+    }
+    let data = folder(&[("t.csv", b"x,y\n3,4\n,1\n8,15\n5,\n")]);
+    let rows = query_csv(
+        data.path(),
+        reg.path(),
+        &[],
+        "SELECT y, hypot_c(x, y), geomean_c(x) FROM t GROUP BY y, x ORDER BY y NULLS LAST",
+    );
+    let want = [
+        ("1", None, None),
+        ("4", Some(5.0), Some(3.0)),
+        ("15", Some(17.0), Some(8.0)),
+        ("", None, Some(5.0)),
+    ];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (row, (y, h, g)) in rows.iter().zip(want) {
+        assert_eq!(row[0], y, "{rows:?}");
+        for (got, want) in [(&row[1], h), (&row[2], g)] {
+            match want {
+                None => assert_eq!(got, "", "{rows:?}"),
+                Some(w) => close(got, &Value::from(w)),
+            }
+        }
+    }
+    let out = run_query(
+        data.path().to_str().unwrap(),
+        reg.path().to_str().unwrap(),
+        &["SELECT geomean_c(x - 4) FROM t"],
+    );
+    assert_error(&out, &["t.csv", "plugin geomean_c", "-1 is not positive"]);
 }
 
 /// A plugin that traps fails the query with its name and the trap, on the storage node

@@ -15,9 +15,14 @@ pub fn testdata() -> PathBuf {
 /// the compiled-module cache in the target's temporary folder, shared by runs, as it is
 /// keyed by content). HOME stays, so `cargo` and `rustup` still find their toolchains.
 pub fn pushdown() -> Command {
+    pushdown_at(Path::new(env!("CARGO_BIN_EXE_pushdown")))
+}
+
+/// [`pushdown`] with another copy of the binary.
+pub fn pushdown_at(binary: &Path) -> Command {
     static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let home = HOME.get_or_init(|| tempfile::tempdir().expect("a temporary home"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pushdown"));
+    let mut command = Command::new(binary);
     command
         .env("XDG_DATA_HOME", home.path().join("data"))
         .env("XDG_CACHE_HOME", home.path().join("cache"))

@@ -15,16 +15,22 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The cache folder: `$PUSHDOWN_CACHE_DIR/modules`, else `$XDG_CACHE_HOME/pushdown/modules`,
-/// else `~/.cache/pushdown/modules`.
-fn cache_dir() -> Option<PathBuf> {
+/// pushdown's cache folder: `$PUSHDOWN_CACHE_DIR`, else `$XDG_CACHE_HOME/pushdown`, else
+/// `~/.cache/pushdown` (XDG Base Directory Specification); `None` without any of them.
+/// Compiled modules live in its `modules/`, the unpacked plugin SDK in its `sdk/`.
+pub fn cache_root() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PUSHDOWN_CACHE_DIR") {
-        return Some(PathBuf::from(dir).join("modules"));
+        return Some(PathBuf::from(dir));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("pushdown").join("modules"))
+    Some(base.join("pushdown"))
+}
+
+/// The compiled-module cache folder: `modules/` of [`cache_root`].
+fn cache_dir() -> Option<PathBuf> {
+    cache_root().map(|d| d.join("modules"))
 }
 
 /// Why [`compile_cached`] has no module.

@@ -5,6 +5,7 @@
 //! The ABI the host speaks is written down in `pushdown-plugins/ABI.md`.
 
 mod cache;
+pub use cache::cache_root;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
