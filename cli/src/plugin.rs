@@ -399,10 +399,22 @@ fn check_built(wasm: &Path) -> Result<String> {
 /// Builds the plugin at `path` for wasm32-wasip1 and returns the module's path: a crate
 /// (`Cargo.toml`) with cargo, else the folder's `.c` files with clang.
 pub fn build(path: &Path) -> Result<PathBuf> {
-    if !path.join("Cargo.toml").is_file() && !c_sources(path)?.is_empty() {
-        return build_c(path);
+    if path.is_file() {
+        bail!(
+            "{}: plugin build takes the plugin's folder (a Rust crate or a folder of .c files), not a file",
+            path.display()
+        );
     }
-    Ok(pushdown_storage_node::registry::build_crate(path)?)
+    if path.join("Cargo.toml").is_file() {
+        return Ok(pushdown_storage_node::registry::build_crate(path)?);
+    }
+    if c_sources(path)?.is_empty() {
+        bail!(
+            "{}: neither a Rust crate (Cargo.toml) nor C sources (*.c): not a plugin folder",
+            path.display()
+        );
+    }
+    build_c(path)
 }
 
 /// The `.c` files of `dir`, sorted.

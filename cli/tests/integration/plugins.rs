@@ -707,6 +707,26 @@ fn c_plugins_hypot_and_geomean_agree_with_duckdb() {
         let out = ok(pushdown(&["plugin", "build", dir.to_str().unwrap()]));
         modules.push(PathBuf::from(out.trim()));
     }
+    // Not a plugin folder, a file, a C file that does not compile: refused, saying why.
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = pushdown(&["plugin", "build", empty.to_str().unwrap()]);
+    assert_error(
+        &out,
+        &["empty", "neither a Rust crate", "not a plugin folder"],
+    );
+    let file = work.path().join("hypot_c/hypot_c.c");
+    let out = pushdown(&["plugin", "build", file.to_str().unwrap()]);
+    assert_error(&out, &["hypot_c.c", "takes the plugin's folder"]);
+    let broken = work.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("broken.c"), "int f( {\n").unwrap();
+    let out = pushdown(&["plugin", "build", broken.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("broken.c:1") && err.contains("clang failed"),
+        "{err}"
+    );
     let reg = registry(&[&modules[0], &modules[1]]);
     let close = |a: &str, b: &Value| {
         let (x, y): (f64, f64) = (a.parse().unwrap(), b.as_f64().unwrap());
