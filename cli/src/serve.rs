@@ -56,6 +56,11 @@ pub struct NodeServeArgs {
     /// only the latest.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     received_modules_mib: u64,
+    /// Memory for task results, in MiB: a task seen before (same file content, unit,
+    /// predicate, projection, aggregate, plugins) is answered without reading storage or
+    /// running the sandbox. 0 turns it off.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    result_cache: u64,
     /// Read table TABLE (DIR/TABLE.* or folder DIR/TABLE/) with the parser plugin PARSER
     /// of this node's registry, e.g. `--format access=access_log`. Repeatable.
     #[arg(long, value_name = "TABLE=PARSER")]
@@ -246,6 +251,7 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
         // Always a registry: intermediaries send the plugins their queries run.
         registry: Some(registry_dir),
         received_modules_bytes: args.received_modules_mib.saturating_mul(1 << 20),
+        result_cache_bytes: args.result_cache.saturating_mul(1 << 20),
         sandbox: SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
             ..Default::default()

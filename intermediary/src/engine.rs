@@ -639,6 +639,13 @@ impl Query {
                 get(&m.rows_selected),
                 get(&m.rows_out),
             );
+            let cached = get(&m.tasks_cached);
+            if cached > 0 {
+                let _ = writeln!(
+                    out,
+                    "  tasks answered from the storage nodes' result cache (nothing read or run): {cached}"
+                );
+            }
             if scan
                 .table()
                 .files

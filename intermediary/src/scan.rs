@@ -60,6 +60,8 @@ pub struct ScanMetrics {
     pub rows_out: AtomicU64,
     /// CSV records a lenient dialect padded with NULL.
     pub rows_repaired: AtomicU64,
+    /// Tasks a storage node answered from its result cache.
+    pub tasks_cached: AtomicU64,
 }
 
 impl ScanMetrics {
@@ -78,6 +80,8 @@ impl ScanMetrics {
             .fetch_add(m.pages_skipped, Ordering::Relaxed);
         self.rows_repaired
             .fetch_add(m.rows_repaired, Ordering::Relaxed);
+        self.tasks_cached
+            .fetch_add(u64::from(m.cached), Ordering::Relaxed);
     }
 }
 

@@ -23,6 +23,7 @@ pub mod dialect;
 mod error;
 mod node;
 pub mod registry;
+pub mod result_cache;
 mod sandbox;
 
 pub use catalog::{FileInfo, TableInfo, TableSource};

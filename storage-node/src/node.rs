@@ -21,6 +21,7 @@ use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::dialect::CsvOptions;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
+use crate::result_cache::{self, CacheStats, ResultCache};
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
 use pushdown_footer::plan::page_segments;
 use pushdown_footer::prune::{prune_row_group, Verdict};
@@ -54,6 +55,9 @@ pub struct NodeOptions {
     /// Bytes of modules received from intermediaries (`put_module`) kept in the registry;
     /// the least recently received beyond it are forgotten. Defaults to 1 GiB.
     pub received_modules_bytes: u64,
+    /// Bytes of task results kept in memory to answer the same task again
+    /// ([`crate::result_cache`]). Defaults to 0: no cache.
+    pub result_cache_bytes: u64,
 }
 
 impl Default for NodeOptions {
@@ -67,6 +71,7 @@ impl Default for NodeOptions {
             formats: BTreeMap::new(),
             csv: CsvOptions::default(),
             received_modules_bytes: 1 << 30,
+            result_cache_bytes: 0,
         }
     }
 }
@@ -92,6 +97,10 @@ pub struct TaskMetrics {
     /// CSV with `--csv-lenient`: records with missing fields padded with NULL.
     #[serde(default)]
     pub rows_repaired: u64,
+    /// True when the node's result cache answered the task: nothing was read or run (the
+    /// row counts are those of the run that filled the cache).
+    #[serde(default)]
+    pub cached: bool,
 }
 
 /// The result of one task.
@@ -116,6 +125,8 @@ pub struct StorageNode {
     plugins: Mutex<HashMap<String, PluginModule>>,
     /// The declared schema of each parser of `options.formats`, by SHA-256.
     parser_schemas: BTreeMap<String, SchemaRef>,
+    /// Task results by content ([`crate::result_cache`]), when the options give it bytes.
+    result_cache: Option<ResultCache>,
 }
 
 /// Describes a task's place for error messages: `lineitem.parquet: row group 3`.
@@ -180,7 +191,6 @@ impl StorageNode {
         }
         Ok(Self {
             root,
-            options,
             sandbox,
             builtin,
             tables: Mutex::default(),
@@ -188,6 +198,9 @@ impl StorageNode {
             registry,
             plugins: Mutex::default(),
             parser_schemas,
+            result_cache: (options.result_cache_bytes > 0)
+                .then(|| ResultCache::new(options.result_cache_bytes)),
+            options,
         })
     }
 
@@ -527,6 +540,11 @@ impl StorageNode {
         &self.builtin
     }
 
+    /// Hits, misses, entries and bytes of the result cache; `None` without one.
+    pub fn result_cache_stats(&self) -> Option<CacheStats> {
+        self.result_cache.as_ref().map(ResultCache::stats)
+    }
+
     fn run_task_inner(&self, task: &Task) -> Result<TaskOutput> {
         let planned = match self.plan_input(task, None)? {
             Planned::Run(planned) => planned,
@@ -543,6 +561,30 @@ impl StorageNode {
             }
         };
         let (request, input_len, pruning) = (&planned.request, planned.input_len, planned.pruning);
+        let cache_key = self.result_cache.as_ref().and_then(|cache| {
+            // The user plugins the task calls or parses with.
+            let shas: Vec<String> = task.plugins().into_iter().map(|p| p.sha256).collect();
+            let shas: Vec<&str> = shas.iter().map(String::as_str).collect();
+            let key = result_cache::key(
+                &planned.file.abs_path,
+                env!("PUSHDOWN_BUILTIN_WASM_SHA256"),
+                &shas,
+                request,
+            )?;
+            Some((cache, key))
+        });
+        if let Some((cache, key)) = &cache_key {
+            if let Some((batches, metrics)) = cache.get(key) {
+                return Ok(TaskOutput {
+                    batches,
+                    metrics: TaskMetrics {
+                        cached: true,
+                        bytes_read: 0,
+                        ..metrics
+                    },
+                });
+            }
+        }
         let mut plugins = HashMap::new();
         for p in task.plugins() {
             plugins.insert(p.name.clone(), self.plugin(&p)?);
@@ -609,19 +651,21 @@ impl StorageNode {
         };
         let rows_repaired = rows_repaired.map_or(0, |(n, _)| n);
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
-        Ok(TaskOutput {
-            batches,
-            metrics: TaskMetrics {
-                pruned: false,
-                bytes_read: input_len as u64 + pruning.index_bytes,
-                pages_skipped: pruning.pages_skipped,
-                bytes_returned: ipc_len,
-                rows_in,
-                rows_selected,
-                rows_out,
-                rows_repaired,
-            },
-        })
+        let metrics = TaskMetrics {
+            pruned: false,
+            bytes_read: input_len as u64 + pruning.index_bytes,
+            pages_skipped: pruning.pages_skipped,
+            bytes_returned: ipc_len,
+            rows_in,
+            rows_selected,
+            rows_out,
+            rows_repaired,
+            cached: false,
+        };
+        if let Some((cache, key)) = cache_key {
+            cache.insert(key, &batches, metrics);
+        }
+        Ok(TaskOutput { batches, metrics })
     }
 }
 

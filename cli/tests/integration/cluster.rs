@@ -635,3 +635,75 @@ fn all_22_tpch_queries_through_three_nodes_match_embedded_mode() {
         assert_same_numbers(&remote, &local);
     }
 }
+
+/// Through the servers: a storage node with `--result-cache` answers every task of a
+/// repeated query from memory (the intermediary's log counts them, and no byte is read),
+/// and after the file is written again (same size, other values) the answer is the new
+/// file's, equal to embedded mode's, with no task from the cache.
+#[test]
+fn a_repeated_query_is_answered_from_the_node_result_cache_until_the_file_changes() {
+    let write = |path: &Path, shift: usize| {
+        let mut csv = String::from("a,b\n");
+        for i in 0..20_000 {
+            csv.push_str(&format!("{i},{}\n", (i + shift) % 7));
+        }
+        std::fs::write(path, csv).unwrap();
+    };
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("t.csv");
+    write(&file, 0);
+    let registry = tempfile::tempdir().unwrap();
+    let node = start_node(
+        data.path(),
+        registry.path(),
+        &["--result-cache", "16", "--csv-chunk-size", "65536"],
+    );
+    let intermediary = start_intermediary(&[&node.url], &[]);
+    let sql = "SELECT b, count(*), sum(a) FROM t WHERE a % 3 = 0 GROUP BY b ORDER BY b";
+    let embedded = || {
+        stdout_ok(
+            pushdown()
+                .args(["query", "--output", "csv", "--data"])
+                .arg(data.path())
+                .arg(sql)
+                .output()
+                .unwrap(),
+        )
+    };
+    let before = embedded();
+    assert_eq!(stdout_ok(connect(&intermediary.url, TOKEN, sql)), before);
+    assert_eq!(stdout_ok(connect(&intermediary.url, TOKEN, sql)), before);
+    std::thread::sleep(Duration::from_millis(20));
+    write(&file, 1);
+    let after = embedded();
+    assert_ne!(after, before);
+    assert_eq!(stdout_ok(connect(&intermediary.url, TOKEN, sql)), after);
+    let log = intermediary.stop();
+    let runs: Vec<&str> = log.lines().filter(|l| l.contains("query done")).collect();
+    assert_eq!(runs.len(), 3, "{log}");
+    let cached = |line: &str| {
+        line.split("result cache (nothing read or run): ")
+            .nth(1)
+            .map(|n| {
+                n.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+    };
+    let tasks = runs[0]
+        .split("tasks ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(tasks.parse::<u64>().unwrap() >= 2, "{}", runs[0]);
+    assert_eq!(cached(runs[0]), None, "{}", runs[0]);
+    assert_eq!(cached(runs[1]), Some(tasks), "{}", runs[1]);
+    assert!(
+        runs[1].contains("bytes read on the storage nodes 0"),
+        "{}",
+        runs[1]
+    );
+    assert_eq!(cached(runs[2]), None, "{}", runs[2]);
+}

@@ -4,3 +4,4 @@
 mod cache;
 mod footer;
 mod hostile;
+mod result_cache;
