@@ -134,6 +134,10 @@ struct QueryArgs {
     /// Linear-memory cap of one plugin instance, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=4096))]
     plugin_memory: u64,
+    /// Fraction of tasks (0 to 1) run again with the native build of the pipeline and
+    /// compared with the sandbox's result; differences are counted (--explain) and logged.
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = pushdown_storage_node::audit::parse_rate)]
+    audit_rate: f64,
     /// The SQL query (it may start with a `--` comment).
     #[arg(allow_hyphen_values = true)]
     sql: String,
@@ -272,6 +276,7 @@ fn query(args: QueryArgs) -> Result<()> {
             max_memory_bytes: (args.plugin_memory as usize) << 20,
             ..Default::default()
         },
+        audit_rate: args.audit_rate,
         ..Default::default()
     };
     let bar = query_bar("{spinner} tasks {pos}/{len} {wide_bar} {msg} {elapsed}");

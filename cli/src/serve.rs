@@ -61,6 +61,11 @@ pub struct NodeServeArgs {
     /// running the sandbox. 0 turns it off.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     result_cache: u64,
+    /// Fraction of tasks (0 to 1) run again with the native build of the pipeline and
+    /// compared with the sandbox's result; differences are logged (warn) and counted in
+    /// the intermediary's run report.
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = pushdown_storage_node::audit::parse_rate)]
+    audit_rate: f64,
     /// Read table TABLE (DIR/TABLE.* or folder DIR/TABLE/) with the parser plugin PARSER
     /// of this node's registry, e.g. `--format access=access_log`. Repeatable.
     #[arg(long, value_name = "TABLE=PARSER")]
@@ -252,6 +257,7 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
         registry: Some(registry_dir),
         received_modules_bytes: args.received_modules_mib.saturating_mul(1 << 20),
         result_cache_bytes: args.result_cache.saturating_mul(1 << 20),
+        audit_rate: args.audit_rate,
         sandbox: SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
             ..Default::default()

@@ -639,6 +639,14 @@ impl Query {
                 get(&m.rows_selected),
                 get(&m.rows_out),
             );
+            let audited = get(&m.tasks_audited);
+            if audited > 0 {
+                let _ = writeln!(
+                    out,
+                    "  tasks audited (run again with the native pipeline and compared): {audited}, results that differed: {}",
+                    get(&m.audit_mismatches)
+                );
+            }
             let cached = get(&m.tasks_cached);
             if cached > 0 {
                 let _ = writeln!(

@@ -62,6 +62,10 @@ pub struct ScanMetrics {
     pub rows_repaired: AtomicU64,
     /// Tasks a storage node answered from its result cache.
     pub tasks_cached: AtomicU64,
+    /// Tasks a storage node ran again natively and compared (`--audit-rate`).
+    pub tasks_audited: AtomicU64,
+    /// Of those, tasks whose native result differed.
+    pub audit_mismatches: AtomicU64,
 }
 
 impl ScanMetrics {
@@ -82,6 +86,10 @@ impl ScanMetrics {
             .fetch_add(m.rows_repaired, Ordering::Relaxed);
         self.tasks_cached
             .fetch_add(u64::from(m.cached), Ordering::Relaxed);
+        self.tasks_audited
+            .fetch_add(u64::from(m.audited), Ordering::Relaxed);
+        self.audit_mismatches
+            .fetch_add(u64::from(m.audit_mismatch), Ordering::Relaxed);
     }
 }
 

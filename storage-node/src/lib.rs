@@ -18,6 +18,7 @@
 //! * To register, list and fetch user plugins, use [`Registry`].
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod catalog;
 pub mod dialect;
 mod error;

@@ -17,6 +17,7 @@ use pushdown_protocol::{
     TaskUnit, PROTOCOL_VERSION,
 };
 
+use crate::audit::{AuditPipeline, AuditStats, Auditor};
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::dialect::CsvOptions;
 use crate::error::{Error, Result};
@@ -58,6 +59,12 @@ pub struct NodeOptions {
     /// Bytes of task results kept in memory to answer the same task again
     /// ([`crate::result_cache`]). Defaults to 0: no cache.
     pub result_cache_bytes: u64,
+    /// Fraction of tasks (0 to 1) run again with the native pipeline and compared
+    /// ([`crate::audit`]). Defaults to 0: none.
+    pub audit_rate: f64,
+    /// The native pipeline audits compare with. Defaults to
+    /// [`crate::audit::native_pipeline`]; tests give a deliberately different one.
+    pub audit_pipeline: Option<AuditPipeline>,
 }
 
 impl Default for NodeOptions {
@@ -72,6 +79,8 @@ impl Default for NodeOptions {
             csv: CsvOptions::default(),
             received_modules_bytes: 1 << 30,
             result_cache_bytes: 0,
+            audit_rate: 0.0,
+            audit_pipeline: None,
         }
     }
 }
@@ -101,6 +110,12 @@ pub struct TaskMetrics {
     /// row counts are those of the run that filled the cache).
     #[serde(default)]
     pub cached: bool,
+    /// True when the task was audited: run again natively and compared.
+    #[serde(default)]
+    pub audited: bool,
+    /// True when that audit found the native result different (see the node's log).
+    #[serde(default)]
+    pub audit_mismatch: bool,
 }
 
 /// The result of one task.
@@ -127,6 +142,8 @@ pub struct StorageNode {
     parser_schemas: BTreeMap<String, SchemaRef>,
     /// Task results by content ([`crate::result_cache`]), when the options give it bytes.
     result_cache: Option<ResultCache>,
+    /// Native-vs-Wasm audits, when the options give a rate.
+    auditor: Option<Auditor>,
 }
 
 /// Describes a task's place for error messages: `lineitem.parquet: row group 3`.
@@ -200,6 +217,13 @@ impl StorageNode {
             parser_schemas,
             result_cache: (options.result_cache_bytes > 0)
                 .then(|| ResultCache::new(options.result_cache_bytes)),
+            auditor: (options.audit_rate > 0.0).then(|| {
+                let native = options
+                    .audit_pipeline
+                    .clone()
+                    .map_or_else(crate::audit::native_pipeline, |p| p.0);
+                Auditor::new(options.audit_rate, native)
+            }),
             options,
         })
     }
@@ -540,6 +564,11 @@ impl StorageNode {
         &self.builtin
     }
 
+    /// Tasks audited and mismatches found; `None` when the node does not audit.
+    pub fn audit_stats(&self) -> Option<AuditStats> {
+        self.auditor.as_ref().map(Auditor::stats)
+    }
+
     /// Hits, misses, entries and bytes of the result cache; `None` without one.
     pub fn result_cache_stats(&self) -> Option<CacheStats> {
         self.result_cache.as_ref().map(ResultCache::stats)
@@ -589,6 +618,9 @@ impl StorageNode {
         for p in task.plugins() {
             plugins.insert(p.name.clone(), self.plugin(&p)?);
         }
+        let plugins = Arc::new(plugins);
+        // The pipeline's input when it is not the file's bytes: a parser plugin's output.
+        let mut parsed_input = None;
         let output = match (&task.format, &task.unit) {
             (FileFormat::Plugin(parser), TaskUnit::Lines { first_line, .. }) => {
                 // The parser reads the chunk straight from storage; its Arrow IPC output is
@@ -600,56 +632,78 @@ impl StorageNode {
                     |slot| fill_input(&planned, slot),
                     Some(*first_line),
                 )?;
-                self.builtin.call_with_plugins(
+                let out = self.builtin.call_with_plugins(
                     request,
                     parsed.payload.len(),
                     |slot| {
                         slot.copy_from_slice(&parsed.payload);
                         Ok(())
                     },
-                    Arc::new(plugins),
-                )?
+                    plugins.clone(),
+                )?;
+                parsed_input = Some(parsed.payload);
+                out
             }
             _ => self.builtin.call_with_plugins(
                 request,
                 input_len,
                 |slot| fill_input(&planned, slot),
-                Arc::new(plugins),
+                plugins.clone(),
             )?,
         };
-        // A lenient CSV dialect adds the count of repaired records to the header.
         let lenient = planned.file.csv.as_ref().is_some_and(|d| d.lenient);
-        let (payload, rows_repaired) = if lenient {
-            let count = output
-                .payload
-                .get(16..24)
-                .and_then(|c| c.try_into().ok())
-                .map(u64::from_le_bytes)
-                .ok_or_else(|| Error::Plugin {
-                    plugin: BUILTIN_PLUGIN.into(),
-                    message: "returned a result shorter than its 24-byte header".into(),
-                })?;
-            (&output.payload[..16], Some((count, &output.payload[24..])))
-        } else {
-            (&output.payload[..], None)
-        };
-        let (rows_in, rows_selected, batches, ipc_len) = match rows_repaired {
-            None => decode_result(BUILTIN_PLUGIN, payload, &task.output_schema)?,
-            Some((_, ipc)) => {
-                let (rows_in, rows_selected, _) =
-                    split_output(payload).ok_or_else(|| Error::Plugin {
-                        plugin: BUILTIN_PLUGIN.into(),
-                        message: "returned a result shorter than its header".into(),
-                    })?;
-                let batches =
-                    decode_ipc(ipc, &task.output_schema).map_err(|message| Error::Plugin {
-                        plugin: BUILTIN_PLUGIN.into(),
-                        message,
-                    })?;
-                (rows_in, rows_selected, batches, ipc.len() as u64)
+        let (rows_in, rows_selected, rows_repaired, batches, ipc_len) =
+            decode_output(&output.payload, lenient, &task.output_schema)?;
+        let (mut audited, mut audit_mismatch) = (false, false);
+        if let Some(auditor) = self.auditor.as_ref().filter(|a| a.sample()) {
+            let input = match parsed_input {
+                Some(parsed) => parsed,
+                None => {
+                    let mut input = vec![0; input_len];
+                    fill_input(&planned, &mut input)?;
+                    input
+                }
+            };
+            // The native pipeline calls the task's user plugins in their sandboxes.
+            let host_plugins = plugins.clone();
+            pushdown_plugins_builtin::set_native_host(Some(Arc::new(
+                move |name: &str, op: pushdown_plugins_builtin::PluginOp, input: &[u8]| {
+                    let plugin = host_plugins
+                        .get(name)
+                        .ok_or_else(|| format!("plugin {name} is not available to this task"))?;
+                    let export = crate::sandbox::host_op_export(op as u32)
+                        .ok_or_else(|| format!("unknown operation {}", op as u32))?;
+                    plugin
+                        .invoke(export, input, None)
+                        .map(|out| out.payload)
+                        .map_err(|e| e.to_string())
+                },
+            )));
+            let native = auditor.run_native(request, input);
+            pushdown_plugins_builtin::set_native_host(None);
+            let verdict = native
+                .and_then(|payload| {
+                    decode_output(&payload, lenient, &task.output_schema)
+                        .map_err(|e| format!("the native result does not decode: {e}"))
+                })
+                .and_then(|(n_in, n_selected, n_repaired, n_batches, _)| {
+                    if (n_in, n_selected, n_repaired) != (rows_in, rows_selected, rows_repaired) {
+                        return Err(format!(
+                            "rows in/selected/repaired {rows_in}/{rows_selected}/{rows_repaired} in the sandbox, {n_in}/{n_selected}/{n_repaired} natively"
+                        ));
+                    }
+                    crate::audit::compare(&batches, &n_batches)
+                });
+            audited = true;
+            if let Err(difference) = &verdict {
+                audit_mismatch = true;
+                log::warn!(
+                    "{}: audit: the native pipeline's result differs from the sandbox's: {difference}",
+                    task_context(task)
+                );
             }
-        };
-        let rows_repaired = rows_repaired.map_or(0, |(n, _)| n);
+            auditor.record(audit_mismatch);
+        }
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
         let metrics = TaskMetrics {
             pruned: false,
@@ -661,11 +715,60 @@ impl StorageNode {
             rows_out,
             rows_repaired,
             cached: false,
+            audited,
+            audit_mismatch,
         };
         if let Some((cache, key)) = cache_key {
             cache.insert(key, &batches, metrics);
         }
         Ok(TaskOutput { batches, metrics })
+    }
+}
+
+/// Decodes a pipeline result payload (ABI.md, without the status byte): `rows_in`,
+/// `rows_selected`, the repaired-record count when the CSV dialect is `lenient` (else 0),
+/// the batches (checked against `schema`) and the IPC length in bytes.
+///
+/// # Errors
+/// [`Error::Plugin`] naming the built-in pipeline when the payload is short or malformed.
+fn decode_output(
+    payload: &[u8],
+    lenient: bool,
+    schema: &arrow_schema::Schema,
+) -> Result<(u64, u64, u64, Vec<RecordBatch>, u64)> {
+    {
+        let output_payload = payload;
+        // A lenient CSV dialect adds the count of repaired records to the header.
+        let (payload, rows_repaired) = if lenient {
+            let count = output_payload
+                .get(16..24)
+                .and_then(|c| c.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| Error::Plugin {
+                    plugin: BUILTIN_PLUGIN.into(),
+                    message: "returned a result shorter than its 24-byte header".into(),
+                })?;
+            (&output_payload[..16], Some((count, &output_payload[24..])))
+        } else {
+            (output_payload, None)
+        };
+        let (rows_in, rows_selected, batches, ipc_len) = match rows_repaired {
+            None => decode_result(BUILTIN_PLUGIN, payload, schema)?,
+            Some((_, ipc)) => {
+                let (rows_in, rows_selected, _) =
+                    split_output(payload).ok_or_else(|| Error::Plugin {
+                        plugin: BUILTIN_PLUGIN.into(),
+                        message: "returned a result shorter than its header".into(),
+                    })?;
+                let batches = decode_ipc(ipc, schema).map_err(|message| Error::Plugin {
+                    plugin: BUILTIN_PLUGIN.into(),
+                    message,
+                })?;
+                (rows_in, rows_selected, batches, ipc.len() as u64)
+            }
+        };
+        let rows_repaired = rows_repaired.map_or(0, |(n, _)| n);
+        Ok((rows_in, rows_selected, rows_repaired, batches, ipc_len))
     }
 }
 

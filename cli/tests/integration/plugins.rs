@@ -823,3 +823,65 @@ fn a_trapping_plugin_fails_the_query_with_its_name() {
         assert_error(&out, &["plugin boom", "unreachable"]);
     }
 }
+
+/// `--audit-rate 1`: every task of TPC-H Q1 and Q6 over Parquet and CSV, and of a query
+/// whose pipeline calls a user aggregate, runs again with the native pipeline, and no
+/// result differs; `--audit-rate 0.5` audits half of the tasks.
+#[test]
+fn audits_of_q1_q6_and_a_plugin_aggregate_find_no_difference() {
+    let reg = registry(&[&example("avg_length")]);
+    let q1 = "SELECT l_returnflag, l_linestatus, sum(l_quantity), sum(l_extendedprice), \
+              sum(l_extendedprice * (1 - l_discount)), avg(l_quantity), avg(l_discount), count(*) \
+              FROM lineitem WHERE l_shipdate <= DATE '1998-09-02' GROUP BY 1, 2 ORDER BY 1, 2";
+    let q6 = "SELECT sum(l_extendedprice * l_discount) FROM lineitem \
+              WHERE l_shipdate >= DATE '1994-01-01' AND l_shipdate < DATE '1995-01-01' \
+              AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24";
+    let plugin = "SELECT l_returnflag, avg_length(l_comment) FROM lineitem \
+                  WHERE l_quantity < 10 GROUP BY 1 ORDER BY 1";
+    let counts = |report: &str| -> (u64, u64, u64) {
+        let number = |after: &str| -> u64 {
+            let tail = report
+                .split(after)
+                .nth(1)
+                .unwrap_or_else(|| panic!("{after:?} in {report}"));
+            tail.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (
+            number("table lineitem: tasks "),
+            number("compared): "),
+            number("results that differed: "),
+        )
+    };
+    for format in ["parquet", "csv"] {
+        let data = lineitem().join(format);
+        for sql in [q1, q6, plugin] {
+            let out = run_query(
+                data.to_str().unwrap(),
+                reg.path().to_str().unwrap(),
+                &["--audit-rate", "1", "--explain", sql],
+            );
+            let report = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{report}");
+            let (scanned, audited, differed) = counts(&report);
+            assert!(scanned >= 2, "{format}: {report}");
+            assert_eq!(
+                (audited, differed),
+                (scanned, 0),
+                "{format} {sql}: {report}"
+            );
+        }
+    }
+    let data = lineitem().join("csv");
+    let out = run_query(
+        data.to_str().unwrap(),
+        reg.path().to_str().unwrap(),
+        &["--audit-rate", "0.5", "--explain", q6],
+    );
+    let report = String::from_utf8_lossy(&out.stderr).to_string();
+    let (scanned, audited, differed) = counts(&report);
+    assert_eq!((audited, differed), (scanned / 2, 0), "{report}");
+}

@@ -127,6 +127,11 @@ struct HostState {
 /// Operations of the `pushdown.call_plugin` host import, by code.
 const HOST_OPS: [&str; 4] = [EXPORT_SCALAR, EXPORT_UPDATE, EXPORT_MERGE, EXPORT_FINALIZE];
 
+/// The user-plugin export of `pushdown.call_plugin` operation `op` (ABI.md).
+pub(crate) fn host_op_export(op: u32) -> Option<&'static str> {
+    HOST_OPS.get(op as usize).copied()
+}
+
 /// Adds the host functions the built-in pipeline imports from module `pushdown`:
 /// `call_plugin(name_ptr, name_len, op, in_ptr, in_len) -> i64` runs export `HOST_OPS[op]`
 /// of the named user plugin over the input bytes and returns the result's length (or, for
