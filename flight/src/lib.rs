@@ -184,9 +184,17 @@ async fn serve<S: FlightService>(
             .tls_config(config)
             .map_err(|e| Error::Transport(format!("TLS: {e}")))?;
     }
+    // Small messages (task requests, partial aggregates of a few rows) leave at once:
+    // with Nagle's algorithm on, each waited for the peer's delayed ACK (up to 40 ms).
+    let incoming = futures::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
     builder
         .add_service(service)
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
         .map_err(|e| Error::Transport(e.to_string()))
 }
