@@ -607,6 +607,21 @@ fn plugin_new_to_a_query_for_every_kind() {
                 "cargo test: {}",
                 String::from_utf8_lossy(&test.stderr)
             );
+        } else {
+            assert!(dir.join("pushdown_plugin.h").is_file() && dir.join("ABI.md").is_file());
+        }
+        let built = run(&["plugin", "build", name]);
+        let report = String::from_utf8_lossy(&built.stderr).to_string();
+        assert!(
+            built.status.success()
+                && report.contains(&format!("built {kind} plugin {name}"))
+                && report.contains("pushdown_signature")
+                && report.contains("WASI preview 1 function(s)"),
+            "{report}"
+        );
+        let wasm = String::from_utf8(built.stdout).unwrap();
+        ok(run(&["plugin", "register", wasm.trim(), "--registry", r]));
+        if lang == "rust" {
             // Every crate it builds from is the binary's SDK or a registry crate.
             let metadata = Command::new(&cargo)
                 .args(["metadata", "--format-version", "1", "--offline"])
@@ -630,20 +645,7 @@ fn plugin_new_to_a_query_for_every_kind() {
                     .as_str()
                     .unwrap()
                     .starts_with(cache.to_str().unwrap())));
-        } else {
-            assert!(dir.join("pushdown_plugin.h").is_file() && dir.join("ABI.md").is_file());
         }
-        let built = run(&["plugin", "build", name]);
-        let report = String::from_utf8_lossy(&built.stderr).to_string();
-        assert!(
-            built.status.success()
-                && report.contains(&format!("built {kind} plugin {name}"))
-                && report.contains("pushdown_signature")
-                && report.contains("WASI preview 1 function(s)"),
-            "{report}"
-        );
-        let wasm = String::from_utf8(built.stdout).unwrap();
-        ok(run(&["plugin", "register", wasm.trim(), "--registry", r]));
     }
     // C skeletons are scalar and aggregate plugins; a parser is refused, saying so.
     let parser = run(&["plugin", "new", "kv_c", "--kind", "parser", "--lang", "c"]);
