@@ -18,7 +18,6 @@
 //! kept, so one large scan cannot flush the cache of small partial aggregates.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -44,17 +43,7 @@ pub fn key(
     h.update(b"pushdown result cache v1\0");
     h.update(path.as_os_str().as_encoded_bytes());
     h.update([0]);
-    for v in [
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime() as u64,
-        m.mtime_nsec() as u64,
-        m.ctime() as u64,
-        m.ctime_nsec() as u64,
-    ] {
-        h.update(v.to_le_bytes());
-    }
+    h.update(crate::sandbox::file_stamp(&m));
     h.update(builtin_sha256.as_bytes());
     let mut plugins = plugin_sha256s.to_vec();
     plugins.sort_unstable();

@@ -130,7 +130,7 @@ fn tag(key: &[u8], name: &str, parts: &[&[u8]]) -> [u8; TAG_BYTES] {
 
 /// What changes whenever a file's content can have changed: its device, inode, size,
 /// modification time and change time (the change time cannot be set by a user).
-fn stamp(meta: &std::fs::Metadata) -> [u8; STAMP_BYTES] {
+pub(crate) fn stamp(meta: &std::fs::Metadata) -> [u8; STAMP_BYTES] {
     use std::os::unix::fs::MetadataExt;
     let mut out = [0u8; STAMP_BYTES];
     let fields = [

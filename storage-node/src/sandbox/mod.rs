@@ -6,6 +6,7 @@
 
 mod cache;
 pub use cache::cache_root;
+pub(crate) use cache::stamp as file_stamp;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
