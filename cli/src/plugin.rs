@@ -597,7 +597,7 @@ use std::sync::Arc;
 
 use pushdown_plugin::array::{cast::AsArray, types::Float64Type, ArrayRef, Float64Array};
 use pushdown_plugin::schema::DataType;
-use pushdown_plugin::{Result, ScalarFunction};
+use pushdown_plugin::{Result, ScalarFunction, SkipRequest};
 
 pub struct __TYPE__;
 
@@ -617,6 +617,17 @@ impl ScalarFunction for __TYPE__ {
         let out: Float64Array = x.unary(|v| 2.0 * v);
         Ok(Arc::new(out))
     }
+
+    /// Optional, for Parquet: skip a row group when no row can pass the predicate's test
+    /// of this call (`WHERE __NAME__(x) < 10`). `2x` is increasing, so over the row group it
+    /// is at least `2 min(x)`. (NaN, which statistics leave out, sorts above every number:
+    /// with no upper bound a `>` test is never skipped.) Delete it to never skip.
+    fn can_skip(row_group: &SkipRequest) -> bool {
+        match row_group.arguments[0].range_f64() {
+            Some((min, _)) => row_group.test.excludes_range(2.0 * min, f64::INFINITY),
+            None => false,
+        }
+    }
 }
 
 pushdown_plugin::export!(scalar __TYPE__);
@@ -624,7 +635,7 @@ pushdown_plugin::export!(scalar __TYPE__);
 #[cfg(test)]
 mod tests {
     use pushdown_plugin::array::Array;
-    use pushdown_plugin::testing;
+    use pushdown_plugin::{testing, ArgumentStats, ResultTest};
 
     use super::*;
 
@@ -634,6 +645,24 @@ mod tests {
         let out = testing::call_scalar::<__TYPE__>(&[x]).unwrap();
         assert_eq!(out.as_primitive::<Float64Type>().value(0), 3.0);
         assert!(out.is_null(1));
+    }
+
+    #[test]
+    fn skips_a_row_group_only_when_no_row_can_pass() {
+        let ask = |min: f64, max: f64, below: f64| {
+            testing::can_skip::<__TYPE__>(&SkipRequest {
+                rows: 10,
+                arguments: vec![ArgumentStats {
+                    min: Some(min.into()),
+                    max: Some(max.into()),
+                    ..Default::default()
+                }],
+                test: ResultTest::Lt { value: below.into() },
+            })
+            .unwrap()
+        };
+        assert!(ask(5.0, 9.0, 10.0)); // 2x >= 10: none is < 10
+        assert!(!ask(4.0, 9.0, 10.0)); // 2 * 4 = 8 < 10
     }
 }
 "#;

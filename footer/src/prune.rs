@@ -102,16 +102,7 @@ fn may_match(e: &Expr, stats: &dyn MinMax) -> bool {
         Expr::Cmp(op, l, r) => {
             let (column, literal, op) = match (l.as_ref(), r.as_ref()) {
                 (Expr::Column(c), lit) => (c, lit, *op),
-                (lit, Expr::Column(c)) => {
-                    let flipped = match op {
-                        CmpOp::Lt => CmpOp::Gt,
-                        CmpOp::LtEq => CmpOp::GtEq,
-                        CmpOp::Gt => CmpOp::Lt,
-                        CmpOp::GtEq => CmpOp::LtEq,
-                        other => *other,
-                    };
-                    (c, lit, flipped)
-                }
+                (lit, Expr::Column(c)) => (c, lit, flip(*op)),
                 _ => return true,
             };
             let (Some(v), Some((min, max))) = (literal_of(literal), stats.min_max(column)) else {
@@ -451,4 +442,249 @@ pub fn prune_row_group<R: ChunkReader, E>(
         None => Verdict::AllRows,
     };
     Ok((verdict, index_bytes))
+}
+
+/// One predicate conjunct that calls a scalar plugin in a shape its `pushdown_can_skip`
+/// can decide, with what the row group's statistics say about the call's arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSkipCheck {
+    /// The plugin called.
+    pub plugin: pushdown_protocol::PluginRef,
+    /// What its `pushdown_can_skip` is asked.
+    pub request: pushdown_protocol::plugin::SkipRequest,
+}
+
+/// The conjuncts of `predicate` that plugin-aware pruning can ask about, each with the
+/// request for row group `row_group`: `call(...)` returning Boolean, and `call(...) <op>
+/// constant` (either side) for `<`, `<=`, `>`, `>=`, `=`.
+///
+/// Arguments that are a column (or a column cast to another numeric type) get the column
+/// chunk's min, max, null count and distinct count from the footer; constants their
+/// value; anything else nothing. Statistics are untrusted: a panic reading them leaves
+/// that argument unknown. (`pushdown-plugins/ABI.md`, plugin-aware pruning.)
+pub fn plugin_skip_checks(
+    predicate: &Expr,
+    metadata: &ParquetMetaData,
+    schema: &Schema,
+    row_group: usize,
+) -> Vec<PluginSkipCheck> {
+    use pushdown_protocol::plugin::ResultTest;
+    let Some(rg) = metadata.row_groups().get(row_group) else {
+        return Vec::new();
+    };
+    let rows = u64::try_from(rg.num_rows()).unwrap_or(0);
+    let stats = RowGroupStats {
+        metadata,
+        schema,
+        row_group,
+    };
+    let mut checks = Vec::new();
+    for conjunct in conjuncts(predicate) {
+        let (call, test) = match conjunct {
+            Expr::Call {
+                return_type: DataType::Boolean,
+                ..
+            } => (conjunct, ResultTest::IsTrue),
+            Expr::Cmp(op, l, r) => {
+                let (side, constant, op) = match (l.as_ref(), r.as_ref()) {
+                    (side, constant @ Expr::Literal(_)) => (side, constant, *op),
+                    (constant @ Expr::Literal(_), side) => (side, constant, flip(*op)),
+                    _ => continue,
+                };
+                let Some(constant) = literal_of(constant) else {
+                    continue;
+                };
+                let (call, op, value) = match side {
+                    call @ Expr::Call { .. } => match json_value(&constant) {
+                        Some(value) => (call, op, value),
+                        None => continue,
+                    },
+                    // SQL compares a float result with a decimal constant as
+                    // `CAST(call AS Decimal128(p, s)) <= 800.5`.
+                    Expr::Cast(call, to) => match cast_comparison(call, to, op, &constant) {
+                        Some((op, value)) => (call.as_ref(), op, value),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                let test = match op {
+                    CmpOp::Lt => ResultTest::Lt { value },
+                    CmpOp::LtEq => ResultTest::LtEq { value },
+                    CmpOp::Gt => ResultTest::Gt { value },
+                    CmpOp::GtEq => ResultTest::GtEq { value },
+                    CmpOp::Eq => ResultTest::Eq { value },
+                    CmpOp::NotEq => continue,
+                };
+                (call, test)
+            }
+            _ => continue,
+        };
+        let Expr::Call { plugin, args, .. } = call else {
+            continue;
+        };
+        let arguments = args
+            .iter()
+            .map(|a| {
+                crate::catch_quietly(std::panic::AssertUnwindSafe(|| {
+                    argument_stats(a, &stats, metadata, schema, row_group)
+                }))
+                .unwrap_or_default()
+            })
+            .collect();
+        checks.push(PluginSkipCheck {
+            plugin: plugin.clone(),
+            request: pushdown_protocol::plugin::SkipRequest {
+                rows,
+                arguments,
+                test,
+            },
+        });
+    }
+    checks
+}
+
+/// `CAST(call AS to) <op> constant` as a test of the call's own numeric result: the
+/// constant as a float, moved outwards by the cast's rounding step (`10^-s` for a decimal
+/// of scale `s`, 1 for an integer) and a few float ulps, since a cast (rounding or
+/// truncating) never reorders values but can make unequal results equal. `None` for `=`
+/// and for casts or results that are not numeric.
+fn cast_comparison(
+    call: &Expr,
+    to: &DataType,
+    op: CmpOp,
+    constant: &ArrayRef,
+) -> Option<(CmpOp, serde_json::Value)> {
+    use arrow_array::types::Float64Type;
+    let Expr::Call { return_type, .. } = call else {
+        return None;
+    };
+    if !return_type.is_numeric() || !to.is_numeric() {
+        return None;
+    }
+    let v = arrow_cast::cast(constant, &DataType::Float64).ok()?;
+    let v = v.as_primitive::<Float64Type>().value(0);
+    let step = match to {
+        DataType::Decimal32(_, s)
+        | DataType::Decimal64(_, s)
+        | DataType::Decimal128(_, s)
+        | DataType::Decimal256(_, s) => 10f64.powi(-i32::from(*s)),
+        t if t.is_integer() => 1.0,
+        _ => 0.0,
+    };
+    let margin = step
+        .max(v.abs() * f64::EPSILON * 16.0)
+        .max(f64::MIN_POSITIVE);
+    let (op, bound) = match op {
+        CmpOp::Lt | CmpOp::LtEq => (CmpOp::LtEq, v + margin),
+        CmpOp::Gt | CmpOp::GtEq => (CmpOp::GtEq, v - margin),
+        CmpOp::Eq | CmpOp::NotEq => return None,
+    };
+    bound
+        .is_finite()
+        .then(|| (op, serde_json::Value::from(bound)))
+}
+
+fn flip(op: CmpOp) -> CmpOp {
+    match op {
+        CmpOp::Lt => CmpOp::Gt,
+        CmpOp::LtEq => CmpOp::GtEq,
+        CmpOp::Gt => CmpOp::Lt,
+        CmpOp::GtEq => CmpOp::LtEq,
+        other => other,
+    }
+}
+
+fn argument_stats(
+    arg: &Expr,
+    stats: &RowGroupStats<'_>,
+    metadata: &ParquetMetaData,
+    schema: &Schema,
+    row_group: usize,
+) -> pushdown_protocol::plugin::ArgumentStats {
+    use pushdown_protocol::plugin::ArgumentStats;
+    let (column, cast_to) = match arg {
+        Expr::Literal(l) => {
+            return ArgumentStats {
+                constant: Some(
+                    literal_array(l)
+                        .ok()
+                        .and_then(|a| json_value(&a))
+                        .unwrap_or(serde_json::Value::Null),
+                ),
+                ..Default::default()
+            }
+        }
+        Expr::Column(c) => (c, None),
+        Expr::Cast(inner, to) => match inner.as_ref() {
+            Expr::Column(c) if to.is_numeric() => (c, Some(to)),
+            _ => return ArgumentStats::default(),
+        },
+        _ => return ArgumentStats::default(),
+    };
+    let mut out = ArgumentStats {
+        column: Some(column.clone()),
+        ..Default::default()
+    };
+    let Ok(converter) =
+        StatisticsConverter::try_new(column, schema, metadata.file_metadata().schema_descr())
+    else {
+        return out;
+    };
+    // A cast keeps min and max only between numeric types (monotonic conversions).
+    let order_kept = cast_to.is_none() || converter.arrow_field().data_type().is_numeric();
+    if order_kept {
+        if let Some((min, max)) = stats.min_max(column) {
+            let cast = |a: ArrayRef| match cast_to {
+                Some(t) => arrow_cast::cast(&a, t).ok(),
+                None => Some(a),
+            };
+            out.min = cast(min).and_then(|a| json_value(&a));
+            out.max = cast(max).and_then(|a| json_value(&a));
+        }
+    }
+    let rg = [metadata.row_group(row_group)];
+    out.null_count = converter
+        .row_group_null_counts(rg.iter().copied())
+        .ok()
+        .filter(|c| c.is_valid(0))
+        .map(|c| c.value(0));
+    out.distinct_count = converter.parquet_column_index().and_then(|leaf| {
+        metadata
+            .row_group(row_group)
+            .column(leaf)
+            .statistics()
+            .and_then(|s| s.distinct_count_opt())
+    });
+    out
+}
+
+/// The JSON of the first value of `a` as [`pushdown_protocol::plugin::SkipRequest`]
+/// writes it: numbers for integers and finite floats, booleans, else Arrow's display
+/// string. `None` for NULL or a non-finite float.
+fn json_value(a: &ArrayRef) -> Option<serde_json::Value> {
+    use arrow_array::types::{Float64Type, UInt64Type};
+    use serde_json::Value;
+    if a.is_empty() || !a.is_valid(0) {
+        return None;
+    }
+    let t = a.data_type();
+    if t.is_signed_integer() {
+        let v = arrow_cast::cast(a, &DataType::Int64).ok()?;
+        return Some(Value::from(v.as_primitive::<Int64Type>().value(0)));
+    }
+    if t.is_unsigned_integer() {
+        let v = arrow_cast::cast(a, &DataType::UInt64).ok()?;
+        return Some(Value::from(v.as_primitive::<UInt64Type>().value(0)));
+    }
+    if t.is_floating() {
+        let v = arrow_cast::cast(a, &DataType::Float64).ok()?;
+        let v = v.as_primitive::<Float64Type>().value(0);
+        return v.is_finite().then(|| Value::from(v));
+    }
+    if t == &DataType::Boolean {
+        return Some(Value::from(a.as_boolean().value(0)));
+    }
+    let formatter =
+        arrow_cast::display::ArrayFormatter::try_new(a.as_ref(), &Default::default()).ok()?;
+    Some(Value::from(formatter.value(0).to_string()))
 }

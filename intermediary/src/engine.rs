@@ -639,6 +639,13 @@ impl Query {
                 get(&m.rows_selected),
                 get(&m.rows_out),
             );
+            let by_plugins = get(&m.tasks_pruned_by_plugins);
+            if by_plugins > 0 {
+                let _ = writeln!(
+                    out,
+                    "  row groups skipped by plugins (their can_skip ruled out every row from the statistics): {by_plugins}"
+                );
+            }
             let audited = get(&m.tasks_audited);
             if audited > 0 {
                 let _ = writeln!(

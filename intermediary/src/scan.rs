@@ -46,6 +46,8 @@ pub struct ScanMetrics {
     pub tasks_done: AtomicU64,
     /// Tasks skipped by row-group statistics, Bloom filters or the page index.
     pub tasks_pruned: AtomicU64,
+    /// Of those, tasks a plugin's `pushdown_can_skip` ruled out (plugin-aware pruning).
+    pub tasks_pruned_by_plugins: AtomicU64,
     /// Data pages skipped by page-index pruning in the tasks that ran.
     pub pages_skipped: AtomicU64,
     /// Bytes read from storage.
@@ -73,6 +75,8 @@ impl ScanMetrics {
         self.tasks_done.fetch_add(1, Ordering::Relaxed);
         self.tasks_pruned
             .fetch_add(u64::from(m.pruned), Ordering::Relaxed);
+        self.tasks_pruned_by_plugins
+            .fetch_add(u64::from(m.pruned_by_plugin), Ordering::Relaxed);
         self.bytes_read.fetch_add(m.bytes_read, Ordering::Relaxed);
         self.bytes_returned
             .fetch_add(m.bytes_returned, Ordering::Relaxed);

@@ -101,6 +101,144 @@ pub const EXPORT_FINALIZE: &str = "pushdown_aggregate_finalize";
 /// Parser: `(ptr: i32, len: i32, first_line: i64) -> i64`, chunk bytes in, record batches out.
 pub const EXPORT_PARSE: &str = "pushdown_parse";
 
+/// Scalar, optional (ABI 1): `(ptr: i32, len: i32) -> i64`, a [`SkipRequest`] as JSON in,
+/// one byte out: `1` when no row of the row group can satisfy the request's test, `0`
+/// when some may. A module without it is never asked, and its row groups are never skipped.
+pub const EXPORT_CAN_SKIP: &str = "pushdown_can_skip";
+
+/// What a storage node tells a scalar plugin's `pushdown_can_skip` about one Parquet row
+/// group, to learn whether the predicate conjunct that calls the plugin can be true for
+/// any of its rows (plugin-aware pruning; `pushdown-plugins/ABI.md`).
+///
+/// JSON, e.g. for `WHERE haversine_km(lat, lon, 48.85, 2.35) < 10`:
+///
+/// ```json
+/// {"rows": 10000,
+///  "arguments": [{"column": "lat", "min": 41.2, "max": 51.0, "null_count": 0},
+///                {"column": "lon", "min": -4.8, "max": 8.2, "null_count": 0},
+///                {"constant": 48.85}, {"constant": 2.35}],
+///  "test": {"op": "<", "value": 10.0}}
+/// ```
+///
+/// Values are JSON numbers for integer and finite float types, `true`/`false` for
+/// Boolean, and otherwise the string Arrow displays (decimals `"12.50"`, dates
+/// `"1998-09-02"`, strings as they are). What the statistics do not say is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkipRequest {
+    /// Rows in the row group.
+    pub rows: u64,
+    /// What is known of each argument of the call, in order.
+    pub arguments: Vec<ArgumentStats>,
+    /// What the call's result must satisfy for a row to be kept.
+    pub test: ResultTest,
+}
+
+/// What the statistics say about one argument over the rows of a row group. Every field is
+/// optional: an argument that is an expression over columns has none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArgumentStats {
+    /// The column the argument reads, when it is one (possibly cast to the argument type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// The argument's value for every row, when it is a constant (`null` for SQL NULL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant: Option<serde_json::Value>,
+    /// The smallest non-null value of the column in the row group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<serde_json::Value>,
+    /// The largest non-null value of the column in the row group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<serde_json::Value>,
+    /// NULLs in the column chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_count: Option<u64>,
+    /// Distinct values in the column chunk, when the writer recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct_count: Option<u64>,
+}
+
+impl ArgumentStats {
+    /// The constant as a float, when the argument is a numeric constant.
+    pub fn constant_f64(&self) -> Option<f64> {
+        self.constant.as_ref()?.as_f64()
+    }
+
+    /// `(min, max)` as floats, when the statistics give both as numbers.
+    pub fn range_f64(&self) -> Option<(f64, f64)> {
+        let (min, max) = (self.min.as_ref()?.as_f64()?, self.max.as_ref()?.as_f64()?);
+        (min <= max).then_some((min, max))
+    }
+}
+
+/// The condition on a call's result under which a row is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op")]
+pub enum ResultTest {
+    /// The call is itself the conjunct: a Boolean function whose rows are kept when true.
+    #[serde(rename = "is_true")]
+    IsTrue,
+    /// `call(...) < value`.
+    #[serde(rename = "<")]
+    Lt {
+        /// The constant compared with.
+        value: serde_json::Value,
+    },
+    /// `call(...) <= value`.
+    #[serde(rename = "<=")]
+    LtEq {
+        /// The constant compared with.
+        value: serde_json::Value,
+    },
+    /// `call(...) > value`.
+    #[serde(rename = ">")]
+    Gt {
+        /// The constant compared with.
+        value: serde_json::Value,
+    },
+    /// `call(...) >= value`.
+    #[serde(rename = ">=")]
+    GtEq {
+        /// The constant compared with.
+        value: serde_json::Value,
+    },
+    /// `call(...) = value`.
+    #[serde(rename = "=")]
+    Eq {
+        /// The constant compared with.
+        value: serde_json::Value,
+    },
+}
+
+impl ResultTest {
+    /// True when no result in `[lo, hi]` passes the test (a numeric comparison); false
+    /// for `is_true`, a non-numeric constant, or a NaN bound. `lo`/`hi` must bound every
+    /// non-null result the call can give on the row group (NULL never passes a test).
+    pub fn excludes_range(&self, lo: f64, hi: f64) -> bool {
+        if lo.is_nan() || hi.is_nan() {
+            return false;
+        }
+        let value = match self {
+            ResultTest::IsTrue => return false,
+            ResultTest::Lt { value }
+            | ResultTest::LtEq { value }
+            | ResultTest::Gt { value }
+            | ResultTest::GtEq { value }
+            | ResultTest::Eq { value } => value.as_f64(),
+        };
+        let Some(v) = value.filter(|v| !v.is_nan()) else {
+            return false;
+        };
+        match self {
+            ResultTest::IsTrue => false,
+            ResultTest::Lt { .. } => lo >= v,
+            ResultTest::LtEq { .. } => lo > v,
+            ResultTest::Gt { .. } => hi <= v,
+            ResultTest::GtEq { .. } => hi < v,
+            ResultTest::Eq { .. } => v < lo || v > hi,
+        }
+    }
+}
+
 /// Schema metadata key of an update or merge input: the number of groups (decimal).
 pub const NUM_GROUPS_KEY: &str = "pushdown.num_groups";
 

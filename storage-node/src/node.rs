@@ -11,7 +11,7 @@ use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use pushdown_protocol::plugin::EXPORT_PARSE;
+use pushdown_protocol::plugin::{EXPORT_CAN_SKIP, EXPORT_PARSE};
 use pushdown_protocol::{
     encode_request, ByteRange, FileFormat, GuestRequest, PluginKind, PluginRef, StageRun, Task,
     TaskUnit, PROTOCOL_VERSION,
@@ -25,7 +25,7 @@ use crate::registry::Registry;
 use crate::result_cache::{self, CacheStats, ResultCache};
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
 use pushdown_footer::plan::page_segments;
-use pushdown_footer::prune::{prune_row_group, Verdict};
+use pushdown_footer::prune::{plugin_skip_checks, prune_row_group, Verdict};
 use pushdown_footer::row_group_footer;
 
 /// The built-in pipeline module, built for `wasm32-wasip1` by `build.rs`.
@@ -116,6 +116,9 @@ pub struct TaskMetrics {
     /// True when that audit found the native result different (see the node's log).
     #[serde(default)]
     pub audit_mismatch: bool,
+    /// True when `pruned` and the pruning was a plugin's `pushdown_can_skip`.
+    #[serde(default)]
+    pub pruned_by_plugin: bool,
 }
 
 /// The result of one task.
@@ -439,6 +442,10 @@ impl StorageNode {
                         Verdict::Rows(s) => selection = Some(s),
                         Verdict::AllRows => {}
                     }
+                    if self.plugin_can_skip(task, p, metadata, &file.schema, *rg)? {
+                        pruning.by_plugin = true;
+                        return Ok(Planned::Pruned(pruning));
+                    }
                 }
                 // The guest decodes the footer of every task: hand it one row group's.
                 let task_footer = row_group_footer(metadata, *rg);
@@ -513,6 +520,58 @@ impl StorageNode {
         }))
     }
 
+    /// Plugin-aware pruning: true when a scalar plugin that a conjunct of `predicate` calls
+    /// exports `pushdown_can_skip` and it answers that no row of row group `rg` can pass
+    /// (see [`plugin_skip_checks`]). A plugin that fails or traps there keeps the row group
+    /// (its error is logged): the call itself still runs on every row.
+    ///
+    /// # Errors
+    /// A plugin of the task this node cannot load.
+    fn plugin_can_skip(
+        &self,
+        task: &Task,
+        predicate: &pushdown_protocol::Expr,
+        metadata: &parquet::file::metadata::ParquetMetaData,
+        schema: &arrow_schema::Schema,
+        rg: usize,
+    ) -> Result<bool> {
+        let mut called = std::collections::BTreeSet::new();
+        predicate.collect_plugins(&mut called);
+        if called.is_empty() {
+            return Ok(false);
+        }
+        for check in plugin_skip_checks(predicate, metadata, schema, rg) {
+            let module = self.plugin(&check.plugin)?;
+            if !module.has_export(EXPORT_CAN_SKIP) {
+                continue;
+            }
+            let request = serde_json::to_vec(&check.request)
+                .map_err(|e| Error::Internal(format!("can_skip request: {e}")))?;
+            match module.invoke(EXPORT_CAN_SKIP, &request, None) {
+                Ok(out) if out.payload == [1] => {
+                    log::debug!(
+                        "{}: plugin {} skipped the row group (can_skip)",
+                        task_context(task),
+                        check.plugin.name
+                    );
+                    return Ok(true);
+                }
+                Ok(out) if out.payload == [0] => {}
+                Ok(out) => log::warn!(
+                    "{}: plugin {}: can_skip returned {} bytes, not one byte 0 or 1; the row group is kept",
+                    task_context(task),
+                    check.plugin.name,
+                    out.payload.len()
+                ),
+                Err(e) => log::warn!(
+                    "{}: can_skip failed, the row group is kept: {e}",
+                    task_context(task)
+                ),
+            }
+        }
+        Ok(false)
+    }
+
     /// The encoded request and the input bytes the sandbox would get for `task` (with
     /// `stage`, a stage run instead of the task), or `None` when the row group is pruned.
     /// For benchmarks that run the same pipeline natively.
@@ -580,6 +639,7 @@ impl StorageNode {
             Planned::Pruned(pruning) => {
                 let metrics = TaskMetrics {
                     pruned: true,
+                    pruned_by_plugin: pruning.by_plugin,
                     bytes_read: pruning.index_bytes,
                     ..Default::default()
                 };
@@ -717,6 +777,7 @@ impl StorageNode {
             cached: false,
             audited,
             audit_mismatch,
+            pruned_by_plugin: false,
         };
         if let Some((cache, key)) = cache_key {
             cache.insert(key, &batches, metrics);
@@ -791,6 +852,8 @@ enum Planned {
 /// What pruning cost and saved.
 #[derive(Debug, Default, Clone, Copy)]
 struct Pruning {
+    /// True when a plugin's `pushdown_can_skip` ruled the row group out.
+    by_plugin: bool,
     /// Bytes of Bloom filters read.
     index_bytes: u64,
     /// Data pages of the projected column chunks not read.

@@ -174,6 +174,88 @@ fn haversine_km_filters_on_the_storage_node_like_duckdb() {
     );
 }
 
+/// The haversine formula in DuckDB's SQL, distance in km from `(lat, lon)` to the point.
+fn duckdb_haversine(lat: f64, lon: f64) -> String {
+    format!(
+        "(2 * 6371.0088 * asin(sqrt(pow(sin(radians(lat - {lat}) / 2), 2) \
+         + cos(radians({lat})) * cos(radians(lat)) * pow(sin(radians(lon - {lon}) / 2), 2))))"
+    )
+}
+
+#[test]
+fn haversine_can_skip_prunes_far_row_groups_and_answers_like_a_full_scan() {
+    let reg = registry(&[&example("haversine_km")]);
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("points.parquet");
+    // 200 000 points spread over the globe (some with NULL coordinates), written in 10°
+    // latitude bands ordered by longitude, about 6 000 rows per row group (DuckDB rounds
+    // up to its vector size): 33 row groups, each a compact latitude/longitude box.
+    duckdb(&format!(
+        "COPY (SELECT i AS id, \
+                      CASE WHEN i % 997 = 0 THEN NULL ELSE ((i * 7919) % 180000) / 1000.0 - 90 END AS lat, \
+                      ((i * 104729) % 360000) / 1000.0 - 180 AS lon \
+               FROM range(200000) t(i) \
+               ORDER BY floor(lat / 10) NULLS LAST, lon) \
+         TO '{}' (FORMAT parquet, ROW_GROUP_SIZE 5000)",
+        file.display()
+    ));
+    let registry = reg.path().to_str().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let skipped = |explain: &str| -> u64 {
+        explain
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("row groups skipped by plugins (their can_skip ruled out every row from the statistics): "))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let run = |sql: &str| -> (String, u64) {
+        let out = run_query(dir, registry, &["--output", "csv", "--explain", sql]);
+        let stdout = ok(out.clone());
+        (stdout, skipped(&String::from_utf8_lossy(&out.stderr)))
+    };
+    let (paris_lat, paris_lon) = (48.85, 2.35);
+    for (test, flipped, oracle_test) in [
+        ("< 1500", "1500 >", "< 1500"),
+        ("<= 800.5", "800.5 >=", "<= 800.5"),
+    ] {
+        let call = format!("haversine_km(lat, lon, {paris_lat}, {paris_lon})");
+        let select = format!(
+            "SELECT count(*) AS n, round(sum({call}), 3) AS km, min(id) AS first FROM points"
+        );
+        let (pruned, skipped_pruned) = run(&format!("{select} WHERE {call} {test}"));
+        let (flip, skipped_flip) = run(&format!("{select} WHERE {flipped} {call}"));
+        // `+ 0` hides the call from plugin-aware pruning: the full scan.
+        let (full, skipped_full) = run(&format!("{select} WHERE {call} + 0 {test}"));
+        assert!(
+            skipped_pruned >= 20,
+            "{test}: only {skipped_pruned} of 33 row groups skipped"
+        );
+        assert_eq!(skipped_flip, skipped_pruned, "{flipped}");
+        assert_eq!(skipped_full, 0);
+        assert_eq!(pruned, full, "{test}: pruned scan and full scan differ");
+        assert_eq!(flip, full, "{flipped}");
+        // And DuckDB over the same file agrees.
+        let theirs = duckdb(&format!(
+            "SELECT count(*), round(sum({d}), 3), min(id) FROM '{}' WHERE {d} {oracle_test}",
+            file.display(),
+            d = duckdb_haversine(paris_lat, paris_lon)
+        ));
+        let ours: Vec<&str> = full.lines().nth(1).unwrap().split(',').collect();
+        assert_eq!(ours[0], text(&theirs[0][0]), "{test}: count");
+        assert!(ours[0].parse::<u64>().unwrap() > 100, "{full}");
+        let (a, b): (f64, f64) = (ours[1].parse().unwrap(), theirs[0][1].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-9 * b.abs() + 0.01, "{test}: {a} vs {b}");
+        assert_eq!(ours[2], text(&theirs[0][2]), "{test}: first id");
+    }
+    // A `>` test is never skipped by this plugin (it bounds distances from below only),
+    // and a query without the plugin in WHERE asks nothing.
+    let (_, skipped_far) = run(&format!(
+        "SELECT count(*) FROM points WHERE haversine_km(lat, lon, {paris_lat}, {paris_lon}) > 100"
+    ));
+    assert_eq!(skipped_far, 0);
+    let (_, skipped_none) = run("SELECT count(*) FROM points WHERE lat > 80");
+    assert_eq!(skipped_none, 0);
+}
+
 /// TPC-H lineitem at scale factor 0.1, Parquet and CSV, generated once.
 pub(crate) fn lineitem() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();

@@ -112,6 +112,13 @@ pub fn scalar<T: ScalarFunction>(input: &[u8]) -> Result<Vec<u8>, String> {
     one_column_ipc("result", out)
 }
 
+/// `pushdown_can_skip`: a [`crate::SkipRequest`] as JSON in, one byte out (`1`: skip).
+pub fn can_skip<T: ScalarFunction>(input: &[u8]) -> Result<Vec<u8>, String> {
+    let request: crate::SkipRequest = serde_json::from_slice(input)
+        .map_err(|e| format!("{}: malformed can_skip request: {e}", T::NAME))?;
+    Ok(vec![u8::from(T::can_skip(&request))])
+}
+
 fn groups_of(batch: &RecordBatch) -> Result<(usize, &UInt32Array), String> {
     let num_groups: usize = batch
         .schema_ref()

@@ -11,6 +11,7 @@ use std::fmt;
 pub use arrow_array as array;
 pub use arrow_buffer as buffer;
 pub use arrow_schema as schema;
+pub use pushdown_protocol::plugin::{ArgumentStats, ResultTest, SkipRequest};
 pub use state::{State, Value};
 
 use arrow_array::{ArrayRef, RecordBatch};
@@ -83,6 +84,21 @@ pub trait ScalarFunction {
     /// # Errors
     /// Any [`Error`]; the query fails with its message.
     fn evaluate(args: &[ArrayRef]) -> Result<ArrayRef>;
+
+    /// Plugin-aware pruning: true when no row of a Parquet row group can pass
+    /// `row_group.test` (e.g. `haversine_km(lat, lon, 48.85, 2.35) < 10`), judged from the
+    /// row group's column statistics and the call's constant arguments alone. The storage
+    /// node then skips the row group without reading it.
+    ///
+    /// Answer `true` only when sure: a wrong `true` drops rows from the answers of the
+    /// queries that call this function (and no others). NULL never passes a test; a NaN
+    /// result is greater than every number (Arrow's total order), so `>` tests must
+    /// account for it. The default never skips. (`pushdown-plugins/ABI.md`, export
+    /// `pushdown_can_skip`.)
+    fn can_skip(row_group: &SkipRequest) -> bool {
+        let _ = row_group;
+        false
+    }
 }
 
 /// A user-defined aggregate, following the model of CQL's user-defined aggregates (state
@@ -155,6 +171,12 @@ macro_rules! export {
             // SAFETY: the host passes a buffer it got from `pushdown_alloc`, written in full.
             unsafe { $crate::__private::call(ptr, len, $crate::__private::scalar::<$t>) }
         }
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn pushdown_can_skip(ptr: u32, len: u32) -> u64 {
+            // SAFETY: as for every entry point, a buffer from `pushdown_alloc`.
+            unsafe { $crate::__private::call(ptr, len, $crate::__private::can_skip::<$t>) }
+        }
     };
     (aggregate $t:ty) => {
         $crate::__export_common!($crate::__private::aggregate_signature::<$t>);
@@ -225,8 +247,8 @@ macro_rules! __export_common {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::entry::{
-        aggregate_signature, finalize, merge, parse, parser_signature, scalar, scalar_signature,
-        update,
+        aggregate_signature, can_skip, finalize, merge, parse, parser_signature, scalar,
+        scalar_signature, update,
     };
 
     /// `pushdown_alloc`: `len` writable bytes owned by the guest.

@@ -44,6 +44,15 @@ pub fn call_scalar<T: ScalarFunction>(args: &[ArrayRef]) -> Result<ArrayRef> {
     first_column(&entry::scalar::<T>(&input)?)
 }
 
+/// Asks a scalar function's `can_skip` about a row group through the JSON the host sends.
+///
+/// # Errors
+/// When the request does not round-trip through JSON.
+pub fn can_skip<T: ScalarFunction>(request: &crate::SkipRequest) -> Result<bool> {
+    let json = serde_json::to_vec(request).map_err(|e| Error::new(e.to_string()))?;
+    Ok(entry::can_skip::<T>(&json)? == [1])
+}
+
 fn groups_meta(num_groups: usize) -> HashMap<String, String> {
     HashMap::from([(NUM_GROUPS_KEY.to_string(), num_groups.to_string())])
 }
@@ -93,7 +102,7 @@ pub fn parse<T: Parser>(chunk: &[u8], first_line: u64) -> Result<Vec<RecordBatch
 /// The byte-level entry points the Wasm exports call (Arrow IPC in, Arrow IPC out, no
 /// status byte), for benchmarks that time the same code natively and in Wasm.
 pub mod raw {
-    pub use crate::entry::{finalize, merge, parse, scalar, update};
+    pub use crate::entry::{can_skip, finalize, merge, parse, scalar, update};
 }
 
 /// Encodes `columns` as the Arrow IPC input of a scalar call (or, with `num_groups`, of an

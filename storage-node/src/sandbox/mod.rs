@@ -589,6 +589,11 @@ impl PluginModule {
             .collect()
     }
 
+    /// Whether the module exports `name` (e.g. the optional `pushdown_can_skip`).
+    pub fn has_export(&self, name: &str) -> bool {
+        self.instance_pre.module().get_export(name).is_some()
+    }
+
     /// The names of the module's exports.
     pub fn exports(&self) -> Vec<String> {
         self.instance_pre
