@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use pushdown_intermediary::plugins::PluginLoader;
 use pushdown_protocol::PluginRef;
+use pushdown_storage_node::passthrough::PassthroughPolicy;
 use pushdown_storage_node::{
     NodeOptions, PluginModule, Registry, Sandbox, SandboxConfig, StorageNode,
 };
@@ -66,6 +67,27 @@ pub struct NodeServeArgs {
     /// the intermediary's run report.
     #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = pushdown_storage_node::audit::parse_rate)]
     audit_rate: f64,
+    /// Linear-memory cap of one plugin instance (the pipeline's or a user plugin's), in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    plugin_memory: u64,
+    /// Pass a task through (read its input and send it to the intermediary, which runs
+    /// the pipeline) when more than N tasks are waiting to run here [default: never].
+    #[arg(long, value_name = "N")]
+    passthrough_queue: Option<usize>,
+    /// A user plugin that traps here on this many tasks within --quarantine-window is
+    /// quarantined: its tasks are passed through. 0: never quarantine.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    quarantine_traps: usize,
+    /// The window traps are counted in, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    quarantine_window: u64,
+    /// How long a quarantine lasts after the plugin's last trap, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    quarantine_for: u64,
+    /// A task whose user plugin traps here fails, instead of being passed through to the
+    /// intermediary (which may run it under its own limits); no quarantine either.
+    #[arg(long)]
+    no_passthrough: bool,
     /// Read table TABLE (DIR/TABLE.* or folder DIR/TABLE/) with the parser plugin PARSER
     /// of this node's registry, e.g. `--format access=access_log`. Repeatable.
     #[arg(long, value_name = "TABLE=PARSER")]
@@ -260,8 +282,14 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
         audit_rate: args.audit_rate,
         sandbox: SandboxConfig {
             deadline: Duration::from_secs(args.task_deadline),
+            max_memory_bytes: (args.plugin_memory as usize) << 20,
             ..Default::default()
         },
+        passthrough: (!args.no_passthrough).then(|| PassthroughPolicy {
+            quarantine_traps: args.quarantine_traps,
+            quarantine_window: Duration::from_secs(args.quarantine_window),
+            quarantine_for: Duration::from_secs(args.quarantine_for),
+        }),
         ..Default::default()
     };
     let node = Arc::new(StorageNode::open(&args.data, options)?);
@@ -271,7 +299,9 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
     let security = args.security.security()?;
     let admin_token = read_token_file(args.admin_token_file.as_deref())?;
     let accepts_modules = admin_token.is_some();
-    let service = pushdown_flight::NodeService::new(node, max_tasks).with_admin_token(admin_token);
+    let service = pushdown_flight::NodeService::new(node, max_tasks)
+        .with_admin_token(admin_token)
+        .with_passthrough_queue(args.passthrough_queue);
     runtime()?.block_on(async move {
         let (listener, addr) = pushdown_flight::bind(&args.listen).await?;
         args.security.check_exposure(addr, &security)?;

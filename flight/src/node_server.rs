@@ -14,6 +14,14 @@
 //!   node's admin token in [`ADMIN_HEADER`], the bytes hash to `sha256` and the module is a
 //!   valid plugin. It waits for a task permit, like a task.
 //!
+//! * Passthrough ([`pushdown_storage_node::passthrough`]): a task the node does not run
+//!   (more than `--passthrough-queue` tasks waiting for a permit, or a plugin that traps
+//!   or is quarantined here) comes back with `passed_through` in its metrics and, instead
+//!   of the output schema, one `Binary` column ([`raw_batch`]): the reason, the lenient
+//!   flag, the pipeline request, then the input in chunks of at most 1 MiB. The
+//!   intermediary runs the pipeline over it. At most `2 × max_tasks` passthrough reads
+//!   are in flight; beyond that a task waits for a permit as usual.
+//!
 //! A task error (bad data, a plugin error) is `FAILED_PRECONDITION`: running it elsewhere
 //! would fail the same way. At most `max_tasks` tasks run or wait to be read at once (a
 //! task holds its permit until its last batch is sent); the others wait, so the node's
@@ -98,6 +106,75 @@ pub struct NodeService {
     checksums: Arc<Checksums>,
     /// Digest of `Bearer <admin token>`: `put_module` needs it in [`ADMIN_HEADER`].
     admin: Option<Vec<u8>>,
+    /// Tasks waiting for a permit beyond which a task is passed through; `None`: never.
+    passthrough_queue: Option<usize>,
+    /// Tasks waiting for a permit now.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Passthrough reads in flight (they hold their input until it is sent).
+    pass_permits: Arc<Semaphore>,
+}
+
+/// Counts a task as waiting for a permit while it lives.
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bytes of input per row of a [`raw_batch`].
+const RAW_CHUNK: usize = 1 << 20;
+
+/// The batch a passed-through task travels in: one `Binary` column `raw` whose rows are
+/// the reason, the lenient flag (`1`/`0`), the encoded request, then the input in chunks
+/// of at most 1 MiB.
+///
+/// # Panics
+/// Never: the schema is fixed and the column non-null.
+pub fn raw_batch(raw: &pushdown_storage_node::passthrough::RawTask) -> arrow_array::RecordBatch {
+    let mut rows: Vec<&[u8]> = vec![
+        raw.reason.as_bytes(),
+        if raw.lenient { b"1" } else { b"0" },
+        &raw.request,
+    ];
+    rows.extend(raw.input.chunks(RAW_CHUNK));
+    if raw.input.is_empty() {
+        rows.push(&[]);
+    }
+    let column = arrow_array::BinaryArray::from_iter_values(rows);
+    arrow_array::RecordBatch::try_new(raw_schema(), vec![Arc::new(column)])
+        .expect("the raw schema fits")
+}
+
+fn raw_schema() -> arrow_schema::SchemaRef {
+    Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "raw",
+        arrow_schema::DataType::Binary,
+        false,
+    )]))
+}
+
+/// The [`pushdown_storage_node::passthrough::RawTask`] of the batches of a passed-through
+/// task ([`raw_batch`]), or `None` when they are not one.
+pub fn raw_from_batches(
+    batches: &[arrow_array::RecordBatch],
+) -> Option<pushdown_storage_node::passthrough::RawTask> {
+    use arrow_array::cast::AsArray;
+    let mut rows = Vec::new();
+    for b in batches {
+        let column = b.columns().first()?.as_binary_opt::<i32>()?;
+        rows.extend(column.iter().map(|v| v.unwrap_or_default()));
+    }
+    let [reason, lenient, request, input @ ..] = rows.as_slice() else {
+        return None;
+    };
+    Some(pushdown_storage_node::passthrough::RawTask {
+        reason: String::from_utf8_lossy(reason).into_owned(),
+        lenient: *lenient == b"1",
+        request: request.to_vec(),
+        input: input.concat(),
+    })
 }
 
 /// The request header carrying the admin credential (`Bearer <admin token>`) that
@@ -112,7 +189,17 @@ impl NodeService {
             permits: Arc::new(Semaphore::new(max_tasks.max(1))),
             checksums: Arc::default(),
             admin: None,
+            passthrough_queue: None,
+            waiting: Arc::default(),
+            pass_permits: Arc::new(Semaphore::new(2 * max_tasks.max(1))),
         }
+    }
+
+    /// Passes a task through (returns its input for the intermediary to run) when more
+    /// than `queue` tasks are waiting for a permit. `None` (the default): tasks wait.
+    pub fn with_passthrough_queue(mut self, queue: Option<usize>) -> Self {
+        self.passthrough_queue = queue;
+        self
     }
 
     /// Accepts `put_module` from callers that send `admin_token` in [`ADMIN_HEADER`].
@@ -293,15 +380,41 @@ impl FlightService for NodeService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let task: Task = serde_json::from_slice(&request.get_ref().ticket)
             .map_err(|e| Status::invalid_argument(format!("malformed task ticket: {e}")))?;
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Status::unavailable("the node is shutting down"))?;
         let node = self.node.clone();
-        let schema = Arc::new(task.output_schema.clone());
-        let output = tokio::task::spawn_blocking(move || node.run_task(&task))
+        let mut schema = Arc::new(task.output_schema.clone());
+        let waiting = Waiting(self.waiting.clone());
+        let now_waiting = waiting.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let saturated = self
+            .passthrough_queue
+            .is_some_and(|q| now_waiting >= q && self.permits.available_permits() == 0);
+        let pass_permit = match saturated {
+            true => self.pass_permits.clone().try_acquire_owned().ok(),
+            false => None,
+        };
+        let (permit, run) = match pass_permit {
+            Some(permit) => {
+                let reason = format!(
+                    "the storage node was saturated (more than {} tasks waiting)",
+                    self.passthrough_queue.unwrap_or_default()
+                );
+                let run = tokio::task::spawn_blocking(move || node.pass_through(&task, &reason));
+                (permit, run)
+            }
+            None => {
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Status::unavailable("the node is shutting down"))?;
+                (
+                    permit,
+                    tokio::task::spawn_blocking(move || node.run_task(&task)),
+                )
+            }
+        };
+        drop(waiting);
+        let mut output = run
             .await
             .map_err(|e| Status::internal(format!("task panicked: {e}")))?
             .map_err(|e| match e.root() {
@@ -310,6 +423,10 @@ impl FlightService for NodeService {
                 pushdown_storage_node::Error::NotFound { .. } => Status::not_found(e.to_string()),
                 _ => Status::failed_precondition(e.to_string()),
             })?;
+        if let Some(raw) = output.passthrough.take() {
+            schema = raw_schema();
+            output.batches = vec![raw_batch(&raw)];
+        }
         let metrics = serde_json::to_vec(&output.metrics).expect("metrics serialize");
         let batches = futures::stream::iter(output.batches.into_iter().map(Ok));
         // The task permit is held until the last batch is sent (or the client goes away):

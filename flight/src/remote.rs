@@ -20,7 +20,10 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use pushdown_intermediary::StorageClient;
 use pushdown_protocol::{PluginRef, Task};
-use pushdown_storage_node::{Error, FileInfo, Result, TableInfo, TaskMetrics, TaskOutput};
+use pushdown_storage_node::passthrough::{PassthroughRunner, RawTask};
+use pushdown_storage_node::{
+    Error, FileInfo, Result, SandboxConfig, TableInfo, TaskMetrics, TaskOutput,
+};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
@@ -100,6 +103,10 @@ pub struct RemoteStorage {
     replicas: Mutex<HashMap<String, Vec<usize>>>,
     /// Each node's last successful listing, used while it is down.
     listings: Mutex<Vec<Option<Vec<TableDescription>>>>,
+    /// Runs the tasks nodes pass through, made on the first one.
+    runner: std::sync::OnceLock<std::result::Result<Arc<PassthroughRunner>, String>>,
+    /// Passed-through tasks running here at once (one per core).
+    passthrough_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for RemoteStorage {
@@ -166,7 +173,59 @@ impl RemoteStorage {
             nodes,
             options,
             replicas: Mutex::default(),
+            runner: std::sync::OnceLock::new(),
+            passthrough_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         })
+    }
+
+    /// The runner of passed-through tasks: the built-in pipeline and the registered
+    /// plugins (from the module source) in this process's own sandbox, default limits.
+    fn runner(&self) -> Result<Arc<PassthroughRunner>> {
+        self.runner
+            .get_or_init(|| {
+                let source = self.modules.clone();
+                PassthroughRunner::new(SandboxConfig::default(), move |p: &PluginRef| {
+                    match &source {
+                        Some(source) => source(p),
+                        None => Err(Error::NotFound {
+                            path: p.name.clone(),
+                            message: "this intermediary has no plugin registry to run a passed-through task with".into(),
+                        }),
+                    }
+                })
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(Error::Remote)
+    }
+
+    /// Runs a task node `url` passed through, on this process's bounded pool of sandbox
+    /// calls: the same pipeline over the input the node read.
+    async fn run_passed_through(
+        &self,
+        url: &str,
+        task: &Task,
+        raw: RawTask,
+        metrics: TaskMetrics,
+    ) -> Result<TaskOutput> {
+        log::info!(
+            "{}: storage node {url} passed the task through: {}",
+            pushdown_storage_node::task_context(task),
+            raw.reason
+        );
+        let runner = self.runner()?;
+        let _slot = self
+            .passthrough_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("the passthrough pool is closed".into()))?;
+        let task = task.clone();
+        tokio::task::spawn_blocking(move || runner.run(&task, &raw, metrics))
+            .await
+            .map_err(|e| Error::Internal(format!("a passed-through task panicked: {e}")))?
     }
 
     /// Sends registered plugins, taken from `source`, to the nodes that run them.
@@ -350,9 +409,24 @@ impl RemoteStorage {
             Err(_) => Err(Failure::Node(format!("no result within {timeout:?}"))),
             Ok(Err(e)) => Err(classify(&node.url, e)),
             Ok(Ok((_, None))) => Err(Failure::Node("the result stream had no metrics".into())),
+            Ok(Ok((batches, Some(m)))) if m.passed_through => {
+                match crate::node_server::raw_from_batches(&batches) {
+                    Some(raw) => Ok(TaskOutput {
+                        batches: Vec::new(),
+                        metrics: m,
+                        passthrough: Some(raw),
+                        passthrough_reason: None,
+                    }),
+                    None => Err(Failure::Node(
+                        "a passed-through task came without its input".into(),
+                    )),
+                }
+            }
             Ok(Ok((batches, Some(m)))) => Ok(TaskOutput {
                 batches,
                 metrics: m,
+                passthrough: None,
+                passthrough_reason: None,
             }),
         }
     }
@@ -474,8 +548,13 @@ impl RemoteStorage {
         let mut failures = Vec::new();
         for i in order {
             match self.fetch(i, task).await {
-                Ok(out) => {
+                Ok(mut out) => {
                     self.nodes[i].mark(false);
+                    if let Some(raw) = out.passthrough.take() {
+                        return self
+                            .run_passed_through(&self.nodes[i].url, task, raw, out.metrics)
+                            .await;
+                    }
                     return Ok(out);
                 }
                 Err(Failure::Task(message) | Failure::Missing(message)) => {

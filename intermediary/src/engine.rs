@@ -646,6 +646,16 @@ impl Query {
                     "  row groups skipped by plugins (their can_skip ruled out every row from the statistics): {by_plugins}"
                 );
             }
+            let passed = get(&m.tasks_passed_through);
+            if passed > 0 {
+                let _ = writeln!(
+                    out,
+                    "  tasks passed through (the storage node read the input, the intermediary ran the pipeline): {passed}"
+                );
+                for (reason, n) in m.passthrough_reasons.lock().expect("not poisoned").iter() {
+                    let _ = writeln!(out, "    {n}: {reason}");
+                }
+            }
             let audited = get(&m.tasks_audited);
             if audited > 0 {
                 let _ = writeln!(

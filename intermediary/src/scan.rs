@@ -68,6 +68,10 @@ pub struct ScanMetrics {
     pub tasks_audited: AtomicU64,
     /// Of those, tasks whose native result differed.
     pub audit_mismatches: AtomicU64,
+    /// Tasks a storage node passed through (it read the input, this tier ran the pipeline).
+    pub tasks_passed_through: AtomicU64,
+    /// Why, with how many tasks each.
+    pub passthrough_reasons: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl ScanMetrics {
@@ -94,6 +98,19 @@ impl ScanMetrics {
             .fetch_add(u64::from(m.audited), Ordering::Relaxed);
         self.audit_mismatches
             .fetch_add(u64::from(m.audit_mismatch), Ordering::Relaxed);
+        self.tasks_passed_through
+            .fetch_add(u64::from(m.passed_through), Ordering::Relaxed);
+    }
+
+    fn add_passthrough_reason(&self, reason: &str) {
+        let mut reasons = self.passthrough_reasons.lock().expect("not poisoned");
+        // A bounded report: reasons past the 16th are counted under the last line.
+        let key = if reasons.len() < 16 || reasons.contains_key(reason) {
+            reason.to_string()
+        } else {
+            "other reasons".to_string()
+        };
+        *reasons.entry(key).or_default() += 1;
     }
 }
 
@@ -425,6 +442,9 @@ impl ExecutionPlan for PushdownScanExec {
                 let items: Vec<Result<RecordBatch>> = match result {
                     Ok(out) => {
                         metrics.add(&out.metrics);
+                        if let Some(reason) = &out.passthrough_reason {
+                            metrics.add_passthrough_reason(reason);
+                        }
                         let rows: u64 = out.batches.iter().map(|b| b.num_rows() as u64).sum();
                         let left = wanted_out.load(Ordering::Relaxed);
                         wanted_out.store(left.saturating_sub(rows), Ordering::Relaxed);

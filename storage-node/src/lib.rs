@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod dialect;
 mod error;
 mod node;
+pub mod passthrough;
 pub mod registry;
 pub mod result_cache;
 mod sandbox;

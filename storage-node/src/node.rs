@@ -11,7 +11,7 @@ use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
-use pushdown_protocol::plugin::{EXPORT_CAN_SKIP, EXPORT_PARSE};
+use pushdown_protocol::plugin::EXPORT_CAN_SKIP;
 use pushdown_protocol::{
     encode_request, ByteRange, FileFormat, GuestRequest, PluginKind, PluginRef, StageRun, Task,
     TaskUnit, PROTOCOL_VERSION,
@@ -21,6 +21,7 @@ use crate::audit::{AuditPipeline, AuditStats, Auditor};
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::dialect::CsvOptions;
 use crate::error::{Error, Result};
+use crate::passthrough::{run_pipeline, PassthroughPolicy, RawTask};
 use crate::registry::Registry;
 use crate::result_cache::{self, CacheStats, ResultCache};
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
@@ -65,6 +66,10 @@ pub struct NodeOptions {
     /// The native pipeline audits compare with. Defaults to
     /// [`crate::audit::native_pipeline`]; tests give a deliberately different one.
     pub audit_pipeline: Option<AuditPipeline>,
+    /// Pass tasks through (return their input for the tier above to run) when a plugin
+    /// traps or is quarantined ([`crate::passthrough`]). Defaults to `None`: a trap fails
+    /// the task. Only for nodes whose clients run passed-through tasks (the Flight server's).
+    pub passthrough: Option<PassthroughPolicy>,
 }
 
 impl Default for NodeOptions {
@@ -81,6 +86,7 @@ impl Default for NodeOptions {
             result_cache_bytes: 0,
             audit_rate: 0.0,
             audit_pipeline: None,
+            passthrough: None,
         }
     }
 }
@@ -119,6 +125,10 @@ pub struct TaskMetrics {
     /// True when `pruned` and the pruning was a plugin's `pushdown_can_skip`.
     #[serde(default)]
     pub pruned_by_plugin: bool,
+    /// True when the node passed the task through: it read the input and the tier above
+    /// ran the pipeline ([`crate::passthrough`]).
+    #[serde(default)]
+    pub passed_through: bool,
 }
 
 /// The result of one task.
@@ -128,6 +138,11 @@ pub struct TaskOutput {
     pub batches: Vec<RecordBatch>,
     /// What it cost.
     pub metrics: TaskMetrics,
+    /// When the node passed the task through: the request and input to run above it
+    /// ([`crate::passthrough::PassthroughRunner`]); `batches` is then empty.
+    pub passthrough: Option<RawTask>,
+    /// Why the task was passed through, once it has been run above the node.
+    pub passthrough_reason: Option<String>,
 }
 
 /// A storage node over one local data directory.
@@ -646,6 +661,8 @@ impl StorageNode {
                 return Ok(TaskOutput {
                     batches: Vec::new(),
                     metrics,
+                    passthrough: None,
+                    passthrough_reason: None,
                 });
             }
         };
@@ -671,6 +688,8 @@ impl StorageNode {
                         bytes_read: 0,
                         ..metrics
                     },
+                    passthrough: None,
+                    passthrough_reason: None,
                 });
             }
         }
@@ -678,42 +697,60 @@ impl StorageNode {
         for p in task.plugins() {
             plugins.insert(p.name.clone(), self.plugin(&p)?);
         }
-        let plugins = Arc::new(plugins);
-        // The pipeline's input when it is not the file's bytes: a parser plugin's output.
-        let mut parsed_input = None;
-        let output = match (&task.format, &task.unit) {
-            (FileFormat::Plugin(parser), TaskUnit::Lines { first_line, .. }) => {
-                // The parser reads the chunk straight from storage; its Arrow IPC output is
-                // the pipeline's input.
-                let parser = self.plugin(parser)?;
-                let parsed = parser.invoke_with(
-                    EXPORT_PARSE,
-                    input_len,
-                    |slot| fill_input(&planned, slot),
-                    Some(*first_line),
-                )?;
-                let out = self.builtin.call_with_plugins(
-                    request,
-                    parsed.payload.len(),
-                    |slot| {
-                        slot.copy_from_slice(&parsed.payload);
-                        Ok(())
-                    },
-                    plugins.clone(),
-                )?;
-                parsed_input = Some(parsed.payload);
-                out
+        if let Some(policy) = &self.options.passthrough {
+            for module in plugins.values() {
+                if let Some((traps, last)) = module.quarantined(
+                    policy.quarantine_traps,
+                    policy.quarantine_window,
+                    policy.quarantine_for,
+                ) {
+                    let reason = format!(
+                        "plugin {} is quarantined on the storage node ({traps} traps within {} s; last: {last})",
+                        module.name(),
+                        policy.quarantine_window.as_secs()
+                    );
+                    return self.raw_output(task, &planned, reason);
+                }
             }
-            _ => self.builtin.call_with_plugins(
-                request,
-                input_len,
-                |slot| fill_input(&planned, slot),
-                plugins.clone(),
-            )?,
+        }
+        let parser = match (&task.format, &task.unit) {
+            (FileFormat::Plugin(parser), TaskUnit::Lines { first_line, .. }) => {
+                Some((self.plugin(parser)?, *first_line))
+            }
+            _ => None,
+        };
+        let traps_before: Vec<u64> = plugins.values().map(PluginModule::trap_count).collect();
+        let plugins = Arc::new(plugins);
+        let run = run_pipeline(
+            &self.builtin,
+            plugins.clone(),
+            parser.as_ref().map(|(m, line)| (m, *line)),
+            request,
+            input_len,
+            |slot| fill_input(&planned, slot),
+        );
+        let (payload, parsed_input) = match run {
+            Ok(out) => out,
+            Err(e) if self.options.passthrough.is_some() => {
+                // A user plugin that trapped here may run above, under other limits.
+                let trapped = plugins
+                    .values()
+                    .zip(&traps_before)
+                    .find(|(m, before)| m.trap_count() > **before);
+                match trapped {
+                    Some((module, _)) => {
+                        let reason =
+                            format!("plugin {} trapped on the storage node: {e}", module.name());
+                        return self.raw_output(task, &planned, reason);
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
         };
         let lenient = planned.file.csv.as_ref().is_some_and(|d| d.lenient);
         let (rows_in, rows_selected, rows_repaired, batches, ipc_len) =
-            decode_output(&output.payload, lenient, &task.output_schema)?;
+            decode_output(&payload, lenient, &task.output_schema)?;
         let (mut audited, mut audit_mismatch) = (false, false);
         if let Some(auditor) = self.auditor.as_ref().filter(|a| a.sample()) {
             let input = match parsed_input {
@@ -778,11 +815,63 @@ impl StorageNode {
             audited,
             audit_mismatch,
             pruned_by_plugin: false,
+            passed_through: false,
         };
         if let Some((cache, key)) = cache_key {
             cache.insert(key, &batches, metrics);
         }
-        Ok(TaskOutput { batches, metrics })
+        Ok(TaskOutput {
+            batches,
+            metrics,
+            passthrough: None,
+            passthrough_reason: None,
+        })
+    }
+
+    /// Plans and reads `task`'s input as [`StorageNode::run_task`] would, but returns it
+    /// raw instead of running the pipeline: a [`TaskOutput`] whose `passthrough` holds the
+    /// request and input, for the tier above to run ([`crate::passthrough`]). A pruned
+    /// task is answered as usual. `reason` is one line saying why.
+    ///
+    /// # Errors
+    /// As [`StorageNode::run_task`] before the pipeline runs.
+    pub fn pass_through(&self, task: &Task, reason: &str) -> Result<TaskOutput> {
+        let planned = match self
+            .plan_input(task, None)
+            .map_err(|e| e.context(task_context(task)))?
+        {
+            Planned::Run(planned) => planned,
+            Planned::Pruned(_) => return self.run_task(task),
+        };
+        self.raw_output(task, &planned, reason.to_string())
+            .map_err(|e| e.context(task_context(task)))
+    }
+
+    fn raw_output(
+        &self,
+        task: &Task,
+        planned: &PlannedInput,
+        reason: String,
+    ) -> Result<TaskOutput> {
+        let mut input = vec![0u8; planned.input_len];
+        fill_input(planned, &mut input)?;
+        log::info!("{}: passed through: {reason}", task_context(task));
+        Ok(TaskOutput {
+            batches: Vec::new(),
+            metrics: TaskMetrics {
+                passed_through: true,
+                bytes_read: planned.input_len as u64 + planned.pruning.index_bytes,
+                pages_skipped: planned.pruning.pages_skipped,
+                ..Default::default()
+            },
+            passthrough: Some(RawTask {
+                request: planned.request.clone(),
+                input,
+                lenient: planned.file.csv.as_ref().is_some_and(|d| d.lenient),
+                reason,
+            }),
+            passthrough_reason: None,
+        })
     }
 }
 
@@ -792,7 +881,7 @@ impl StorageNode {
 ///
 /// # Errors
 /// [`Error::Plugin`] naming the built-in pipeline when the payload is short or malformed.
-fn decode_output(
+pub(crate) fn decode_output(
     payload: &[u8],
     lenient: bool,
     schema: &arrow_schema::Schema,

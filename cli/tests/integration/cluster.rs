@@ -707,3 +707,191 @@ fn a_repeated_query_is_answered_from_the_node_result_cache_until_the_file_change
     );
     assert_eq!(cached(runs[2]), None, "{}", runs[2]);
 }
+
+/// The lines of the intermediary's `query done` log that follow the passthrough count:
+/// `(count, reasons)`, or `(0, [])` when no task was passed through.
+fn passed_through(log: &str) -> (u64, Vec<String>) {
+    let Some(line) = log.lines().find(|l| l.contains("query done")) else {
+        return (0, Vec::new());
+    };
+    let marker = "the intermediary ran the pipeline): ";
+    let Some(rest) = line.split(marker).nth(1) else {
+        return (0, Vec::new());
+    };
+    let count = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (count, vec![rest.to_string()])
+}
+
+#[test]
+fn a_saturated_node_passes_tasks_through_and_the_answer_is_the_same() {
+    let q1 = std::fs::read_to_string(repo().join("datasets/queries/tpch/q1.sql")).unwrap();
+    let expected = embedded(&q1);
+    let registry = tempfile::tempdir().unwrap();
+    // One task at a time, and none may wait: while a task runs, the others that arrive
+    // are passed through.
+    let node = start_node(
+        &layout().join("all"),
+        registry.path(),
+        &["--max-tasks", "1", "--passthrough-queue", "0"],
+    );
+    let intermediary = start_intermediary(&[&node.url], &["--tasks-per-node", "4"]);
+    assert_same_numbers(
+        &stdout_ok(connect(&intermediary.url, TOKEN, &q1)),
+        &expected,
+    );
+    let log = intermediary.stop();
+    let (count, reasons) = passed_through(&log);
+    assert!(count > 0, "no task was passed through: {log}");
+    assert!(
+        reasons[0].contains("the storage node was saturated (more than 0 tasks waiting)"),
+        "{reasons:?}"
+    );
+    let node_log = node.stop();
+    drop(node_log);
+}
+
+/// A C scalar plugin `hungry(x) = x + 1` that first touches 96 MiB of linear memory: it
+/// traps on a node whose instances are capped below that, and runs where they are not.
+const HUNGRY_C: &str = r#"#include "pushdown_plugin.h"
+
+PUSHDOWN_PLUGIN("{\"kind\":\"scalar\",\"name\":\"hungry\",\"arguments\":[\"Float64\"],\"returns\":\"Float64\"}")
+
+PD_EXPORT("pushdown_scalar") uint64_t pushdown_scalar(uint8_t *input, int32_t len) {
+    size_t scratch_len = (size_t)96 << 20;
+    /* volatile: the compiler may not drop an allocation it can see is unused. */
+    volatile char *scratch = malloc(scratch_len);
+    if (scratch == NULL) __builtin_trap();
+    for (size_t i = 0; i < scratch_len; i += 65536) scratch[i] = 1;
+    free((void *)scratch);
+    pd_batch in;
+    const char *error;
+    if (pd_read_batch(input, (size_t)len, &in, &error) != 0) {
+        free(input);
+        return pd_return_error("%s", error);
+    }
+    const pd_column *x = &in.columns[0];
+    int64_t n = in.num_rows;
+    double *values = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    for (int64_t i = 0; i < n; i++) values[i] = pd_is_null(x, i) ? 0 : pd_f64(x, i) + 1;
+    pd_column out = {.type = PD_FLOAT64, .length = n, .null_count = x->null_count,
+                     .validity = x->validity, .values = values};
+    uint64_t result = pd_return_column(out, n);
+    free(values);
+    free(input);
+    return result;
+}
+"#;
+
+#[test]
+fn a_plugin_that_traps_on_a_node_is_passed_through_then_quarantined_and_the_answer_is_the_same() {
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path().join("hungry");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("hungry.c"), HUNGRY_C).unwrap();
+    let wasm = stdout_ok(
+        pushdown()
+            .args(["plugin", "build"])
+            .arg(&dir)
+            .output()
+            .unwrap(),
+    );
+    let reg = tempfile::tempdir().unwrap();
+    stdout_ok(
+        pushdown()
+            .args(["plugin", "register", wasm.trim(), "--registry"])
+            .arg(reg.path())
+            .output()
+            .unwrap(),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let mut csv = String::from("x,g\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("{}.5,{}\n", i % 1000, i % 3));
+    }
+    std::fs::write(data.path().join("t.csv"), csv).unwrap();
+    let sql = "SELECT g, count(*), sum(hungry(x)) FROM t GROUP BY g ORDER BY g";
+    // Embedded mode, under the default 2 GiB cap, is the reference.
+    let expected = stdout_ok(
+        pushdown()
+            .args(["query", "--output", "csv", "--data"])
+            .arg(data.path())
+            .args(["--registry", reg.path().to_str().unwrap(), sql])
+            .output()
+            .unwrap(),
+    );
+    let node_registry = tempfile::tempdir().unwrap();
+    let node = start_node(
+        data.path(),
+        node_registry.path(),
+        &[
+            "--plugin-memory",
+            "64",
+            "--csv-chunk-size",
+            "16384",
+            "--max-tasks",
+            "1",
+            "--quarantine-traps",
+            "2",
+        ],
+    );
+    let intermediary = start_intermediary(
+        &[&node.url],
+        &[
+            "--registry",
+            reg.path().to_str().unwrap(),
+            "--tasks-per-node",
+            "1",
+        ],
+    );
+    assert_eq!(stdout_ok(connect(&intermediary.url, TOKEN, sql)), expected);
+    let log = intermediary.stop();
+    let (count, reasons) = passed_through(&log);
+    let tasks: u64 = log
+        .lines()
+        .find(|l| l.contains("query done"))
+        .and_then(|l| l.split("tasks ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tasks >= 5, "{log}");
+    // Every task calls the plugin: each was passed through, the first two because the
+    // plugin trapped, the rest because it was then quarantined.
+    assert_eq!(count, tasks, "{log}");
+    assert!(
+        reasons[0].contains("2: plugin hungry trapped on the storage node")
+            && reasons[0].contains("linear memory cap of 64 MiB"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[0].contains(&format!(
+            "{}: plugin hungry is quarantined on the storage node (2 traps within 60 s",
+            tasks - 2
+        )),
+        "{reasons:?}"
+    );
+    // With passthrough off the node's trap fails the query, naming the plugin.
+    drop(node);
+    let node = start_node(
+        data.path(),
+        node_registry.path(),
+        &[
+            "--plugin-memory",
+            "64",
+            "--csv-chunk-size",
+            "16384",
+            "--no-passthrough",
+        ],
+    );
+    let intermediary =
+        start_intermediary(&[&node.url], &["--registry", reg.path().to_str().unwrap()]);
+    assert_error(
+        &connect(&intermediary.url, TOKEN, sql),
+        &["plugin hungry", "linear memory cap of 64 MiB"],
+    );
+}

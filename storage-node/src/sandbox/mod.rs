@@ -397,6 +397,7 @@ impl Sandbox {
             sha256,
             idle: Arc::default(),
             limits: self.config.clone(),
+            traps: Arc::default(),
         })
     }
 }
@@ -544,6 +545,20 @@ pub struct PluginModule {
     sha256: String,
     idle: Arc<Mutex<Vec<Live>>>,
     limits: SandboxConfig,
+    /// When its calls trapped, most recent last (at most [`TRAPS_KEPT`]), and the last
+    /// message; shared by the clones of the module.
+    traps: Arc<Mutex<TrapLog>>,
+}
+
+/// Traps of one module remembered for quarantine decisions.
+pub const TRAPS_KEPT: usize = 64;
+
+/// The recent traps of a module.
+#[derive(Debug, Default)]
+struct TrapLog {
+    times: std::collections::VecDeque<std::time::Instant>,
+    total: u64,
+    last: String,
 }
 
 /// What one call to `pushdown_run` returned.
@@ -587,6 +602,33 @@ impl PluginModule {
             .imports()
             .map(|i| format!("{}::{}", i.module(), i.name()))
             .collect()
+    }
+
+    /// How many of its calls have trapped (a deadline, a memory cap, `unreachable`, ...).
+    pub fn trap_count(&self) -> u64 {
+        self.traps.lock().expect("not poisoned").total
+    }
+
+    /// When at least `traps` of its calls trapped within `window` and the last of them
+    /// is less than `cool_off` old: the number of those traps and the last one's message.
+    /// (A quarantine's condition: the module should not run here for now.)
+    pub fn quarantined(
+        &self,
+        traps: usize,
+        window: std::time::Duration,
+        cool_off: std::time::Duration,
+    ) -> Option<(usize, String)> {
+        let log = self.traps.lock().expect("not poisoned");
+        let last = *log.times.back()?;
+        if traps == 0 || last.elapsed() >= cool_off {
+            return None;
+        }
+        let recent = log
+            .times
+            .iter()
+            .filter(|t| last.duration_since(**t) <= window)
+            .count();
+        (recent >= traps).then(|| (recent, log.last.clone()))
     }
 
     /// Whether the module exports `name` (e.g. the optional `pushdown_can_skip`).
@@ -945,6 +987,15 @@ impl PluginModule {
             self.name,
             self.sha256
         );
+        {
+            let mut log = self.traps.lock().expect("not poisoned");
+            if log.times.len() == TRAPS_KEPT {
+                log.times.pop_front();
+            }
+            log.times.push_back(std::time::Instant::now());
+            log.total += 1;
+            log.last = message.clone();
+        }
         Error::Plugin {
             plugin: self.name.clone(),
             message,
