@@ -172,6 +172,17 @@ static uint64_t pd_return_error(const char *format, ...) {
     return pd_pack(out, (size_t)n + 1);
 }
 
+/* The answer of the optional export `pushdown_can_skip` (ABI.md, plugin-aware pruning):
+ * `skip` non-zero when no row of the row group can pass the test, 0 when some may. Its
+ * input is the JSON request; free it. Returns the packed result for the export. */
+static uint64_t pd_return_skip(int skip) {
+    uint8_t *out = (uint8_t *)malloc(2);
+    if (out == NULL) __builtin_trap();
+    out[0] = 0;
+    out[1] = skip ? 1 : 0;
+    return pd_pack(out, 2);
+}
+
 /* ---- FlatBuffers: reading ---------------------------------------------------------------- */
 
 typedef struct {

@@ -969,3 +969,90 @@ fn audits_of_q1_q6_and_a_plugin_aggregate_find_no_difference() {
     let (scanned, audited, differed) = counts(&report);
     assert_eq!((audited, differed), (scanned / 2, 0), "{report}");
 }
+
+/// A C scalar plugin `NAME(x) = x` whose `pushdown_can_skip` runs `CAN_SKIP_BODY`.
+fn identity_c_with_can_skip(name: &str, can_skip_body: &str) -> String {
+    format!(
+        r#"#include "pushdown_plugin.h"
+
+PUSHDOWN_PLUGIN("{{\"kind\":\"scalar\",\"name\":\"{name}\",\"arguments\":[\"Float64\"],\"returns\":\"Float64\"}}")
+
+PD_EXPORT("pushdown_can_skip") uint64_t pushdown_can_skip(uint8_t *input, int32_t len) {{
+    (void)len;
+    free(input);
+    {can_skip_body}
+}}
+
+PD_EXPORT("pushdown_scalar") uint64_t pushdown_scalar(uint8_t *input, int32_t len) {{
+    pd_batch in;
+    const char *error;
+    if (pd_read_batch(input, (size_t)len, &in, &error) != 0) {{
+        free(input);
+        return pd_return_error("%s", error);
+    }}
+    uint64_t result = pd_return_column(in.columns[0], in.num_rows);
+    free(input);
+    return result;
+}}
+"#
+    )
+}
+
+#[test]
+fn a_trapping_can_skip_keeps_row_groups_and_a_wrong_one_only_costs_its_own_queries() {
+    let src = tempfile::tempdir().unwrap();
+    let reg = tempfile::tempdir().unwrap();
+    for (name, body) in [
+        ("trapskip_c", "__builtin_trap();"),
+        ("liar_c", "return pd_return_skip(1);"),
+    ] {
+        let dir = src.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.c")),
+            identity_c_with_can_skip(name, body),
+        )
+        .unwrap();
+        let wasm = ok(pushdown(&["plugin", "build", dir.to_str().unwrap()]));
+        let out = ok(pushdown(&[
+            "plugin",
+            "register",
+            wasm.trim(),
+            "--registry",
+            reg.path().to_str().unwrap(),
+        ]));
+        assert!(out.starts_with("registered "), "{out}");
+    }
+    let data = tempfile::tempdir().unwrap();
+    duckdb(&format!(
+        "COPY (SELECT i::DOUBLE AS x FROM range(50000) t(i)) TO '{}' (FORMAT parquet, ROW_GROUP_SIZE 5000)",
+        data.path().join("t.parquet").display()
+    ));
+    let (dir, registry) = (data.path().to_str().unwrap(), reg.path().to_str().unwrap());
+    let count = |sql: &str| -> (String, String) {
+        let out = run_query(dir, registry, &["--output", "csv", "--explain", sql]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (ok(out).lines().nth(1).unwrap().to_string(), stderr)
+    };
+    let (plain, _) = count("SELECT count(*) FROM t WHERE x < 20000");
+    assert_eq!(plain, "20000");
+    // can_skip traps on every row group: each is kept, the answer is the full scan's.
+    let (trapping, explain) = count("SELECT count(*) FROM t WHERE trapskip_c(x) < 20000");
+    assert_eq!(trapping, plain);
+    assert!(
+        !explain.contains("row groups skipped by plugins"),
+        "{explain}"
+    );
+    // A can_skip that always says "skip" empties the queries that call it ...
+    let (lying, explain) = count("SELECT count(*) FROM t WHERE liar_c(x) < 20000");
+    assert_eq!(lying, "0");
+    assert!(
+        explain.contains("row groups skipped by plugins (their can_skip ruled out every row from the statistics): "),
+        "{explain}"
+    );
+    // ... and no other: the same plugin outside WHERE, and queries without it, are whole.
+    let (selected, _) = count("SELECT count(liar_c(x)) FROM t WHERE x < 20000");
+    assert_eq!(selected, plain);
+    let (again, _) = count("SELECT count(*) FROM t WHERE x < 20000");
+    assert_eq!(again, plain);
+}
