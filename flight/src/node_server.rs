@@ -195,6 +195,15 @@ impl NodeService {
         }
     }
 
+    /// One of the `max_tasks` permits: a task (or a module check) runs while holding it.
+    async fn task_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the node is shutting down"))
+    }
+
     /// Passes a task through (returns its input for the intermediary to run) when more
     /// than `queue` tasks are waiting for a permit. `None` (the default): tasks wait.
     pub fn with_passthrough_queue(mut self, queue: Option<usize>) -> Self {
@@ -401,12 +410,7 @@ impl FlightService for NodeService {
                 (permit, run)
             }
             None => {
-                let permit = self
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Status::unavailable("the node is shutting down"))?;
+                let permit = self.task_permit().await?;
                 (
                     permit,
                     tokio::task::spawn_blocking(move || node.run_task(&task)),
@@ -498,12 +502,7 @@ impl FlightService for NodeService {
                 }
                 // Validating and compiling a module is a task's worth of CPU: it waits for
                 // a task permit like one.
-                let permit = self
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Status::unavailable("the node is shutting down"))?;
+                let permit = self.task_permit().await?;
                 // Body: one line of JSON `{"name": ..., "sha256": ...}`, then the module's bytes.
                 let body = request.into_inner().body;
                 let split = body
