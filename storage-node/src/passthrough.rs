@@ -64,12 +64,15 @@ pub struct RawTask {
     pub reason: String,
 }
 
+/// Where a runner gets a user plugin's module bytes (by name and SHA-256).
+type ModuleBytes = Box<dyn Fn(&PluginRef) -> Result<Vec<u8>> + Send + Sync>;
+
 /// Runs passed-through tasks: the built-in pipeline (compiled on first use) and the task's
 /// user plugins, each loaded from module bytes checked against their SHA-256.
 pub struct PassthroughRunner {
     sandbox: Sandbox,
     builtin: OnceLock<PluginModule>,
-    modules: Box<dyn Fn(&PluginRef) -> Result<Vec<u8>> + Send + Sync>,
+    modules: ModuleBytes,
     loaded: Mutex<HashMap<String, PluginModule>>,
 }
 
