@@ -124,6 +124,7 @@ pub fn q6_task(file: &str, unit: TaskUnit, format: FileFormat) -> Task {
         },
         output_schema: Schema::new(vec![Field::new("revenue", state_type, true)]),
         limit: None,
+        fold: None,
     }
 }
 
@@ -212,5 +213,6 @@ pub fn q1_task(file: &str, row_group: usize) -> Task {
         },
         output_schema: Schema::new(fields),
         limit: None,
+        fold: None,
     }
 }

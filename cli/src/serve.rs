@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use pushdown_intermediary::plugins::PluginLoader;
 use pushdown_protocol::PluginRef;
+use pushdown_storage_node::fold::FoldOptions;
 use pushdown_storage_node::passthrough::PassthroughPolicy;
 use pushdown_storage_node::{
     NodeOptions, PluginModule, Registry, Sandbox, SandboxConfig, StorageNode,
@@ -88,6 +89,19 @@ pub struct NodeServeArgs {
     /// intermediary (which may run it under its own limits); no quarantine either.
     #[arg(long)]
     no_passthrough: bool,
+    /// Checkpoint the aggregates folded here (for intermediaries run with
+    /// --fold-on-nodes) into this folder: a fold job's Wasm instance, linear memory and
+    /// globals, is snapshotted between tasks, so after a restart the node resumes it and
+    /// does not run its folded tasks again [default: none: folds are held in memory only].
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Least time between two checkpoints of a fold job, in seconds (decimals allowed);
+    /// 0: after every folded task.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_seconds)]
+    checkpoint_every: f64,
+    /// Disk budget of the checkpoint folder, in MiB; the oldest checkpoints beyond it are deleted.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    checkpoint_budget: u64,
     /// Read table TABLE (DIR/TABLE.* or folder DIR/TABLE/) with the parser plugin PARSER
     /// of this node's registry, e.g. `--format access=access_log`. Repeatable.
     #[arg(long, value_name = "TABLE=PARSER")]
@@ -148,6 +162,12 @@ pub struct IntermediaryServeArgs {
     /// Longest SQL text a client may send, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
     max_sql_bytes: usize,
+    /// Fold each scan's partial aggregates on the storage nodes (one job per scan
+    /// partition, drained after its last task) instead of receiving one per row group or
+    /// chunk: with `storage-node serve --checkpoint-dir`, a node killed mid-query resumes
+    /// its folds from their checkpoints when the query runs again.
+    #[arg(long)]
+    fold_on_nodes: bool,
     /// The plugin registry whose scalar functions and aggregates SQL may call; their
     /// modules are sent to the storage nodes by hash.
     #[command(flatten)]
@@ -290,6 +310,12 @@ pub fn storage_node(command: StorageNodeCommand) -> Result<()> {
             quarantine_window: Duration::from_secs(args.quarantine_window),
             quarantine_for: Duration::from_secs(args.quarantine_for),
         }),
+        fold: FoldOptions {
+            checkpoint_dir: args.checkpoint_dir.clone(),
+            checkpoint_every: Duration::from_secs_f64(args.checkpoint_every),
+            checkpoint_budget_bytes: args.checkpoint_budget.saturating_mul(1 << 20),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let node = Arc::new(StorageNode::open(&args.data, options)?);
@@ -348,6 +374,7 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
         tasks_per_node: args.tasks_per_node,
         tls: node_tls,
         admin_token: read_token_file(args.node_admin_token_file.as_deref())?,
+        fold_on_nodes: args.fold_on_nodes,
         ..Default::default()
     };
     let registry_dir = args.registry.dir();
@@ -441,4 +468,12 @@ pub fn query_remote(
         sql,
     ))?;
     print(schema, &batches)
+}
+
+/// A non-negative number of seconds, finite, at most a day.
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+    }
 }

@@ -22,6 +22,11 @@
 //!   intermediary runs the pipeline over it. At most `2 × max_tasks` passthrough reads
 //!   are in flight; beyond that a task waits for a permit as usual.
 //!
+//! * Checkpointed aggregates ([`pushdown_storage_node::fold`]): a task whose `fold` names
+//!   a job may be folded into it (`folded` in its metrics, no batches); a `DoGet` whose
+//!   ticket is `{"finish_fold": ...}` ([`FinishFoldTicket`]) drains the job and streams the
+//!   merged partial aggregate like a task's result.
+//!
 //! A task error (bad data, a plugin error) is `FAILED_PRECONDITION`: running it elsewhere
 //! would fail the same way. At most `max_tasks` tasks run or wait to be read at once (a
 //! task holds its permit until its last batch is sent); the others wait, so the node's
@@ -97,6 +102,31 @@ pub struct RowGroupSummary {
 
 /// SHA-256 of each file by (path, size, modification time).
 type Checksums = Mutex<HashMap<(String, u64, std::time::SystemTime), String>>;
+
+/// The start of a `DoGet` ticket that finishes a fold job rather than running a task.
+pub const FINISH_FOLD_PREFIX: &[u8] = b"{\"finish_fold\"";
+
+/// What a finish ticket asks: drain fold job `job` of run `lease`, which saw the tasks
+/// with these content hashes folded on this node
+/// ([`pushdown_storage_node::StorageNode::finish_fold`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FinishFold {
+    /// The job id (64 hex digits).
+    pub job: String,
+    /// The run of the query.
+    pub lease: u64,
+    /// Content hashes of the tasks the run saw folded on this node.
+    pub tasks: std::collections::BTreeSet<String>,
+    /// The tasks' output schema: the partial aggregate's.
+    pub schema: arrow_schema::Schema,
+}
+
+/// The JSON of a finish ticket: `{"finish_fold": {...}}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FinishFoldTicket {
+    /// The request.
+    pub finish_fold: FinishFold,
+}
 
 /// The Flight service of one storage node.
 pub struct NodeService {
@@ -202,6 +232,33 @@ impl NodeService {
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("the node is shutting down"))
+    }
+
+    /// `DoGet` of a finish ticket: drains the fold job on a task slot and streams the
+    /// merged partial aggregate, with its metrics, as a task's result.
+    async fn finish_fold(
+        &self,
+        finish: FinishFold,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let permit = self.task_permit().await?;
+        let node = self.node.clone();
+        let schema = Arc::new(finish.schema.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            node.finish_fold(&finish.job, finish.lease, &finish.tasks, &finish.schema)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("finish panicked: {e}")))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let metrics = serde_json::to_vec(&output.metrics).expect("metrics serialize");
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_metadata(metrics.into())
+            .build(futures::stream::iter(output.batches.into_iter().map(Ok)))
+            .map(move |r| {
+                let _held = &permit;
+                r.map_err(|e| Status::internal(e.to_string()))
+            });
+        Ok(Response::new(Box::pin(data)))
     }
 
     /// Passes a task through (returns its input for the intermediary to run) when more
@@ -387,7 +444,13 @@ impl FlightService for NodeService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let task: Task = serde_json::from_slice(&request.get_ref().ticket)
+        let ticket = &request.get_ref().ticket;
+        if ticket.starts_with(FINISH_FOLD_PREFIX) {
+            let finish: FinishFoldTicket = serde_json::from_slice(ticket)
+                .map_err(|e| Status::invalid_argument(format!("malformed finish ticket: {e}")))?;
+            return self.finish_fold(finish.finish_fold).await;
+        }
+        let task: Task = serde_json::from_slice(ticket)
             .map_err(|e| Status::invalid_argument(format!("malformed task ticket: {e}")))?;
         let node = self.node.clone();
         let mut schema = Arc::new(task.output_schema.clone());
@@ -406,7 +469,9 @@ impl FlightService for NodeService {
                     "the storage node was saturated (more than {} tasks waiting)",
                     self.passthrough_queue.unwrap_or_default()
                 );
-                let run = tokio::task::spawn_blocking(move || node.pass_through(&task, &reason));
+                let run = tokio::task::spawn_blocking(move || {
+                    node.pass_through(&task.unfolded(), &reason)
+                });
                 (permit, run)
             }
             None => {

@@ -19,7 +19,7 @@ use arrow_flight::{Action, FlightClient, Ticket};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use pushdown_intermediary::StorageClient;
-use pushdown_protocol::{PluginRef, Task};
+use pushdown_protocol::{FoldRef, PluginRef, Task};
 use pushdown_storage_node::passthrough::{PassthroughRunner, RawTask};
 use pushdown_storage_node::{
     Error, FileInfo, Result, SandboxConfig, TableInfo, TaskMetrics, TaskOutput,
@@ -46,6 +46,9 @@ pub struct RemoteOptions {
     /// The nodes' admin token, sent with `put_module` only. Defaults to none: plugins are
     /// not sent, and a node that lacks one answers that it does not have it.
     pub admin_token: Option<String>,
+    /// Fold partial aggregates on the storage nodes (checkpointed aggregates,
+    /// [`pushdown_storage_node::fold`]). Defaults to false.
+    pub fold_on_nodes: bool,
 }
 
 impl Default for RemoteOptions {
@@ -57,6 +60,7 @@ impl Default for RemoteOptions {
             connect_timeout: Duration::from_secs(5),
             tls: None,
             admin_token: None,
+            fold_on_nodes: false,
         }
     }
 }
@@ -85,6 +89,10 @@ impl Node {
 /// How long a node that failed is tried last (and not listed, when its listing is known).
 const DOWN_FOR: Duration = Duration::from_secs(30);
 
+/// Fold jobs whose folded tasks are remembered at once (runs that failed before their
+/// finish leave theirs behind).
+const MAX_FOLDS: usize = 4096;
+
 /// Longest wait for a node's table listing.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -107,6 +115,8 @@ pub struct RemoteStorage {
     runner: std::sync::OnceLock<std::result::Result<Arc<PassthroughRunner>, String>>,
     /// Passed-through tasks running here at once (one per core).
     passthrough_slots: Arc<Semaphore>,
+    /// Per fold job and run: the nodes that folded its tasks, with their content hashes.
+    folded: Mutex<HashMap<FoldRef, BTreeMap<usize, BTreeSet<String>>>>,
 }
 
 impl std::fmt::Debug for RemoteStorage {
@@ -177,6 +187,7 @@ impl RemoteStorage {
             passthrough_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            folded: Mutex::default(),
         })
     }
 
@@ -524,6 +535,81 @@ impl StorageClient for RemoteStorage {
     fn run_task(self: Arc<Self>, task: Task) -> BoxFuture<'static, Result<TaskOutput>> {
         async move { self.run_on_replicas(&task).await }.boxed()
     }
+
+    fn folds(&self) -> bool {
+        self.options.fold_on_nodes
+    }
+
+    fn finish_fold(
+        self: Arc<Self>,
+        fold: FoldRef,
+        schema: arrow_schema::Schema,
+    ) -> BoxFuture<'static, Result<Vec<TaskOutput>>> {
+        async move {
+            let nodes = self
+                .folded
+                .lock()
+                .expect("not poisoned")
+                .remove(&fold)
+                .unwrap_or_default();
+            let finishes = nodes.into_iter().map(|(i, tasks)| {
+                let ticket = crate::node_server::FinishFoldTicket {
+                    finish_fold: crate::node_server::FinishFold {
+                        job: fold.job.clone(),
+                        lease: fold.lease,
+                        tasks,
+                        schema: schema.clone(),
+                    },
+                };
+                let this = self.clone();
+                let job = fold.job[..12].to_string();
+                async move {
+                    let node = &this.nodes[i];
+                    let ticket = Ticket::new(serde_json::to_vec(&ticket).expect("serializes"));
+                    let mut client = this.client(node);
+                    let call = async {
+                        let _permit = node.permits.acquire().await;
+                        let mut decoder = client.do_get(ticket).await?.into_inner();
+                        let (mut batches, mut metrics) = (Vec::new(), TaskMetrics::default());
+                        while let Some(item) = decoder.next().await {
+                            let data = item?;
+                            if !data.inner.app_metadata.is_empty() {
+                                metrics = serde_json::from_slice(&data.inner.app_metadata)
+                                    .unwrap_or_default();
+                            }
+                            if let DecodedPayload::RecordBatch(b) = data.payload {
+                                batches.push(b);
+                            }
+                        }
+                        Ok::<_, FlightError>(TaskOutput {
+                            batches,
+                            metrics,
+                            passthrough: None,
+                            passthrough_reason: None,
+                        })
+                    };
+                    let timeout = this.options.task_timeout;
+                    match tokio::time::timeout(timeout, call).await {
+                        Ok(Ok(out)) => Ok(out),
+                        Ok(Err(e)) => Err(Error::Remote(format!(
+                            "storage node {} could not finish fold job {}: {}",
+                            node.url,
+                            job,
+                            match classify(&node.url, e) {
+                                Failure::Task(m) | Failure::Node(m) | Failure::Missing(m) => m,
+                            }
+                        ))),
+                        Err(_) => Err(Error::Remote(format!(
+                            "storage node {} did not finish fold job {} within {timeout:?}",
+                            node.url, job
+                        ))),
+                    }
+                }
+            });
+            futures::future::try_join_all(finishes).await
+        }
+        .boxed()
+    }
 }
 
 impl RemoteStorage {
@@ -550,6 +636,19 @@ impl RemoteStorage {
             match self.fetch(i, task).await {
                 Ok(mut out) => {
                     self.nodes[i].mark(false);
+                    if let (true, Some(fold)) = (out.metrics.folded, &task.fold) {
+                        let mut folded = self.folded.lock().expect("not poisoned");
+                        // Runs that failed before their finish leave entries behind.
+                        if folded.len() >= MAX_FOLDS && !folded.contains_key(fold) {
+                            folded.clear();
+                        }
+                        folded
+                            .entry(fold.clone())
+                            .or_default()
+                            .entry(i)
+                            .or_default()
+                            .insert(task.content_hash());
+                    }
                     if let Some(raw) = out.passthrough.take() {
                         return self
                             .run_passed_through(&self.nodes[i].url, task, raw, out.metrics)

@@ -11,9 +11,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::Schema;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use pushdown_protocol::Task;
+use pushdown_protocol::{FoldRef, Task};
 use pushdown_storage_node::{Error, Result, StorageNode, TableInfo, TaskOutput};
 
 /// What the intermediary needs of a storage node. Embedded mode implements it in-process
@@ -37,6 +38,28 @@ pub trait StorageClient: Send + Sync + fmt::Debug {
     /// # Errors
     /// As [`StorageNode::run_task`], plus transport errors for a remote node.
     fn run_task(self: Arc<Self>, task: Task) -> BoxFuture<'static, Result<TaskOutput>>;
+
+    /// Whether scans fold their partial aggregates on the storage nodes (checkpointed
+    /// aggregates, `pushdown_storage_node::fold`): each scan partition then names a fold
+    /// job in its tasks and calls [`StorageClient::finish_fold`] after its last one.
+    /// Defaults to false.
+    fn folds(&self) -> bool {
+        false
+    }
+
+    /// Drains fold job `fold` on every node that folded tasks of it: their merged partial
+    /// aggregates, batches of `schema` (the tasks' output schema). Defaults to none.
+    ///
+    /// # Errors
+    /// A node's error (its job was lost in a restart without a checkpoint, or holds other
+    /// tasks than the ones it folded for this run), or a transport error.
+    fn finish_fold(
+        self: Arc<Self>,
+        _fold: FoldRef,
+        _schema: Schema,
+    ) -> BoxFuture<'static, Result<Vec<TaskOutput>>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
 }
 
 /// A storage node in the same process, its sandbox calls run on a pool of `threads` CPU

@@ -656,6 +656,15 @@ impl Query {
                     let _ = writeln!(out, "    {n}: {reason}");
                 }
             }
+            let folded = get(&m.tasks_folded);
+            if folded > 0 {
+                let _ = writeln!(
+                    out,
+                    "  tasks folded on the storage nodes (partial aggregates merged there, {} fold jobs drained): {folded}, of which held from checkpoints (not run again): {}",
+                    get(&m.folds_finished),
+                    get(&m.tasks_from_checkpoint)
+                );
+            }
             let audited = get(&m.tasks_audited);
             if audited > 0 {
                 let _ = writeln!(

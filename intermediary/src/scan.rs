@@ -26,7 +26,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use pushdown_protocol::{Expr, PartialAggregate, Pushdown, Task};
+use pushdown_protocol::{Expr, FoldRef, PartialAggregate, Pushdown, Task};
 use pushdown_storage_node::{TableInfo, TaskMetrics};
 
 use crate::client::StorageClient;
@@ -72,6 +72,13 @@ pub struct ScanMetrics {
     pub tasks_passed_through: AtomicU64,
     /// Why, with how many tasks each.
     pub passthrough_reasons: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Tasks a storage node folded into the query's fold job instead of returning them.
+    pub tasks_folded: AtomicU64,
+    /// Of those, tasks the job held from a checkpoint written before the node restarted:
+    /// not run again.
+    pub tasks_from_checkpoint: AtomicU64,
+    /// Fold jobs drained (one per scan partition and storage node).
+    pub folds_finished: AtomicU64,
 }
 
 impl ScanMetrics {
@@ -100,6 +107,18 @@ impl ScanMetrics {
             .fetch_add(u64::from(m.audit_mismatch), Ordering::Relaxed);
         self.tasks_passed_through
             .fetch_add(u64::from(m.passed_through), Ordering::Relaxed);
+        self.tasks_folded
+            .fetch_add(u64::from(m.folded), Ordering::Relaxed);
+        self.tasks_from_checkpoint
+            .fetch_add(u64::from(m.from_checkpoint), Ordering::Relaxed);
+    }
+
+    /// A drained fold job's result: its rows and bytes, not a task.
+    fn add_finished_fold(&self, m: &TaskMetrics) {
+        self.folds_finished.fetch_add(1, Ordering::Relaxed);
+        self.bytes_returned
+            .fetch_add(m.bytes_returned, Ordering::Relaxed);
+        self.rows_out.fetch_add(m.rows_out, Ordering::Relaxed);
     }
 
     fn add_passthrough_reason(&self, reason: &str) {
@@ -296,6 +315,7 @@ impl PushdownScanExec {
                     pushdown: self.pushdown.clone(),
                     output_schema: self.schema.as_ref().clone(),
                     limit: self.limit.map(|l| l as u64),
+                    fold: None,
                 });
             }
         }
@@ -405,7 +425,32 @@ impl ExecutionPlan for PushdownScanExec {
                 self.partitions
             )));
         }
-        let tasks = self.tasks(partition);
+        let mut tasks = self.tasks(partition);
+        // Checkpointed aggregates: the partition's partial aggregates are folded on the
+        // storage nodes into one job, drained after its last task.
+        let fold = (self.node.folds()
+            && self.limit.is_none()
+            && matches!(self.pushdown, Pushdown::PartialAggregate { .. })
+            && !tasks.is_empty())
+        .then(|| FoldRef {
+            job: pushdown_protocol::fold_job_id(&tasks),
+            lease: random_lease(),
+        });
+        if let Some(f) = &fold {
+            for t in &mut tasks {
+                t.fold = Some(f.clone());
+            }
+        }
+        let finish = fold.map(|f| {
+            (
+                self.node.clone(),
+                f,
+                self.schema.as_ref().clone(),
+                self.metrics.clone(),
+            )
+        });
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed_seen = failed.clone();
         self.metrics
             .tasks
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
@@ -450,14 +495,50 @@ impl ExecutionPlan for PushdownScanExec {
                         wanted_out.store(left.saturating_sub(rows), Ordering::Relaxed);
                         out.batches.into_iter().map(Ok).collect()
                     }
-                    Err(e) => vec![Err(DataFusionError::External(Box::new(e)))],
+                    Err(e) => {
+                        failed_seen.store(true, Ordering::Relaxed);
+                        vec![Err(DataFusionError::External(Box::new(e)))]
+                    }
                 };
                 futures::stream::iter(items)
             });
+        // After the partition's last task: drain its fold job on every node that folded.
+        let drained = futures::stream::iter(finish)
+            .filter(move |_| futures::future::ready(!failed.load(Ordering::Relaxed)))
+            .then(|(node, fold, schema, metrics)| async move {
+                match node.finish_fold(fold, schema).await {
+                    Ok(outputs) => outputs
+                        .into_iter()
+                        .flat_map(|out| {
+                            metrics.add_finished_fold(&out.metrics);
+                            out.batches.into_iter().map(Ok)
+                        })
+                        .collect::<Vec<_>>(),
+                    Err(e) => vec![Err(DataFusionError::External(Box::new(e)))],
+                }
+            })
+            .flat_map(futures::stream::iter);
+        let stream = stream.chain(drained);
         // Each batch consumes tokio's task budget: a consumer that never waits still
         // yields now and then, so cancellation and other tasks get their turn.
         Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
             RecordBatchStreamAdapter::new(self.schema.clone(), stream),
         )))
     }
+}
+
+/// A random run id for a fold job's lease (`RandomState`'s per-process random keys, the
+/// time and a counter).
+fn random_lease() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
 }

@@ -28,7 +28,7 @@ pub use csv::CsvDialect;
 pub use expr::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
 pub use plugin::{PluginKind, PluginRef, PluginSignature};
 pub use task::{
-    decode_request, encode_request, needed_columns, ByteRange, ColumnPages, FileFormat,
-    GuestRequest, PageSelection, Pushdown, RowRun, Stage, StageRun, Task, TaskUnit,
-    PROTOCOL_VERSION,
+    decode_request, encode_request, fold_job_id, needed_columns, ByteRange, ColumnPages,
+    FileFormat, FoldRef, FoldRequest, GuestRequest, PageSelection, Pushdown, RowRun, Stage,
+    StageRun, Task, TaskUnit, PROTOCOL_VERSION,
 };

@@ -106,6 +106,86 @@ pub struct Task {
     /// aggregate): a projecting task stops once it has them. `None`: all rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// Fold this task's partial aggregate into a job held on the storage node instead of
+    /// returning it ([`FoldRef`]). `None`: return the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<FoldRef>,
+}
+
+/// Where a storage node folds a task's partial aggregate: the job, one per scan partition
+/// of a query, holding the merged states of its tasks in one Wasm instance that the node
+/// may checkpoint to disk (`pushdown-plugins/ABI.md`, "Checkpointed aggregates").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FoldRef {
+    /// The job: hex SHA-256 of the scan's shape and the partition's task list
+    /// ([`fold_job_id`]), the same when the same query runs again, so a node that restarted
+    /// resumes from its checkpoint.
+    pub job: String,
+    /// The run of the query that holds the job (random): folds of another run are
+    /// refused while this one is active.
+    pub lease: u64,
+}
+
+impl Task {
+    /// This task without its [`Task::fold`]: what it computes.
+    pub fn unfolded(&self) -> Task {
+        Task {
+            fold: None,
+            ..self.clone()
+        }
+    }
+
+    /// Hex SHA-256 of what the task computes over which unit (its JSON without
+    /// [`Task::fold`]): how a fold job names the tasks it holds.
+    pub fn content_hash(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(&self.unfolded()).expect("a Task always serializes");
+        hex(&sha2::Sha256::digest(json))
+    }
+
+    /// Hex SHA-256 of what the task computes, without the file and unit: equal for the
+    /// tasks of one scan, and what a fold job checks each task against.
+    pub fn shape_hash(&self) -> String {
+        use sha2::Digest;
+        let shape = Task {
+            file: String::new(),
+            unit: TaskUnit::RowGroup(0),
+            fold: None,
+            ..self.clone()
+        };
+        hex(&sha2::Sha256::digest(
+            serde_json::to_vec(&shape).expect("a Task always serializes"),
+        ))
+    }
+}
+
+/// The job id of a fold over `tasks` (one scan partition's, in order): hex SHA-256 of
+/// their content hashes.
+pub fn fold_job_id(tasks: &[Task]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"pushdown fold job v1\0");
+    for t in tasks {
+        h.update(t.content_hash().as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the built-in pipeline's `pushdown_fold` needs to merge a task's partial aggregate
+/// into the states its instance holds: the aggregate and its partial output schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The task's [`Pushdown::PartialAggregate`].
+    pub pushdown: Pushdown,
+    /// The partial output schema: group columns, then one state column per aggregate.
+    pub output_schema: Schema,
 }
 
 impl Task {

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod catalog;
 pub mod dialect;
 mod error;
+pub mod fold;
 mod node;
 pub mod passthrough;
 pub mod registry;
@@ -38,6 +39,6 @@ pub use node::{
 pub use pushdown_footer::prune::row_group_may_match;
 pub use registry::{RegisteredPlugin, Registry};
 pub use sandbox::{
-    cache_root, CallOutput, PluginModule, Precompiled, Sandbox, SandboxConfig, ABI_VERSION,
-    RANDOM_STREAM,
+    cache_root, checkpointable, CallOutput, GlobalValue, HeldInstance, InstanceSnapshot,
+    PluginModule, Precompiled, Sandbox, SandboxConfig, ABI_VERSION, RANDOM_STREAM,
 };

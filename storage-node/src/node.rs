@@ -13,14 +13,15 @@ use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use pushdown_protocol::plugin::EXPORT_CAN_SKIP;
 use pushdown_protocol::{
-    encode_request, ByteRange, FileFormat, GuestRequest, PluginKind, PluginRef, StageRun, Task,
-    TaskUnit, PROTOCOL_VERSION,
+    encode_request, ByteRange, FileFormat, FoldRef, FoldRequest, GuestRequest, PluginKind,
+    PluginRef, Pushdown, StageRun, Task, TaskUnit, PROTOCOL_VERSION,
 };
 
 use crate::audit::{AuditPipeline, AuditStats, Auditor};
 use crate::catalog::{self, FileInfo, TableInfo, TableSource};
 use crate::dialect::CsvOptions;
 use crate::error::{Error, Result};
+use crate::fold::{Claim, FoldJobs, FoldOptions};
 use crate::passthrough::{run_pipeline, PassthroughPolicy, RawTask};
 use crate::registry::Registry;
 use crate::result_cache::{self, CacheStats, ResultCache};
@@ -70,6 +71,8 @@ pub struct NodeOptions {
     /// traps or is quarantined ([`crate::passthrough`]). Defaults to `None`: a trap fails
     /// the task. Only for nodes whose clients run passed-through tasks (the Flight server's).
     pub passthrough: Option<PassthroughPolicy>,
+    /// Folding partial aggregates into jobs and checkpointing them ([`crate::fold`]).
+    pub fold: FoldOptions,
 }
 
 impl Default for NodeOptions {
@@ -87,6 +90,7 @@ impl Default for NodeOptions {
             audit_rate: 0.0,
             audit_pipeline: None,
             passthrough: None,
+            fold: FoldOptions::default(),
         }
     }
 }
@@ -129,6 +133,14 @@ pub struct TaskMetrics {
     /// ran the pipeline ([`crate::passthrough`]).
     #[serde(default)]
     pub passed_through: bool,
+    /// True when the node folded the task's partial aggregate into the query's fold job
+    /// ([`crate::fold`]) instead of returning it.
+    #[serde(default)]
+    pub folded: bool,
+    /// True when `folded` and the job held the task already, from a checkpoint written
+    /// before the node restarted: it was not run again.
+    #[serde(default)]
+    pub from_checkpoint: bool,
 }
 
 /// The result of one task.
@@ -162,6 +174,8 @@ pub struct StorageNode {
     result_cache: Option<ResultCache>,
     /// Native-vs-Wasm audits, when the options give a rate.
     auditor: Option<Auditor>,
+    /// Fold jobs of checkpointed aggregates.
+    folds: FoldJobs,
 }
 
 /// Describes a task's place for error messages: `lineitem.parquet: row group 3`.
@@ -242,6 +256,7 @@ impl StorageNode {
                     .map_or_else(crate::audit::native_pipeline, |p| p.0);
                 Auditor::new(options.audit_rate, native)
             }),
+            folds: FoldJobs::new(options.fold.clone())?,
             options,
         })
     }
@@ -387,24 +402,118 @@ impl StorageNode {
     /// # Errors
     /// Any error, wrapped with the task's file and row group or byte range.
     pub fn run_task(&self, task: &Task) -> Result<TaskOutput> {
-        self.run_task_inner(task)
-            .map_err(|e| e.context(task_context(task)))
+        match &task.fold {
+            Some(fold) => self.run_fold_task(task, fold),
+            None => self.run_task_inner(task),
+        }
+        .map_err(|e| e.context(task_context(task)))
+    }
+
+    /// Runs a task that asks to be folded into `fold`'s job ([`crate::fold`]): answered
+    /// from the job when it holds the task, run and folded when the job is this run's,
+    /// run as usual (its result returned) otherwise. Only a partial aggregate without a
+    /// `LIMIT` is folded.
+    fn run_fold_task(&self, task: &Task, fold: &FoldRef) -> Result<TaskOutput> {
+        let plain = task.unfolded();
+        if !matches!(plain.pushdown, Pushdown::PartialAggregate { .. }) || plain.limit.is_some() {
+            return self.run_task_inner(&plain);
+        }
+        let content = plain.content_hash();
+        let claim = self
+            .folds
+            .claim(fold, &plain.shape_hash(), &content, self.builtin.sha256())?;
+        let handle = match claim {
+            Claim::Unfolded => return self.run_task_inner(&plain),
+            Claim::Held { restored } => {
+                return Ok(TaskOutput {
+                    batches: Vec::new(),
+                    metrics: TaskMetrics {
+                        folded: true,
+                        from_checkpoint: restored,
+                        ..TaskMetrics::default()
+                    },
+                    passthrough: None,
+                    passthrough_reason: None,
+                })
+            }
+            Claim::Fold(handle) => handle,
+        };
+        let mut output = self.run_task_inner(&plain)?;
+        if output.passthrough.is_some() {
+            return Ok(output);
+        }
+        let partial = pushdown_plugins_builtin::encode_ipc(&plain.output_schema, &output.batches)
+            .map_err(Error::Internal)?;
+        let request = serde_json::to_vec(&FoldRequest {
+            version: PROTOCOL_VERSION,
+            pushdown: plain.pushdown.clone(),
+            output_schema: plain.output_schema.clone(),
+        })
+        .map_err(|e| Error::Internal(format!("fold request: {e}")))?;
+        let mut plugins = HashMap::new();
+        for p in plain.plugins() {
+            plugins.insert(p.name.clone(), self.plugin(&p)?);
+        }
+        let path = self.open_file(&plain.file)?.abs_path.clone();
+        self.folds.fold(
+            &handle,
+            fold.lease,
+            &self.builtin,
+            Arc::new(plugins),
+            &request,
+            &partial,
+            &content,
+            &path,
+        )?;
+        output.batches.clear();
+        output.metrics.folded = true;
+        output.metrics.rows_out = 0;
+        output.metrics.bytes_returned = 0;
+        Ok(output)
+    }
+
+    /// Drains fold job `job` of run `lease`, which saw the tasks with content hashes
+    /// `tasks` folded on this node ([`crate::fold::FoldJobs::finish`]): the merged partial
+    /// aggregate, as batches of `schema` (the tasks' output schema).
+    ///
+    /// # Errors
+    /// As [`crate::fold::FoldJobs::finish`]; [`Error::Plugin`] when the drained states do
+    /// not match `schema`.
+    pub fn finish_fold(
+        &self,
+        job: &str,
+        lease: u64,
+        tasks: &std::collections::BTreeSet<String>,
+        schema: &arrow_schema::Schema,
+    ) -> Result<TaskOutput> {
+        let ipc = self.folds.finish(job, lease, tasks, &self.builtin)?;
+        let batches = decode_ipc(&ipc, schema).map_err(|message| Error::Plugin {
+            plugin: BUILTIN_PLUGIN.into(),
+            message,
+        })?;
+        let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
+        Ok(TaskOutput {
+            batches,
+            metrics: TaskMetrics {
+                rows_out,
+                bytes_returned: ipc.len() as u64,
+                ..TaskMetrics::default()
+            },
+            passthrough: None,
+            passthrough_reason: None,
+        })
+    }
+
+    /// The counters of fold jobs and checkpoints.
+    pub fn fold_stats(&self) -> &crate::fold::FoldStats {
+        self.folds.stats()
     }
 
     /// Prunes, then lays out the task's input: the file, the byte segments to read and
     /// the encoded request. [`Planned::Pruned`] when statistics, a Bloom filter or the page
     /// index prove that no row of the row group matches.
     fn plan_input(&self, task: &Task, stage: Option<StageRun>) -> Result<Planned> {
-        let file = self
-            .files
-            .lock()
-            .expect("not poisoned")
-            .get(&task.file)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                path: task.file.clone(),
-                message: "not a file of an open table".into(),
-            })?;
+        let file = self.open_file(&task.file)?;
         // A task names one of the file's own units, in the file's format: a client cannot
         // pick another byte range or row group, or read a file as another format.
         if task.format != file.format {
@@ -533,6 +642,30 @@ impl StorageNode {
             input_len,
             pruning,
         }))
+    }
+
+    /// The file at `path` (relative to the data directory) of one of the node's tables.
+    /// A table not opened yet (a node restarted under an intermediary that still knows
+    /// its listing) is opened first: the table whose name is the path's first component
+    /// without its extension.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no table of the data directory holds the path; as
+    /// [`StorageNode::table`] when that table does not open.
+    fn open_file(&self, path: &str) -> Result<Arc<FileInfo>> {
+        let lookup = || self.files.lock().expect("not poisoned").get(path).cloned();
+        if let Some(f) = lookup() {
+            return Ok(f);
+        }
+        let first = path.split('/').next().unwrap_or_default();
+        let table = first.split('.').next().unwrap_or_default();
+        if !table.is_empty() {
+            self.table(table)?;
+        }
+        lookup().ok_or_else(|| Error::NotFound {
+            path: path.to_string(),
+            message: "not a file of a table of this storage node".into(),
+        })
     }
 
     /// Plugin-aware pruning: true when a scalar plugin that a conjunct of `predicate` calls
@@ -816,6 +949,8 @@ impl StorageNode {
             audit_mismatch,
             pruned_by_plugin: false,
             passed_through: false,
+            folded: false,
+            from_checkpoint: false,
         };
         if let Some((cache, key)) = cache_key {
             cache.insert(key, &batches, metrics);

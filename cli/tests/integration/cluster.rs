@@ -136,13 +136,18 @@ pub(crate) struct Cluster {
 /// A storage node over `data` on a free loopback port, with the test token, the admin
 /// token file and its own `registry`, and `extra` arguments.
 pub(crate) fn start_node(data: &Path, registry: &Path, extra: &[&str]) -> Server {
+    start_node_at(data, registry, "127.0.0.1:0", extra)
+}
+
+/// [`start_node`] listening on `listen`.
+fn start_node_at(data: &Path, registry: &Path, listen: &str, extra: &[&str]) -> Server {
     let mut args = vec![
         "storage-node",
         "serve",
         "--data",
         data.to_str().unwrap(),
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--token",
         TOKEN,
         "--admin-token-file",
@@ -894,4 +899,154 @@ fn a_plugin_that_traps_on_a_node_is_passed_through_then_quarantined_and_the_answ
         &connect(&intermediary.url, TOKEN, sql),
         &["plugin hungry", "linear memory cap of 64 MiB"],
     );
+}
+
+/// Tasks recorded as folded in the checkpoints in `dir` (each file's manifest: magic,
+/// length, JSON with a `folded` map).
+fn checkpointed_tasks(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_none_or(|x| x != "ckpt") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        let Some(len) = bytes.get(8..12) else {
+            continue;
+        };
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        let Some(json) = bytes.get(12..12 + len) else {
+            continue;
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(json).unwrap();
+        n += manifest["folded"].as_object().unwrap().len();
+    }
+    n
+}
+
+/// The number after `marker` in the intermediary's last run report.
+fn report_count(log: &str, marker: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("query done"))?;
+    let rest = line.split(marker).nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_node_killed_mid_query_resumes_its_folds_from_checkpoints_and_the_answer_is_the_same() {
+    let q1 = std::fs::read_to_string(repo().join("datasets/queries/tpch/q1.sql")).unwrap();
+    let expected = embedded(&q1);
+    let registry = tempfile::tempdir().unwrap();
+    let checkpoints = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let node_args = [
+        "--max-tasks",
+        "1",
+        "--result-cache",
+        "0",
+        "--checkpoint-dir",
+        checkpoints.path().to_str().unwrap(),
+        "--checkpoint-every",
+        "0",
+    ];
+    let data = layout().join("all");
+    let mut node = start_node_at(&data, registry.path(), &listen, &node_args);
+    let intermediary =
+        start_intermediary(&[&node.url], &["--fold-on-nodes", "--tasks-per-node", "1"]);
+    // The query runs while the node folds its tasks; once checkpoints hold a few, the node
+    // is frozen and killed, as a crash would.
+    let mut query = pushdown()
+        .args([
+            "query",
+            "--connect",
+            &intermediary.url,
+            "--token",
+            TOKEN,
+            "--output",
+            "csv",
+        ])
+        .arg(&q1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpointed_tasks(checkpoints.path()) < 3 {
+        assert!(
+            query.try_wait().unwrap().is_none(),
+            "the query finished before the node was killed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint written"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    node.signal("-STOP");
+    let held = checkpointed_tasks(checkpoints.path());
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    let failed = query.wait_with_output().unwrap();
+    assert!(!failed.status.success(), "the query outlived its node");
+    drop(node);
+    // The node comes back on the same address with the same checkpoint folder; the query
+    // runs again and the folded tasks are not run again.
+    let node = start_node_at(&data, registry.path(), &listen, &node_args);
+    assert_same_numbers(
+        &stdout_ok(connect(&intermediary.url, TOKEN, &q1)),
+        &expected,
+    );
+    let log = intermediary.stop();
+    let marker = "of which held from checkpoints (not run again): ";
+    assert_eq!(
+        report_count(&log, marker),
+        Some(held as u64),
+        "{held} tasks were checkpointed: {log}"
+    );
+    let node_log = node.stop();
+    assert!(
+        node_log.contains("resumed from its checkpoint"),
+        "{node_log}"
+    );
+    assert_eq!(
+        checkpointed_tasks(checkpoints.path()),
+        0,
+        "drained jobs leave no checkpoint"
+    );
+}
+
+#[test]
+fn folding_on_nodes_without_checkpoints_answers_like_embedded_mode() {
+    let q1 = std::fs::read_to_string(repo().join("datasets/queries/tpch/q1.sql")).unwrap();
+    let expected = embedded(&q1);
+    let registry = tempfile::tempdir().unwrap();
+    let node = start_node(
+        &layout().join("all"),
+        registry.path(),
+        &["--result-cache", "0"],
+    );
+    let intermediary = start_intermediary(&[&node.url], &["--fold-on-nodes"]);
+    assert_same_numbers(
+        &stdout_ok(connect(&intermediary.url, TOKEN, &q1)),
+        &expected,
+    );
+    let log = intermediary.stop();
+    let folded = report_count(&log, "drained): ").unwrap_or(0);
+    assert!(
+        folded >= 30,
+        "every row group's partial aggregate is folded: {log}"
+    );
+    assert_eq!(
+        report_count(&log, "of which held from checkpoints (not run again): "),
+        Some(0)
+    );
+    drop(node);
 }

@@ -49,6 +49,7 @@ fn task(node: &StorageNode, unit: TaskUnit, format: FileFormat, file: &str) -> T
         pushdown: Pushdown::Project(vec![("a".into(), Expr::Column("a".into()))]),
         output_schema: schema,
         limit: None,
+        fold: None,
     }
 }
 
@@ -107,7 +108,10 @@ async fn tasks_name_only_the_files_units_and_formats_the_node_listed() {
         )
         .await
         .unwrap_err();
-        assert!(err.contains("not a file of an open table"), "{file}: {err}");
+        assert!(
+            err.contains("not a file of a table of this storage node"),
+            "{file}: {err}"
+        );
     }
     // The node still answers a proper task.
     assert!(run(

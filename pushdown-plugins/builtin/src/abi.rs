@@ -58,7 +58,13 @@ pub unsafe extern "C" fn pushdown_run(
             Vec::from_raw_parts(input_ptr as *mut u8, input_len as usize, input_len as usize),
         )
     };
-    let out = match crate::run_task(&request, input) {
+    result_buffer(crate::run_task(&request, input))
+}
+
+/// Packs a result as the ABI's result buffer: status byte 0 and the payload, or 1 and
+/// the message; returns `(ptr << 32) | len`, freed by `pushdown_free`.
+fn result_buffer(result: Result<Vec<u8>, String>) -> u64 {
+    let out = match result {
         Ok(payload) => {
             let mut out = Vec::with_capacity(payload.len() + 1);
             out.push(0u8);
@@ -75,4 +81,37 @@ pub unsafe extern "C" fn pushdown_run(
     let len = out.len() as u64;
     let ptr = Box::into_raw(out) as *mut u8 as u64;
     (ptr << 32) | len
+}
+
+/// Folds one task's partial aggregate into the states this instance holds
+/// ([`crate::fold::fold`]): the request is JSON of `pushdown_protocol::FoldRequest`, the
+/// input an Arrow IPC stream of its partial output schema. Takes ownership of both buffers.
+///
+/// # Safety
+/// As [`pushdown_run`].
+#[no_mangle]
+pub unsafe extern "C" fn pushdown_fold(
+    request_ptr: u32,
+    request_len: u32,
+    input_ptr: u32,
+    input_len: u32,
+) -> u64 {
+    // SAFETY: the host hands back the buffers it got from `pushdown_alloc`, written in full.
+    let (request, input) = unsafe {
+        (
+            Vec::from_raw_parts(
+                request_ptr as *mut u8,
+                request_len as usize,
+                request_len as usize,
+            ),
+            Vec::from_raw_parts(input_ptr as *mut u8, input_len as usize, input_len as usize),
+        )
+    };
+    result_buffer(crate::fold::fold(&request, &input))
+}
+
+/// The folded states as an Arrow IPC stream, emptying them ([`crate::fold::drain`]).
+#[no_mangle]
+pub extern "C" fn pushdown_drain() -> u64 {
+    result_buffer(crate::fold::drain())
 }

@@ -273,7 +273,72 @@ fn decimal_widens(from: &DataType, to: &DataType) -> bool {
     matches!((from, to), (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) if s1 == s2 && p1 <= p2)
 }
 
-fn accumulator(aggregate: &PartialAggregate) -> Result<Box<dyn Accumulator>, String> {
+/// Merges a user aggregate plugin's partial states (a `Binary` column) with its
+/// `pushdown_aggregate_merge`, one call per batch: the states so far (group `g` at row
+/// `g`) and the batch's states with their group ids go in, one state per group comes out.
+struct PluginMerge {
+    plugin: PluginRef,
+    states: Option<ArrayRef>,
+}
+
+impl Accumulator for PluginMerge {
+    fn update(
+        &mut self,
+        values: &ArrayRef,
+        groups: &[u32],
+        num_groups: usize,
+        _rows: &[i64],
+    ) -> Result<(), String> {
+        let values = cast_checked(values, &DataType::Binary)?;
+        let mut ids: Vec<u32> = Vec::with_capacity(num_groups + groups.len());
+        let mut parts: Vec<&dyn Array> = Vec::with_capacity(2);
+        if let Some(states) = &self.states {
+            ids.extend(0..states.len() as u32);
+            parts.push(states.as_ref());
+        }
+        ids.extend_from_slice(groups);
+        parts.push(values.as_ref());
+        let states = arrow_select::concat::concat(&parts).map_err(|e| e.to_string())?;
+        let n = states.len();
+        let ids: ArrayRef = Arc::new(arrow_array::UInt32Array::from(ids));
+        let metadata = [(NUM_GROUPS_KEY.to_string(), num_groups.to_string())].into();
+        let input = crate::host::encode(vec![ids, states], n, metadata)?;
+        self.states = Some(crate::host::call_column(
+            &self.plugin,
+            crate::host::PluginOp::Merge,
+            &input,
+            &DataType::Binary,
+            num_groups,
+        )?);
+        Ok(())
+    }
+
+    fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String> {
+        match self.states.take() {
+            Some(states) if states.len() == num_groups => Ok(states),
+            // Groups the plugin has not seen yet hold its initial state (NULL).
+            Some(states) => {
+                let pad = arrow_array::new_null_array(&DataType::Binary, num_groups - states.len());
+                arrow_select::concat::concat(&[states.as_ref(), pad.as_ref()])
+                    .map_err(|e| e.to_string())
+            }
+            None => Ok(arrow_array::new_null_array(&DataType::Binary, num_groups)),
+        }
+    }
+}
+
+/// The accumulator of one aggregate: of rows, or with `merging` of partial states of the
+/// same aggregate (a user plugin's states then go through its merge).
+fn accumulator(
+    aggregate: &PartialAggregate,
+    merging: bool,
+) -> Result<Box<dyn Accumulator>, String> {
+    if let (AggregateFunction::Plugin(plugin), true) = (&aggregate.function, merging) {
+        return Ok(Box::new(PluginMerge {
+            plugin: plugin.clone(),
+            states: None,
+        }));
+    }
     if let AggregateFunction::Plugin(plugin) = &aggregate.function {
         return Ok(Box::new(Plugin {
             plugin: plugin.clone(),
@@ -359,9 +424,33 @@ impl GroupedAggregator {
         aggregates: Vec<(String, PartialAggregate)>,
         output_schema: SchemaRef,
     ) -> Result<Self, String> {
+        Self::with_mode(group_by, aggregates, output_schema, false)
+    }
+
+    /// An aggregator of partial states: each aggregate's argument is a state column of
+    /// the same aggregate, which is folded with the merge step (a user plugin's
+    /// `pushdown_aggregate_merge`; the built-in functions as [`crate::merge_aggregator`]
+    /// arranges them).
+    ///
+    /// # Errors
+    /// As [`GroupedAggregator::try_new`].
+    pub fn merging(
+        group_by: Vec<(String, Expr)>,
+        aggregates: Vec<(String, PartialAggregate)>,
+        output_schema: SchemaRef,
+    ) -> Result<Self, String> {
+        Self::with_mode(group_by, aggregates, output_schema, true)
+    }
+
+    fn with_mode(
+        group_by: Vec<(String, Expr)>,
+        aggregates: Vec<(String, PartialAggregate)>,
+        output_schema: SchemaRef,
+        merging: bool,
+    ) -> Result<Self, String> {
         let accumulators = aggregates
             .iter()
-            .map(|(_, a)| accumulator(a))
+            .map(|(_, a)| accumulator(a, merging))
             .collect::<Result<_, _>>()?;
         let num_groups = if group_by.is_empty() { 1 } else { 0 };
         Ok(Self {

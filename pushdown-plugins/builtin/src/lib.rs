@@ -25,6 +25,7 @@
 
 mod aggregate;
 mod eval;
+pub mod fold;
 pub mod fuzz;
 mod groups;
 mod host;
@@ -38,7 +39,7 @@ pub use aggregate::GroupedAggregator;
 pub use eval::{evaluate, evaluate_to_array, literal_array, Value};
 pub use host::{set_native_host, NativeHost, PluginOp};
 pub use parse::{parse_csv, parse_parquet};
-pub use pipeline::{merge_aggregator, run_pipeline, run_stage, run_task, TaskStats};
+pub use pipeline::{encode_ipc, merge_aggregator, run_pipeline, run_stage, run_task, TaskStats};
 
 /// Version of the plugin ABI this crate exports (see `pushdown-plugins/ABI.md`).
 pub const ABI_VERSION: u32 = 1;

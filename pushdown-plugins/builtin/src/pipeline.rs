@@ -236,7 +236,8 @@ fn partial_aggregator(request: &GuestRequest, stage: Stage) -> Result<GroupedAgg
 /// The aggregator that merges partial states of `pushdown`'s aggregate (batches of
 /// `schema`, the partial output schema) into one batch of the same schema: group columns
 /// and states are read by their output names; COUNT states are summed, SUM, MIN and MAX
-/// states folded with the same function (the merge step of a distributed aggregate).
+/// states folded with the same function (the merge step of a distributed aggregate), a
+/// user plugin's states with its `pushdown_aggregate_merge`.
 ///
 /// # Errors
 /// A message when `pushdown` is not a partial aggregate or a state type is unsupported.
@@ -261,11 +262,6 @@ pub fn merge_aggregator(
         .map(|(i, (_, a))| {
             let function = match &a.function {
                 AggregateFunction::Count => AggregateFunction::Sum,
-                AggregateFunction::Plugin(p) => {
-                    return Err(format!(
-                        "merging plugin {p}'s states runs in the intermediary"
-                    ))
-                }
                 f => f.clone(),
             };
             let argument = Expr::Column(name(group_by.len() + i));
@@ -279,7 +275,7 @@ pub fn merge_aggregator(
             ))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    GroupedAggregator::try_new(merge_by, merges, Arc::new(schema.clone()))
+    GroupedAggregator::merging(merge_by, merges, Arc::new(schema.clone()))
 }
 
 /// Rows per partial state in the merge stage's input: the selected rows are aggregated in

@@ -5,8 +5,10 @@
 //! The ABI the host speaks is written down in `pushdown-plugins/ABI.md`.
 
 mod cache;
+mod held;
 pub use cache::cache_root;
 pub(crate) use cache::stamp as file_stamp;
+pub use held::{checkpointable, GlobalValue, HeldInstance, InstanceSnapshot};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -398,6 +400,11 @@ impl Sandbox {
             idle: Arc::default(),
             limits: self.config.clone(),
             traps: Arc::default(),
+            snapshots: Arc::new(if host_calls {
+                checkpointable(bytes)
+            } else {
+                Err("not a pipeline module".into())
+            }),
         })
     }
 }
@@ -548,6 +555,9 @@ pub struct PluginModule {
     /// When its calls trapped, most recent last (at most [`TRAPS_KEPT`]), and the last
     /// message; shared by the clones of the module.
     traps: Arc<Mutex<TrapLog>>,
+    /// Whether its instances can be snapshotted ([`checkpointable`]); checked for pipeline
+    /// modules only.
+    snapshots: Arc<std::result::Result<(), String>>,
 }
 
 /// Traps of one module remembered for quarantine decisions.

@@ -54,6 +54,7 @@ fn run_all(node: &StorageNode) -> Vec<TaskOutput> {
                     Field::new("x", DataType::Float64, true),
                 ]),
                 limit: None,
+                fold: None,
             };
             node.run_task(&task).expect("the task succeeds")
         })

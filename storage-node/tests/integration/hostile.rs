@@ -71,6 +71,7 @@ fn normal_task(node: &StorageNode) -> i64 {
         pushdown: Pushdown::Project(vec![("a".into(), Expr::Column("a".into()))]),
         output_schema: Schema::new(vec![Field::new("a", DataType::Int64, true)]),
         limit: None,
+        fold: None,
     };
     let out = node.run_task(&task).expect("a normal task succeeds");
     out.batches

@@ -3,6 +3,7 @@
 
 mod audit;
 mod cache;
+mod fold;
 mod footer;
 mod hostile;
 mod result_cache;

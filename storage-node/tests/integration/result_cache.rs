@@ -34,6 +34,7 @@ fn run(node: &StorageNode, b: i64) -> (i64, TaskOutput) {
         pushdown: Pushdown::Project(vec![("a".into(), Expr::Column("a".into()))]),
         output_schema: Schema::new(vec![Field::new("a", DataType::Int64, true)]),
         limit: None,
+        fold: None,
     };
     let out = node.run_task(&task).expect("the task succeeds");
     let sum = out
