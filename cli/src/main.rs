@@ -111,7 +111,9 @@ struct QueryArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
-    /// Print the pushdown split before the result, and tasks, bytes and rows after it (on stderr).
+    /// Print the pushdown split before the result, and tasks, bytes and rows after it (on
+    /// stderr). With --connect, the intermediary's run report after the result: what the
+    /// storage nodes did (tasks, pruning, cache hits, passthrough, folds).
     #[arg(long)]
     explain: bool,
     /// Target size of a CSV chunk (one task each), in bytes.
@@ -240,7 +242,7 @@ fn query(args: QueryArgs) -> Result<()> {
             token_file: args.token_file.as_deref(),
             tls,
         };
-        return serve::query_remote(connect, &args.sql, |schema, batches| {
+        return serve::query_remote(connect, &args.sql, args.explain, |schema, batches| {
             let mut stdout = std::io::stdout().lock();
             match args.output {
                 OutputFormat::Table => output::table(&mut stdout, schema, batches)?,

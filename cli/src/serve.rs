@@ -454,20 +454,32 @@ pub struct ConnectArgs<'a> {
     pub tls: Option<pushdown_flight::ClientTls>,
 }
 
+/// Runs `sql` on the intermediary and prints the result with `print`; with `explain`,
+/// then prints the intermediary's run report of it on stderr.
 pub fn query_remote(
     connect: ConnectArgs<'_>,
     sql: &str,
+    explain: bool,
     print: impl FnOnce(SchemaRef, &[RecordBatch]) -> Result<()>,
 ) -> Result<()> {
     let token = pushdown_flight::read_token(connect.token, connect.token_file, "PUSHDOWN_TOKEN")
         .map_err(anyhow::Error::msg)?;
-    let (schema, batches) = runtime()?.block_on(pushdown_flight::query_remote(
-        connect.url,
-        token.as_deref(),
-        connect.tls.as_ref(),
-        sql,
-    ))?;
-    print(schema, &batches)
+    let (schema, batches, report) =
+        runtime()?.block_on(pushdown_flight::query_remote_with_report(
+            connect.url,
+            token.as_deref(),
+            connect.tls.as_ref(),
+            sql,
+            explain,
+        ))?;
+    print(schema, &batches)?;
+    if explain {
+        match report {
+            Some(r) => eprint!("{r}"),
+            None => eprintln!("(the intermediary sent no run report)"),
+        }
+    }
+    Ok(())
 }
 
 /// A non-negative number of seconds, finite, at most a day.

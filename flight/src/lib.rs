@@ -30,7 +30,10 @@ pub use node_server::{
     FileDescription, NodeService, RowGroupSummary, TableDescription, ADMIN_HEADER,
 };
 pub use remote::{ModuleSource, RemoteOptions, RemoteStorage};
-pub use sql_server::{query_remote, serve_sql, QueryLimits, SqlService, MAX_REQUEST_BYTES};
+pub use sql_server::{
+    query_remote, query_remote_with_report, serve_sql, QueryLimits, SqlService, MAX_REQUEST_BYTES,
+    RUN_REPORT_HEADER,
+};
 
 /// Errors of the servers and clients.
 #[derive(Debug, thiserror::Error)]

@@ -93,6 +93,12 @@ const DOWN_FOR: Duration = Duration::from_secs(30);
 /// finish leave theirs behind).
 const MAX_FOLDS: usize = 4096;
 
+/// A failed call shorter than this counts as a refused connection, worth one more try.
+const FAST_FAILURE: Duration = Duration::from_secs(2);
+
+/// Wait before that try.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
 /// Longest wait for a node's table listing.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -632,7 +638,14 @@ impl RemoteStorage {
         // Nodes that failed lately go last.
         order.sort_by_key(|&i| self.nodes[i].is_down());
         let mut failures = Vec::new();
-        for i in order {
+        // Nodes that failed fast (refused the connection: a node restarting, or a channel
+        // that kept a connection error from a call that was dropped) get one more try once
+        // every replica has failed.
+        let mut fast_failures = Vec::new();
+        let mut retried = false;
+        let mut queue: std::collections::VecDeque<usize> = order.into();
+        while let Some(i) = queue.pop_front() {
+            let attempt = Instant::now();
             match self.fetch(i, task).await {
                 Ok(mut out) => {
                     self.nodes[i].mark(false);
@@ -667,7 +680,15 @@ impl RemoteStorage {
                         task.file
                     );
                     failures.push(format!("{}: {message}", self.nodes[i].url));
+                    if attempt.elapsed() < FAST_FAILURE {
+                        fast_failures.push(i);
+                    }
                 }
+            }
+            if queue.is_empty() && !retried && !fast_failures.is_empty() {
+                retried = true;
+                tokio::time::sleep(RETRY_AFTER).await;
+                queue.extend(fast_failures.drain(..));
             }
         }
         Err(Error::Remote(format!(

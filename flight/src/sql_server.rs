@@ -143,8 +143,9 @@ impl FlightSqlService for SqlService {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let wants_report = request.metadata().contains_key(RUN_REPORT_HEADER);
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("the statement is not UTF-8"))?;
         let permit = self
@@ -163,10 +164,11 @@ impl FlightSqlService for SqlService {
         let timeout = self.limits.timeout;
         let stream = with_deadline(stream, started + timeout, timeout);
         // Reports what crossed between the tiers once the result has been sent.
-        let report = RunReport {
+        let report = Arc::new(RunReport {
             query: planned,
             started: std::time::Instant::now(),
-        };
+        });
+        let for_client = report.clone();
         // The report lives as long as the stream: it logs when the stream is dropped.
         let batches = stream.map(move |r| {
             let _alive = (&report, &permit);
@@ -174,6 +176,10 @@ impl FlightSqlService for SqlService {
                 FlightError::ExternalError(Box::new(pushdown_intermediary::Error::Query(e)))
             })
         });
+        // A client that asked for the run report gets it after the result: one more,
+        // empty batch whose message carries the report as `app_metadata`.
+        let last = wants_report.then(|| Ok(RecordBatch::new_empty(schema.clone())));
+        let batches = batches.chain(futures::stream::iter(last));
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
@@ -181,6 +187,7 @@ impl FlightSqlService for SqlService {
                 FlightError::ExternalError(inner) => Status::internal(inner.to_string()),
                 other => Status::internal(other.to_string()),
             });
+        let data = with_report_on_last(data, wants_report.then_some(for_client));
         let data: Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>> =
             Box::pin(data);
         Ok(Response::new(data))
@@ -210,6 +217,46 @@ fn with_deadline(
             )),
         }
     })
+}
+
+/// The request header (any value) with which a client asks for the run report after the
+/// result ([`query_remote_with_report`]).
+pub const RUN_REPORT_HEADER: &str = "x-pushdown-run-report";
+
+/// `data` with, when `report` is given, the run report (what the storage nodes did: tasks,
+/// pruning, cache, passthrough, folds) set as `app_metadata` of its last message, written
+/// once that message is the last: after the query finished.
+fn with_report_on_last(
+    data: impl Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static,
+    report: Option<Arc<RunReport>>,
+) -> impl Stream<Item = Result<arrow_flight::FlightData, Status>> + Send {
+    let Some(report) = report else {
+        return data.left_stream();
+    };
+    let data = Box::pin(data);
+    futures::stream::unfold(
+        (data, None::<arrow_flight::FlightData>, Some(report)),
+        |(mut data, mut held, report)| async move {
+            let report = report?;
+            loop {
+                match data.next().await {
+                    Some(Ok(next)) => {
+                        // Each message is sent once the next one exists: the last is kept.
+                        if let Some(previous) = held.replace(next) {
+                            return Some((Ok(previous), (data, held, Some(report))));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (data, None, None))),
+                    None => {
+                        let mut last = held?;
+                        last.app_metadata = report.query.run_report().into_bytes().into();
+                        return Some((Ok(last), (data, None, None)));
+                    }
+                }
+            }
+        },
+    )
+    .right_stream()
 }
 
 /// Logs (info) a query's tasks, bytes and rows when dropped, after its result was sent.
@@ -265,6 +312,24 @@ pub async fn query_remote(
     tls: Option<&crate::ClientTls>,
     sql: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {
+    query_remote_with_report(url, token, tls, sql, false)
+        .await
+        .map(|(schema, batches, _)| (schema, batches))
+}
+
+/// [`query_remote`], and with `report` the intermediary's run report of the query (what
+/// the storage nodes did: tasks scanned and pruned, cache hits, passthrough, folds), which
+/// it sends after the result to a client that asks ([`RUN_REPORT_HEADER`]).
+///
+/// # Errors
+/// As [`query_remote`].
+pub async fn query_remote_with_report(
+    url: &str,
+    token: Option<&str>,
+    tls: Option<&crate::ClientTls>,
+    sql: &str,
+    report: bool,
+) -> Result<(SchemaRef, Vec<RecordBatch>, Option<String>), Error> {
     let channel = crate::endpoint(url, tls)?
         .connect_timeout(Duration::from_secs(10))
         .connect()
@@ -276,6 +341,9 @@ pub async fn query_remote(
     if let Some(t) = token {
         client.set_token(t.to_string());
     }
+    if report {
+        client.set_header(RUN_REPORT_HEADER, "1");
+    }
     let remote = |e: FlightError| Error::Remote(describe_flight(e));
     let info = client
         .execute(sql.to_string(), None)
@@ -286,17 +354,26 @@ pub async fn query_remote(
             .try_decode_schema()
             .map_err(|e| Error::Remote(e.to_string()))?,
     );
-    let mut batches = Vec::new();
+    let (mut batches, mut run_report) = (Vec::new(), None);
     for endpoint in info.endpoint {
         let Some(ticket) = endpoint.ticket else {
             continue;
         };
-        let mut stream = client.do_get(ticket).await.map_err(remote)?;
-        while let Some(b) = stream.next().await {
-            batches.push(b.map_err(|e| Error::Remote(describe_flight(e)))?);
+        let mut stream = client.do_get(ticket).await.map_err(remote)?.into_inner();
+        while let Some(data) = stream.next().await {
+            let data = data.map_err(|e| Error::Remote(describe_flight(e)))?;
+            let carries_report = report && !data.inner.app_metadata.is_empty();
+            if carries_report {
+                run_report = Some(String::from_utf8_lossy(&data.inner.app_metadata).into_owned());
+            }
+            if let arrow_flight::decode::DecodedPayload::RecordBatch(b) = data.payload {
+                if !(carries_report && b.num_rows() == 0) {
+                    batches.push(b);
+                }
+            }
         }
     }
-    Ok((schema, batches))
+    Ok((schema, batches, run_report))
 }
 
 fn describe_flight(e: FlightError) -> String {

@@ -62,7 +62,8 @@ pub struct FoldOptions {
     pub checkpoint_every: Duration,
     /// Bytes of checkpoint files kept; the oldest beyond it are deleted. Defaults to 1 GiB.
     pub checkpoint_budget_bytes: u64,
-    /// Jobs held at once; a task of a job beyond them runs as usual. Defaults to 64.
+    /// Jobs held at once, each an instance of up to the sandbox's linear-memory cap; a task
+    /// of a job beyond them runs as usual (its result returned). Defaults to 16.
     pub max_jobs: usize,
     /// A run of a query idle this long loses its jobs to another run. Defaults to 60 s.
     pub lease_timeout: Duration,
@@ -74,7 +75,7 @@ impl Default for FoldOptions {
             checkpoint_dir: None,
             checkpoint_every: Duration::from_secs(1),
             checkpoint_budget_bytes: 1 << 30,
-            max_jobs: 64,
+            max_jobs: 16,
             lease_timeout: Duration::from_secs(60),
         }
     }

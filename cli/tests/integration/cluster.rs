@@ -20,7 +20,7 @@ pub(crate) const ADMIN_TOKEN: &str = "admin-only-token";
 pub(crate) fn admin_token_file() -> &'static str {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::support::process_tempdir();
         std::fs::write(dir.path().join("admin-token"), format!("{ADMIN_TOKEN}\n")).unwrap();
         dir
     });
@@ -40,7 +40,7 @@ pub(crate) fn admin_token_file() -> &'static str {
 pub(crate) fn layout() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::support::process_tempdir();
         let script = r#"
 import os, shutil, sys
 import pyarrow.parquet as pq
@@ -524,7 +524,7 @@ fn a_node_reads_a_parser_plugin_table_for_the_intermediary() {
 fn tpch_layout() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::support::process_tempdir();
         let all = dir.path().join("all");
         let out = pushdown()
             .args([
@@ -585,6 +585,9 @@ pub(crate) fn output_within(command: &mut Command, timeout: Duration) -> Output 
     }
 }
 
+/// Each query also through an intermediary with `--fold-on-nodes`: every query shape
+/// (joins, subqueries, several scans of one table) with partial aggregates folded on the
+/// nodes, the tasks of a file spread over its replicas.
 #[test]
 fn all_22_tpch_queries_through_three_nodes_match_embedded_mode() {
     let layout = tpch_layout();
@@ -610,6 +613,9 @@ fn all_22_tpch_queries_through_three_nodes_match_embedded_mode() {
         args.extend(["--storage-node", n.url.as_str()]);
     }
     let intermediary = Server::start(&args);
+    // A second intermediary over the same nodes folds the partial aggregates there.
+    args.push("--fold-on-nodes");
+    let folding = Server::start(&args);
     let timeout = Duration::from_secs(120);
     for n in 1..=22 {
         let path = repo().join(format!("datasets/queries/tpch/q{n}.sql"));
@@ -638,6 +644,20 @@ fn all_22_tpch_queries_through_three_nodes_match_embedded_mode() {
         let remote = stdout_ok(remote);
         assert!(local.lines().count() > 1, "Q{n} has rows: {local}");
         assert_same_numbers(&remote, &local);
+        let folded = output_within(
+            pushdown().args([
+                "query",
+                "--connect",
+                &folding.url,
+                "--token",
+                TOKEN,
+                "--output",
+                "csv",
+                &sql,
+            ]),
+            timeout,
+        );
+        assert_same_numbers(&stdout_ok(folded), &local);
     }
 }
 
@@ -1034,19 +1054,32 @@ fn folding_on_nodes_without_checkpoints_answers_like_embedded_mode() {
         &["--result-cache", "0"],
     );
     let intermediary = start_intermediary(&[&node.url], &["--fold-on-nodes"]);
-    assert_same_numbers(
-        &stdout_ok(connect(&intermediary.url, TOKEN, &q1)),
-        &expected,
-    );
-    let log = intermediary.stop();
-    let folded = report_count(&log, "drained): ").unwrap_or(0);
+    // `--explain` with `--connect` prints the intermediary's run report after the result.
+    let out = pushdown()
+        .args(["query", "--connect", &intermediary.url, "--token", TOKEN])
+        .args(["--output", "csv", "--explain"])
+        .arg(&q1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_same_numbers(&stdout_ok(out), &expected);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("tasks folded on the storage nodes"))
+        .unwrap_or_else(|| panic!("no fold line in the run report: {stderr}"));
+    let folded = report_count(&format!("query done {line}"), "drained): ").unwrap();
     assert!(
         folded >= 30,
-        "every row group's partial aggregate is folded: {log}"
+        "every row group's partial aggregate is folded: {stderr}"
     );
-    assert_eq!(
-        report_count(&log, "of which held from checkpoints (not run again): "),
-        Some(0)
+    assert!(
+        line.ends_with("of which held from checkpoints (not run again): 0"),
+        "{line}"
     );
+    assert!(stderr.contains("table lineitem: tasks"), "{stderr}");
+    // Without --explain the result has no extra rows and no report.
+    let plain = connect(&intermediary.url, TOKEN, &q1);
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("tasks folded"));
+    assert_same_numbers(&stdout_ok(plain), &expected);
     drop(node);
 }

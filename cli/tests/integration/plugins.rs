@@ -260,7 +260,7 @@ fn haversine_can_skip_prunes_far_row_groups_and_answers_like_a_full_scan() {
 pub(crate) fn lineitem() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::support::process_tempdir();
         ok(pushdown(&[
             "datasets",
             "tpch",

@@ -3,6 +3,34 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A temporary folder for data a test process keeps for its whole life (a `static`, whose
+/// destructor never runs): made in `$CARGO_TARGET_TMPDIR/cli-tests/<pid>/`, and the folders
+/// of test processes that have ended are deleted when the first one is made, so runs on a
+/// used machine do not pile up copies of the generated datasets.
+pub fn process_tempdir() -> tempfile::TempDir {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
+        std::fs::create_dir_all(&parent).expect("the scratch folder");
+        for entry in std::fs::read_dir(&parent)
+            .expect("the scratch folder")
+            .flatten()
+        {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let alive = pid
+                .parse::<u32>()
+                .is_ok_and(|p| Path::new("/proc").join(p.to_string()).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let mine = parent.join(std::process::id().to_string());
+        std::fs::create_dir_all(&mine).expect("the scratch folder");
+        mine
+    });
+    tempfile::tempdir_in(root).expect("a temporary folder")
+}
+
 pub fn testdata() -> PathBuf {
     match std::env::var_os("PUSHDOWN_TESTDATA") {
         Some(p) => PathBuf::from(p),
@@ -21,7 +49,7 @@ pub fn pushdown() -> Command {
 /// [`pushdown`] with another copy of the binary.
 pub fn pushdown_at(binary: &Path) -> Command {
     static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let home = HOME.get_or_init(|| tempfile::tempdir().expect("a temporary home"));
+    let home = HOME.get_or_init(process_tempdir);
     let mut command = Command::new(binary);
     command
         .env("XDG_DATA_HOME", home.path().join("data"))
