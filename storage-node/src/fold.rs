@@ -26,7 +26,9 @@
 //!   folded on this node; otherwise (tasks folded after the last checkpoint were lost in a
 //!   restart) it fails, asking to run the query again, and drops the job. Every query
 //!   therefore answers exactly or fails.
-//! * **Checkpoints** are written to a temporary file and renamed; a file that is torn,
+//! * **Checkpoints**: the snapshot (a copy of linear memory and globals) is taken under the
+//!   job's lock between two folds; a writer thread compresses it and writes it to a
+//!   temporary file, synced and renamed, so a task waits for the copy only; a file that is torn,
 //!   of another pipeline module, or whose folded tasks' files changed since (their stamp:
 //!   device, inode, size, modification and status-change times) is discarded. The folder
 //!   is kept under a byte budget, oldest files first.
@@ -155,7 +157,98 @@ pub struct FoldJobs {
     jobs: Mutex<HashMap<String, Arc<Mutex<JobHandle>>>>,
     /// Leases whose job broke (a fold failed): their later tasks and finish fail.
     broken: Mutex<BTreeMap<u64, String>>,
-    stats: FoldStats,
+    stats: Arc<FoldStats>,
+    /// Writes checkpoints off the tasks' threads, when there is a checkpoint folder.
+    writer: Option<Writer>,
+}
+
+/// A checkpoint to write: the snapshot was taken under the job's lock; compressing,
+/// hashing and syncing it to disk happen on the writer thread.
+struct PendingWrite {
+    path: PathBuf,
+    manifest: Manifest,
+    memory: Vec<u8>,
+}
+
+/// The checkpoint writer: one thread, writes in the order the snapshots were taken (a
+/// job's later snapshot never replaced by an earlier one), at most [`WRITE_QUEUE`]
+/// waiting; a snapshot that finds the queue full is skipped (the next fold tries again).
+struct Writer {
+    queue: Option<std::sync::mpsc::SyncSender<PendingWrite>>,
+    /// Snapshots queued or being written, and its condition.
+    pending: Arc<(Mutex<usize>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Checkpoints waiting for the writer at most.
+const WRITE_QUEUE: usize = 4;
+
+impl Writer {
+    fn start(budget: u64, stats: Arc<FoldStats>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PendingWrite>(WRITE_QUEUE);
+        let pending: Arc<(Mutex<usize>, std::sync::Condvar)> = Arc::default();
+        let done = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("pushdown-checkpoints".into())
+            .spawn(move || {
+                for write in rx {
+                    match write_checkpoint(&write, budget) {
+                        Ok(bytes) => {
+                            stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                            stats.checkpoint_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        }
+                        // A checkpoint that cannot be written costs only a restart's work.
+                        Err(e) => log::warn!(
+                            "fold job {}: checkpoint not written: {e}",
+                            write.manifest.job
+                        ),
+                    }
+                    let (count, changed) = &*done;
+                    *count.lock().expect("not poisoned") -= 1;
+                    changed.notify_all();
+                }
+            })?;
+        Ok(Self {
+            queue: Some(tx),
+            pending,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `write`; false when the queue is full.
+    fn submit(&self, write: PendingWrite) -> bool {
+        let (count, _) = &*self.pending;
+        let mut n = count.lock().expect("not poisoned");
+        let Some(queue) = &self.queue else {
+            return false;
+        };
+        match queue.try_send(write) {
+            Ok(()) => {
+                *n += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until every queued checkpoint is on disk.
+    fn flush(&self) {
+        let (count, changed) = &*self.pending;
+        let mut n = count.lock().expect("not poisoned");
+        while *n > 0 {
+            n = changed.wait(n).expect("not poisoned");
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// A node that shuts down writes the checkpoints it has queued.
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// True for a job id as the intermediary makes them: 64 lowercase hex digits (so it is a
@@ -196,11 +289,24 @@ impl FoldJobs {
                 }
             }
         }
+        let stats = Arc::new(FoldStats::default());
+        let writer = match &options.checkpoint_dir {
+            Some(dir) => Some(
+                Writer::start(options.checkpoint_budget_bytes, stats.clone()).map_err(|error| {
+                    Error::Io {
+                        path: dir.display().to_string(),
+                        error,
+                    }
+                })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             options,
             jobs: Mutex::default(),
             broken: Mutex::default(),
-            stats: FoldStats::default(),
+            stats,
+            writer,
         })
     }
 
@@ -212,6 +318,22 @@ impl FoldJobs {
     /// The counters.
     pub fn stats(&self) -> &FoldStats {
         &self.stats
+    }
+
+    /// Waits until every checkpoint taken so far is written.
+    pub fn flush(&self) {
+        if let Some(w) = &self.writer {
+            w.flush();
+        }
+    }
+
+    /// Deletes job `job`'s checkpoint, after the writes queued before (so none of them
+    /// brings it back).
+    fn delete_checkpoint(&self, job: &str) {
+        self.flush();
+        if let Some(path) = self.checkpoint_path(job) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn checkpoint_path(&self, job: &str) -> Option<PathBuf> {
@@ -366,19 +488,17 @@ impl FoldJobs {
         let due = job
             .last_checkpoint
             .is_none_or(|t| t.elapsed() >= self.options.checkpoint_every);
-        if due {
-            if let Some(path) = self.checkpoint_path(&job.id) {
-                match self.write_checkpoint(job, &path) {
-                    Ok(bytes) => {
-                        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .checkpoint_bytes
-                            .fetch_add(bytes, Ordering::Relaxed);
+        if let (true, Some(path), Some(writer)) = (due, self.checkpoint_path(&job.id), &self.writer)
+        {
+            match snapshot(job, path) {
+                Ok(write) => {
+                    if writer.submit(write) {
                         job.last_checkpoint = Some(Instant::now());
+                    } else {
+                        log::debug!("fold job {}: checkpoint writer busy, skipped", job.id);
                     }
-                    // A checkpoint that cannot be written costs only a restart's work.
-                    Err(e) => log::warn!("fold job {}: checkpoint not written: {e}", job.id),
                 }
+                Err(e) => log::warn!("fold job {}: no snapshot for a checkpoint: {e}", job.id),
             }
         }
         Ok(true)
@@ -407,9 +527,7 @@ impl FoldJobs {
 
     fn break_job(&self, job: &str, lease: u64, message: &str) {
         self.jobs.lock().expect("not poisoned").remove(job);
-        if let Some(path) = self.checkpoint_path(job) {
-            let _ = std::fs::remove_file(path);
-        }
+        self.delete_checkpoint(job);
         let mut broken = self.broken.lock().expect("not poisoned");
         if broken.len() >= 1024 {
             broken.pop_first();
@@ -462,9 +580,7 @@ impl FoldJobs {
         let j = &mut guard.0;
         let drop_job = |message: String| {
             self.jobs.lock().expect("not poisoned").remove(job);
-            if let Some(path) = self.checkpoint_path(job) {
-                let _ = std::fs::remove_file(path);
-            }
+            self.delete_checkpoint(job);
             Error::Internal(message)
         };
         if j.lease.is_some_and(|l| l != lease) {
@@ -492,9 +608,7 @@ impl FoldJobs {
         );
         drop(guard);
         self.jobs.lock().expect("not poisoned").remove(job);
-        if let Some(path) = self.checkpoint_path(job) {
-            let _ = std::fs::remove_file(path);
-        }
+        self.delete_checkpoint(job);
         result
     }
 
@@ -557,55 +671,61 @@ impl FoldJobs {
             last_checkpoint: Some(Instant::now()),
         })
     }
+}
 
-    /// Snapshots the job's instance into `path` (atomically); returns the bytes written.
-    fn write_checkpoint(&self, job: &mut Job, path: &Path) -> Result<u64> {
-        let instance = job
-            .instance
-            .as_mut()
-            .ok_or_else(|| Error::Internal("no instance to checkpoint".into()))?;
-        let snapshot = instance.snapshot()?;
-        let manifest = Manifest {
-            job: job.id.clone(),
-            shape: job.shape.clone(),
-            module_sha256: snapshot.module_sha256.clone(),
-            globals: snapshot.globals.clone(),
-            memory_len: snapshot.memory.len() as u64,
-            folded: job.folded.clone(),
-        };
-        let io = |error| Error::Io {
-            path: path.display().to_string(),
-            error,
-        };
-        let json = serde_json::to_vec(&manifest)
-            .map_err(|e| Error::Internal(format!("checkpoint manifest: {e}")))?;
-        let memory = zstd::bulk::compress(&snapshot.memory, 1).map_err(io)?;
-        let mut out = Vec::with_capacity(memory.len() + json.len() + 64);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        out.extend_from_slice(&json);
-        out.extend_from_slice(&(memory.len() as u64).to_le_bytes());
-        out.extend_from_slice(&memory);
-        let digest = Sha256::digest(&out);
-        out.extend_from_slice(&digest);
-        if let Some(dir) = path.parent() {
-            enforce_budget(
-                dir,
-                self.options.checkpoint_budget_bytes,
-                out.len() as u64,
-                path,
-            );
-        }
-        let tmp = path.with_extension("ckpt.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&out).map_err(io)?;
-            f.sync_data().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(out.len() as u64)
+/// A snapshot of the job's instance and the manifest of its folded tasks, to write to `path`.
+fn snapshot(job: &mut Job, path: PathBuf) -> Result<PendingWrite> {
+    let instance = job
+        .instance
+        .as_mut()
+        .ok_or_else(|| Error::Internal("no instance to checkpoint".into()))?;
+    let snapshot = instance.snapshot()?;
+    let manifest = Manifest {
+        job: job.id.clone(),
+        shape: job.shape.clone(),
+        module_sha256: snapshot.module_sha256.clone(),
+        globals: snapshot.globals.clone(),
+        memory_len: snapshot.memory.len() as u64,
+        folded: job.folded.clone(),
+    };
+    Ok(PendingWrite {
+        path,
+        manifest,
+        memory: snapshot.memory,
+    })
+}
+
+/// Writes a checkpoint file atomically (temporary file, synced, renamed), keeping the
+/// folder within `budget` bytes; returns the bytes written.
+fn write_checkpoint(write: &PendingWrite, budget: u64) -> Result<u64> {
+    let path = &write.path;
+    let io = |error| Error::Io {
+        path: path.display().to_string(),
+        error,
+    };
+    let json = serde_json::to_vec(&write.manifest)
+        .map_err(|e| Error::Internal(format!("checkpoint manifest: {e}")))?;
+    let memory = zstd::bulk::compress(&write.memory, 1).map_err(io)?;
+    let mut out = Vec::with_capacity(memory.len() + json.len() + 64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&(memory.len() as u64).to_le_bytes());
+    out.extend_from_slice(&memory);
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    if let Some(dir) = path.parent() {
+        enforce_budget(dir, budget, out.len() as u64, path);
     }
+    let tmp = path.with_extension("ckpt.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&out).map_err(io)?;
+        f.sync_data().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(out.len() as u64)
 }
 
 /// The checkpoint files in `dir`: path, size, modification time.

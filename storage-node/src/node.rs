@@ -504,6 +504,12 @@ impl StorageNode {
         })
     }
 
+    /// Waits until the checkpoints of fold jobs taken so far are written (they are written
+    /// by a thread of their own; dropping the node waits too).
+    pub fn flush_checkpoints(&self) {
+        self.folds.flush();
+    }
+
     /// The counters of fold jobs and checkpoints.
     pub fn fold_stats(&self) -> &crate::fold::FoldStats {
         self.folds.stats()

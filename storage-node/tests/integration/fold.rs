@@ -169,6 +169,7 @@ fn a_restarted_node_resumes_its_fold_from_the_checkpoint_and_drains_exact_states
             .load(std::sync::atomic::Ordering::Relaxed),
         half as u64
     );
+    node.flush_checkpoints();
     assert_eq!(checkpoints_in(checkpoints.path()), 1);
     // A restart: the node's memory is gone, its checkpoint folder is not.
     drop(node);
