@@ -26,12 +26,12 @@
 //!   folded on this node; otherwise (tasks folded after the last checkpoint were lost in a
 //!   restart) it fails, asking to run the query again, and drops the job. Every query
 //!   therefore answers exactly or fails.
-//! * **Checkpoints**: the snapshot (a copy of linear memory and globals) is taken under the
+//! * **Checkpoints.** The snapshot (a copy of linear memory and globals) is taken under the
 //!   job's lock between two folds; a writer thread compresses it and writes it to a
-//!   temporary file, synced and renamed, so a task waits for the copy only; a file that is torn,
-//!   of another pipeline module, or whose folded tasks' files changed since (their stamp:
-//!   device, inode, size, modification and status-change times) is discarded. The folder
-//!   is kept under a byte budget, oldest files first.
+//!   temporary file, synced and renamed, so a task waits for the copy only. A file that is
+//!   torn, of another pipeline module, or whose folded tasks' files changed since (their
+//!   stamp: device, inode, size, modification and status-change times) is discarded. The
+//!   folder is kept under a byte budget, oldest files first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
