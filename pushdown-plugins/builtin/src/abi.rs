@@ -48,17 +48,18 @@ pub unsafe extern "C" fn pushdown_run(
     input_len: u32,
 ) -> u64 {
     // SAFETY: the host hands back the buffers it got from `pushdown_alloc`, written in full.
-    let (request, input) = unsafe {
-        (
-            Vec::from_raw_parts(
-                request_ptr as *mut u8,
-                request_len as usize,
-                request_len as usize,
-            ),
-            Vec::from_raw_parts(input_ptr as *mut u8, input_len as usize, input_len as usize),
-        )
-    };
+    let (request, input) = unsafe { (take(request_ptr, request_len), take(input_ptr, input_len)) };
     result_buffer(crate::run_task(&request, input))
+}
+
+/// Takes ownership of a buffer `pushdown_alloc` returned.
+///
+/// # Safety
+/// `ptr`/`len` must be a buffer returned by `pushdown_alloc(len)`, fully written, not
+/// taken before.
+unsafe fn take(ptr: u32, len: u32) -> Vec<u8> {
+    // SAFETY: `pushdown_alloc` leaked a `Vec<u8>` of capacity `len` at `ptr`.
+    unsafe { Vec::from_raw_parts(ptr as *mut u8, len as usize, len as usize) }
 }
 
 /// Packs a result as the ABI's result buffer: status byte 0 and the payload, or 1 and
@@ -97,16 +98,7 @@ pub unsafe extern "C" fn pushdown_fold(
     input_len: u32,
 ) -> u64 {
     // SAFETY: the host hands back the buffers it got from `pushdown_alloc`, written in full.
-    let (request, input) = unsafe {
-        (
-            Vec::from_raw_parts(
-                request_ptr as *mut u8,
-                request_len as usize,
-                request_len as usize,
-            ),
-            Vec::from_raw_parts(input_ptr as *mut u8, input_len as usize, input_len as usize),
-        )
-    };
+    let (request, input) = unsafe { (take(request_ptr, request_len), take(input_ptr, input_len)) };
     result_buffer(crate::fold::fold(&request, &input))
 }
 
