@@ -407,20 +407,7 @@ impl RemoteStorage {
             .map_err(|_| Failure::Node("closed".into()))?;
         let mut client = self.client(node);
         let ticket = Ticket::new(serde_json::to_vec(task).expect("a task serializes"));
-        let call = async {
-            let mut decoder = client.do_get(ticket).await?.into_inner();
-            let (mut batches, mut metrics) = (Vec::new(), None);
-            while let Some(item) = decoder.next().await {
-                let data = item?;
-                if !data.inner.app_metadata.is_empty() {
-                    metrics = serde_json::from_slice::<TaskMetrics>(&data.inner.app_metadata).ok();
-                }
-                if let DecodedPayload::RecordBatch(b) = data.payload {
-                    batches.push(b);
-                }
-            }
-            Ok::<_, FlightError>((batches, metrics))
-        };
+        let call = read_result(&mut client, ticket);
         let timeout = self.options.task_timeout;
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(Failure::Node(format!("no result within {timeout:?}"))),
@@ -447,6 +434,26 @@ impl RemoteStorage {
             }),
         }
     }
+}
+
+/// The record batches of a node's `DoGet` result (a task's, or a drained fold job's) and
+/// the metrics its first message carries as `app_metadata`, when they parse.
+async fn read_result(
+    client: &mut FlightClient,
+    ticket: Ticket,
+) -> std::result::Result<(Vec<arrow_array::RecordBatch>, Option<TaskMetrics>), FlightError> {
+    let mut decoder = client.do_get(ticket).await?.into_inner();
+    let (mut batches, mut metrics) = (Vec::new(), None);
+    while let Some(item) = decoder.next().await {
+        let data = item?;
+        if !data.inner.app_metadata.is_empty() {
+            metrics = serde_json::from_slice::<TaskMetrics>(&data.inner.app_metadata).ok();
+        }
+        if let DecodedPayload::RecordBatch(b) = data.payload {
+            batches.push(b);
+        }
+    }
+    Ok((batches, metrics))
 }
 
 /// The first 12 characters of a hex digest a node sent (all of it when shorter).
@@ -575,21 +582,10 @@ impl StorageClient for RemoteStorage {
                     let mut client = this.client(node);
                     let call = async {
                         let _permit = node.permits.acquire().await;
-                        let mut decoder = client.do_get(ticket).await?.into_inner();
-                        let (mut batches, mut metrics) = (Vec::new(), TaskMetrics::default());
-                        while let Some(item) = decoder.next().await {
-                            let data = item?;
-                            if !data.inner.app_metadata.is_empty() {
-                                metrics = serde_json::from_slice(&data.inner.app_metadata)
-                                    .unwrap_or_default();
-                            }
-                            if let DecodedPayload::RecordBatch(b) = data.payload {
-                                batches.push(b);
-                            }
-                        }
+                        let (batches, metrics) = read_result(&mut client, ticket).await?;
                         Ok::<_, FlightError>(TaskOutput {
                             batches,
-                            metrics,
+                            metrics: metrics.unwrap_or_default(),
                             passthrough: None,
                             passthrough_reason: None,
                         })
