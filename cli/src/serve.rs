@@ -168,6 +168,23 @@ pub struct IntermediaryServeArgs {
     /// its folds from their checkpoints when the query runs again.
     #[arg(long)]
     fold_on_nodes: bool,
+    /// Another intermediary of this tier (`http://host:port`); repeat for each. Each query
+    /// is then spread over the tier: its scans' row groups divided among the intermediaries
+    /// up, partial aggregates and joins shuffled between them by key, the final stage run
+    /// here. Every intermediary of a tier lists the others, with the same storage nodes.
+    #[arg(long = "peer", value_name = "URL")]
+    peers: Vec<String>,
+    /// File of peer URLs, one per line (`#` starts a comment); adds to --peer.
+    #[arg(long, value_name = "FILE")]
+    peers_file: Option<PathBuf>,
+    /// This intermediary's URL as its peers reach it [default: http(s)://the listening
+    /// address].
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// File whose first line is the bearer token of calls between the tier's intermediaries
+    /// (sent to peers, required of them) [default: the clients' token].
+    #[arg(long, value_name = "FILE")]
+    peer_token_file: Option<PathBuf>,
     /// The plugin registry whose scalar functions and aggregates SQL may call; their
     /// modules are sent to the storage nodes by hash.
     #[command(flatten)]
@@ -400,34 +417,90 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
         let r = r.clone();
         storage = storage.with_modules(Arc::new(move |p: &PluginRef| r.module(p)));
     }
-    let engine = Arc::new(Engine::with_memory_limit(
-        Arc::new(storage),
-        None,
-        args.memory_limit.map(|m| (m as usize) << 20),
-    ));
-    if let Some(registry) = registry {
-        // Calls that stay in the intermediary, and merges and finalizes, run here.
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
-        let loaded: Arc<Mutex<HashMap<String, PluginModule>>> = Arc::default();
-        let plugins = registry.list()?;
-        let loader: PluginLoader = Arc::new(move |p: &PluginRef| {
-            if let Some(m) = loaded.lock().expect("not poisoned").get(&p.sha256) {
-                return Ok(m.clone());
-            }
-            let (module, _) = sandbox.load_plugin(&p.name, &registry.module(p)?)?;
-            loaded
-                .lock()
-                .expect("not poisoned")
-                .insert(p.sha256.clone(), module.clone());
-            Ok(module)
-        });
-        engine.register_plugins(&plugins, loader)?;
+    let mut peer_urls = args.peers.clone();
+    if let Some(file) = &args.peers_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("--peers-file {}: {e}", file.display()))?;
+        peer_urls.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or_default().trim())
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
     }
+    let peer_token = match &args.peer_token_file {
+        Some(f) => read_token_file(Some(f))?,
+        None => security.token.clone(),
+    };
+    let storage: Arc<dyn pushdown_intermediary::StorageClient> = Arc::new(storage);
+    let memory_limit = args.memory_limit.map(|m| (m as usize) << 20);
     runtime.block_on(async move {
         let (listener, addr) = pushdown_flight::bind(&args.listen).await?;
         args.security.check_exposure(addr, &security)?;
+        let engine = if peer_urls.is_empty() {
+            Engine::with_memory_limit(storage, None, memory_limit)
+        } else {
+            let self_url = args
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{}://{addr}", scheme(&security)));
+            let peers = pushdown_flight::Peers::new(&self_url, &peer_urls)?;
+            peers.spawn_probes();
+            let mut headers = http::HeaderMap::new();
+            if let Some(t) = &peer_token {
+                headers.insert(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {t}").parse().map_err(|_| {
+                        anyhow::anyhow!("the peer token is not a valid header value")
+                    })?,
+                );
+            }
+            // `https://` peers: their certificates chain to --node-tls-ca (else the
+            // system's roots); this intermediary presents its own for mutual TLS.
+            let peer_tls = Some(pushdown_flight::ClientTls {
+                ca: args.node_tls_ca.clone(),
+                identity: security
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.cert.clone(), t.key.clone())),
+            });
+            let tier = pushdown_intermediary::TierOptions {
+                workers: {
+                    let peers = peers.clone();
+                    Arc::new(move || peers.workers())
+                },
+                self_url: peers.self_url().clone(),
+                channels: Arc::new(pushdown_flight::PeerChannels::new(peer_tls)),
+                headers,
+            };
+            Engine::with_tier(storage, memory_limit, tier)?
+        };
+        let engine = Arc::new(engine);
+        if let Some(registry) = registry {
+            // Calls that stay in the intermediary, and merges and finalizes, run here.
+            let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
+            let loaded: Arc<Mutex<HashMap<String, PluginModule>>> = Arc::default();
+            let plugins = registry.list()?;
+            let loader: PluginLoader = Arc::new(move |p: &PluginRef| {
+                if let Some(m) = loaded.lock().expect("not poisoned").get(&p.sha256) {
+                    return Ok(m.clone());
+                }
+                let (module, _) = sandbox.load_plugin(&p.name, &registry.module(p)?)?;
+                loaded
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(p.sha256.clone(), module.clone());
+                Ok(module)
+            });
+            engine.register_plugins(&plugins, loader)?;
+        }
+        let tier = if peer_urls.is_empty() {
+            String::new()
+        } else {
+            format!(", in a tier with {} peer(s)", peer_urls.len())
+        };
         println!(
-            "intermediary serving Flight SQL on {}://{addr} over {} storage node(s){}",
+            "intermediary serving Flight SQL on {}://{addr} over {} storage node(s){tier}{}",
             scheme(&security),
             args.storage_nodes.len(),
             admission(&security),
@@ -441,7 +514,15 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
             timeout: Duration::from_secs(args.query_timeout),
             max_queries: args.max_queries as usize,
         };
-        pushdown_flight::serve_sql(engine, listener, security, limits, Some(cpu_handle)).await?;
+        pushdown_flight::serve_sql(
+            engine,
+            listener,
+            security,
+            limits,
+            Some(cpu_handle),
+            peer_token,
+        )
+        .await?;
         Ok(())
     })
 }

@@ -17,6 +17,7 @@ mod auth;
 mod node_server;
 mod remote;
 mod sql_server;
+mod tier;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use sql_server::{
     query_remote, query_remote_with_report, serve_sql, QueryLimits, SqlService, MAX_REQUEST_BYTES,
     RUN_REPORT_HEADER,
 };
+pub use tier::{PeerChannels, Peers, PROBE_EVERY};
 
 /// Errors of the servers and clients.
 #[derive(Debug, thiserror::Error)]
@@ -152,18 +154,33 @@ pub async fn serve_node(
     listener: TcpListener,
     security: Security,
 ) -> Result<(), Error> {
-    serve(service, listener, security, node_server::MAX_REQUEST_BYTES).await
+    serve(
+        service,
+        listener,
+        security,
+        node_server::MAX_REQUEST_BYTES,
+        None,
+    )
+    .await
 }
+
+/// Largest request message a peer may send the worker service of an intermediary in a
+/// tier (a stage's plan): 64 MiB.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Serves a Flight service on `listener`, behind the bearer-token check and TLS when
 /// given. Request messages over `max_request_bytes` are refused from their length
 /// prefix, before they are read; results are not limited (the encoder splits them into
 /// messages of about 2 MiB).
+///
+/// `worker`, when given, is an intermediary tier's worker service, served on the same
+/// port behind its own bearer token (the peers').
 async fn serve<S: FlightService>(
     service: S,
     listener: TcpListener,
     security: Security,
     max_request_bytes: usize,
+    worker: Option<(datafusion_distributed::Worker, Option<String>)>,
 ) -> Result<(), Error> {
     let service = tonic::service::interceptor::InterceptedService::new(
         FlightServiceServer::new(service)
@@ -171,6 +188,14 @@ async fn serve<S: FlightService>(
             .max_encoding_message_size(usize::MAX),
         require_token(security.token),
     );
+    let worker = worker.map(|(worker, token)| {
+        tonic::service::interceptor::InterceptedService::new(
+            worker
+                .into_worker_server()
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES),
+            require_token(token),
+        )
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &security.tls {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -197,6 +222,7 @@ async fn serve<S: FlightService>(
     });
     builder
         .add_service(service)
+        .add_optional_service(worker)
         .serve_with_incoming(incoming)
         .await
         .map_err(|e| Error::Transport(e.to_string()))

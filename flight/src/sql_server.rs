@@ -278,7 +278,9 @@ impl Drop for RunReport {
 }
 
 /// Serves Flight SQL over `engine` on `listener` until the process ends, executing
-/// queries on `cpu` when given (see [`SqlService::with_cpu_runtime`]).
+/// queries on `cpu` when given (see [`SqlService::with_cpu_runtime`]). An engine in a tier
+/// ([`Engine::with_tier`]) also serves its worker on the same port, to calls carrying
+/// `peer_token` (none: no check).
 ///
 /// # Errors
 /// [`Error::Transport`] when serving fails.
@@ -288,12 +290,14 @@ pub async fn serve_sql(
     security: crate::Security,
     limits: QueryLimits,
     cpu: Option<tokio::runtime::Handle>,
+    peer_token: Option<String>,
 ) -> Result<(), Error> {
+    let worker = engine.worker().map(|w| (w, peer_token));
     let mut service = SqlService::with_limits(engine, limits);
     if let Some(cpu) = cpu {
         service = service.with_cpu_runtime(cpu);
     }
-    crate::serve(service, listener, security, MAX_REQUEST_BYTES).await
+    crate::serve(service, listener, security, MAX_REQUEST_BYTES, worker).await
 }
 
 /// Largest request message the intermediary decodes (a Flight SQL command carrying the

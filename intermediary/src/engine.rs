@@ -52,6 +52,40 @@ pub struct Engine {
     ctx: SessionContext,
     /// Names of the plugin functions registered, sorted.
     plugin_functions: std::sync::Mutex<Vec<String>>,
+    /// In a tier ([`Engine::with_tier`]): the worker peers run this engine's stages on.
+    worker: Option<datafusion_distributed::Worker>,
+}
+
+/// An intermediary tier this engine spreads its queries over ([`crate::tier`]).
+#[derive(Clone)]
+pub struct TierOptions {
+    /// The URLs of the tier's workers (this intermediary's own among them), asked at each
+    /// query's planning: it may leave out peers found down.
+    pub workers: Arc<dyn Fn() -> Vec<url::Url> + Send + Sync>,
+    /// This intermediary's own URL as its peers reach it: its stages run in-process.
+    pub self_url: url::Url,
+    /// Opens (and keeps) the connections to peers, with TLS where they serve it.
+    pub channels: Arc<dyn datafusion_distributed::ChannelResolver + Send + Sync>,
+    /// Headers sent with every call to a peer (`authorization: Bearer <token>`).
+    pub headers: http::HeaderMap,
+}
+
+impl std::fmt::Debug for TierOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierOptions")
+            .field("workers", &(self.workers)())
+            .field("self_url", &self.self_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`TierOptions::workers`] as `datafusion-distributed` asks for it.
+struct TierWorkers(Arc<dyn Fn() -> Vec<url::Url> + Send + Sync>);
+
+impl datafusion_distributed::WorkerResolver for TierWorkers {
+    fn get_urls(&self) -> std::result::Result<Vec<url::Url>, datafusion::common::DataFusionError> {
+        Ok((self.0)())
+    }
 }
 
 /// A planned query: the physical plan, with the pushdown split applied.
@@ -86,6 +120,38 @@ impl Engine {
         memory_limit: Option<usize>,
         target_partitions: usize,
     ) -> Self {
+        Self::build(node, progress, memory_limit, target_partitions, None)
+            .expect("an engine without a tier builds")
+    }
+
+    /// An engine in an intermediary tier: as [`Engine::with_memory_limit`], and each query
+    /// is spread over `tier`'s workers by `datafusion-distributed` (see [`crate::tier`]).
+    /// Serve [`Engine::worker`] next to the Flight SQL service so peers can run stages here.
+    ///
+    /// # Errors
+    /// [`Error::Query`] when `tier.headers` holds a header `datafusion-distributed`
+    /// reserves.
+    pub fn with_tier(
+        node: Arc<dyn StorageClient>,
+        memory_limit: Option<usize>,
+        tier: TierOptions,
+    ) -> Result<Self> {
+        Self::build(node, None, memory_limit, default_threads(), Some(tier))
+    }
+
+    /// The worker service of an engine in a tier (`None` otherwise): peers send it the
+    /// stages of their queries; it runs them with this engine's functions and storage nodes.
+    pub fn worker(&self) -> Option<datafusion_distributed::Worker> {
+        self.worker.clone()
+    }
+
+    fn build(
+        node: Arc<dyn StorageClient>,
+        progress: Option<Arc<dyn Progress>>,
+        memory_limit: Option<usize>,
+        target_partitions: usize,
+        tier: Option<TierOptions>,
+    ) -> Result<Self> {
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
         if let Some(limit) = memory_limit {
             runtime = runtime.with_memory_limit(limit, 1.0);
@@ -98,12 +164,36 @@ impl Engine {
             .with_target_partitions(target_partitions.max(1));
         // Decimal literals stay decimal (`0.06 - 0.01` is exactly 0.05), as in DuckDB.
         config.options_mut().sql_parser.parse_float_as_decimal = true;
-        let state = SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(runtime)
+            .with_runtime_env(runtime.clone())
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(PushdownRule))
-            .build();
+            .with_physical_optimizer_rule(Arc::new(PushdownRule));
+        // The engine's session, for the worker's sessions, once it exists.
+        let engine_ctx: Arc<std::sync::OnceLock<SessionContext>> = Arc::default();
+        let mut worker = None;
+        if let Some(tier) = tier {
+            use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
+            let w =
+                datafusion_distributed::Worker::from_session_builder(crate::tier::WorkerSessions {
+                    engine: engine_ctx.clone(),
+                    node: node.clone(),
+                    channels: tier.channels.clone(),
+                    headers: tier.headers.clone(),
+                })
+                .with_runtime_env(runtime);
+            builder = builder
+                .with_distributed_worker_resolver(TierWorkers(tier.workers.clone()))
+                .with_distributed_channel_resolver(tier.channels.clone())
+                .with_distributed_passthrough_headers(tier.headers.clone())?
+                .with_distributed_user_codec(crate::tier::ScanCodec::new(node.clone()))
+                .with_distributed_desired_task_count_handler(crate::tier::desired_task_count)
+                .with_distributed_scale_up_leaf_node_handler(crate::tier::scale_up_scan)
+                .with_distributed_local_worker_context(w.to_local_worker_context(tier.self_url))
+                .with_distributed_planner();
+            worker = Some(w);
+        }
+        let state = builder.build();
         let capped = crate::capped::capped_functions(state.scalar_functions().values());
         let ctx = SessionContext::new_with_state(state);
         for f in capped {
@@ -114,10 +204,12 @@ impl Engine {
             let _ =
                 catalog.register_schema("public", Arc::new(PushdownSchema::new(node, progress)));
         }
-        Self {
+        let _ = engine_ctx.set(ctx.clone());
+        Ok(Self {
             ctx,
             plugin_functions: Default::default(),
-        }
+            worker,
+        })
     }
 
     /// Embedded mode: a storage node over the local folder `data`, in this process, with
@@ -314,7 +406,7 @@ fn statement_kind(statement: &datafusion::sql::parser::Statement) -> String {
 
 impl Engine {
     /// Parses, plans and splits SQL from an untrusted client: only a read-only query
-    /// (`SELECT`, `WITH`, `VALUES`, `EXPLAIN` of one) is accepted, within `limits`, in a
+    /// (`SELECT`, `WITH`, `VALUES`, `EXPLAIN [ANALYZE]` of one) is accepted, within `limits`, in a
     /// session state of its own (nothing it does changes what other requests see). The
     /// parse and the plan run on a thread with a large stack, so a deeply nested statement
     /// is refused rather than overflowing a server thread. Follows DataFusion's
@@ -365,7 +457,12 @@ async fn plan_read_only(
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect.clone();
     let statement = state.sql_to_statement(sql, &dialect)?;
-    let read_only = match &statement {
+    // `EXPLAIN [ANALYZE]` of a query is read-only too.
+    let inner = match &statement {
+        datafusion::sql::parser::Statement::Explain(e) => e.statement.as_ref(),
+        other => other,
+    };
+    let read_only = match inner {
         datafusion::sql::parser::Statement::Statement(s) => {
             let mut depth = Depth {
                 now: 0,

@@ -23,12 +23,13 @@ pub mod plugins;
 mod rule;
 mod scan;
 mod table;
+pub mod tier;
 mod translate;
 
 pub use avg::FloatAvg;
 pub use capped::MAX_FUNCTION_RESULT_BYTES;
 pub use client::{LocalStorage, StorageClient};
-pub use engine::{builtin_function_names, Engine, Query, SqlLimits};
+pub use engine::{builtin_function_names, Engine, Query, SqlLimits, TierOptions};
 pub use error::{Error, Result};
 pub use rule::PushdownRule;
 pub use scan::{Progress, PushdownScanExec, ScanMetrics};

@@ -157,6 +157,13 @@ pub struct PushdownScanExec {
     partitions: usize,
     /// Rows wanted at most (a `LIMIT` DataFusion pushed into the scan).
     limit: Option<usize>,
+    /// The units this scan runs, by index among the table's units (files in order, units
+    /// in file order); `None`: all. A scan split over an intermediary tier runs a part.
+    selection: Option<Arc<std::collections::BTreeSet<usize>>>,
+    /// Set on a scan decoded from a peer intermediary's plan: its files and units are the
+    /// peer's claims, checked against this intermediary's own listing of the table before
+    /// any task runs.
+    from_peer: bool,
 }
 
 /// The scan's properties: its partitions, and cooperative scheduling (its streams consume
@@ -212,7 +219,71 @@ impl PushdownScanExec {
             progress,
             partitions,
             limit,
+            selection: None,
+            from_peer: false,
         })
+    }
+
+    /// A scan of a peer's plan ([`crate::tier`]): `table` as the peer described it (its
+    /// files with only the units to run), checked against this intermediary's own listing
+    /// when it executes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_peer(
+        table: Arc<TableInfo>,
+        node: Arc<dyn StorageClient>,
+        predicate: Option<Expr>,
+        pushdown: Pushdown,
+        schema: SchemaRef,
+        partitions: usize,
+        limit: Option<usize>,
+    ) -> Self {
+        let partitions = partitions.max(1);
+        Self {
+            table,
+            node,
+            predicate,
+            pushdown,
+            properties: properties(&schema, partitions),
+            schema,
+            metrics: Arc::default(),
+            progress: None,
+            partitions,
+            limit,
+            selection: None,
+            from_peer: true,
+        }
+    }
+
+    /// This scan restricted to the units `selection` (indices among the table's units),
+    /// with the same output partitions: one task of a scan split over an intermediary tier.
+    pub(crate) fn with_selection(&self, selection: std::collections::BTreeSet<usize>) -> Self {
+        Self {
+            selection: Some(Arc::new(selection)),
+            metrics: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The table's units this scan runs, with their files, in order.
+    pub(crate) fn selected_units(
+        &self,
+    ) -> Vec<(
+        &Arc<pushdown_storage_node::FileInfo>,
+        &pushdown_protocol::TaskUnit,
+    )> {
+        self.table
+            .files
+            .iter()
+            .flat_map(|file| file.units.iter().map(move |unit| (file, unit)))
+            .enumerate()
+            .filter(|(i, _)| self.selection.as_ref().is_none_or(|s| s.contains(i)))
+            .map(|(_, u)| u)
+            .collect()
+    }
+
+    /// Units of the whole table (all of them, whatever the selection).
+    pub(crate) fn table_units(&self) -> usize {
+        self.table.files.iter().map(|f| f.units.len()).sum()
     }
 
     /// The table scanned.
@@ -297,15 +368,11 @@ impl PushdownScanExec {
         }
     }
 
-    /// The tasks of output partition `partition`: every `partitions`-th unit of the table.
+    /// The tasks of output partition `partition`: every `partitions`-th unit of the table
+    /// (of the selection, when there is one).
     fn tasks(&self, partition: usize) -> Vec<Task> {
         let mut tasks = Vec::new();
-        let units = self
-            .table
-            .files
-            .iter()
-            .flat_map(|file| file.units.iter().map(move |unit| (file, unit)));
-        for (i, (file, unit)) in units.enumerate() {
+        for (i, (file, unit)) in self.selected_units().into_iter().enumerate() {
             if i % self.partitions == partition {
                 tasks.push(Task {
                     file: file.path.clone(),
@@ -335,7 +402,7 @@ impl PushdownScanExec {
 
 impl DisplayAs for PushdownScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let units: usize = self.table.files.iter().map(|f| f.units.len()).sum();
+        let units = self.selected_units().len();
         write!(
             f,
             "PushdownScanExec: table={}, format={}, files={}, tasks={units}",
@@ -425,7 +492,76 @@ impl ExecutionPlan for PushdownScanExec {
                 self.partitions
             )));
         }
-        let mut tasks = self.tasks(partition);
+        let tasks = self.tasks(partition);
+        let stream: futures::stream::BoxStream<'static, Result<RecordBatch>> = if self.from_peer {
+            // A peer's claims: checked against this intermediary's own listing first.
+            let this = self.clone();
+            futures::stream::once(async move { this.checked(tasks).await })
+                .flat_map(move |checked| match checked {
+                    Ok((scan, tasks)) => scan.run(tasks),
+                    Err(e) => futures::stream::iter([Err(e)]).boxed(),
+                })
+                .boxed()
+        } else {
+            self.run(tasks)
+        };
+        // Each batch consumes tokio's task budget: a consumer that never waits still
+        // yields now and then, so cancellation and other tasks get their turn.
+        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
+            RecordBatchStreamAdapter::new(self.schema.clone(), stream),
+        )))
+    }
+}
+
+impl PushdownScanExec {
+    /// Checks a peer's tasks against this intermediary's listing of the table: each task's
+    /// file must be one of the table's, and its unit one of that file's. Returns the scan
+    /// with the table as listed here, and the tasks with the formats listed here.
+    async fn checked(&self, mut tasks: Vec<Task>) -> Result<(Self, Vec<Task>)> {
+        let name = &self.table.name;
+        let own = self
+            .node
+            .table(name)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "a peer intermediary sent a scan of table {name}, which the storage nodes of this intermediary do not have"
+                ))
+            })?;
+        for task in &mut tasks {
+            let file = own.files.iter().find(|f| f.path == task.file).ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "a peer intermediary sent a task for file {} of table {name}, which is not a file of that table here",
+                    task.file
+                ))
+            })?;
+            if !file.units.contains(&task.unit) {
+                return Err(DataFusionError::Plan(format!(
+                    "a peer intermediary sent a task for {:?} of file {}, which is not a row group or chunk of that file here",
+                    task.unit, task.file
+                )));
+            }
+            task.format = file.format.clone();
+        }
+        log::debug!(
+            "running {} task(s) of table {name} for a peer intermediary's stage",
+            tasks.len()
+        );
+        let scan = Self {
+            table: own,
+            from_peer: false,
+            ..self.clone()
+        };
+        Ok((scan, tasks))
+    }
+
+    /// Runs `tasks` (one output partition's) as a stream of their batches, then drains
+    /// their fold job when they were folded on the storage nodes.
+    fn run(
+        &self,
+        mut tasks: Vec<Task>,
+    ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
         // Checkpointed aggregates: the partition's partial aggregates are folded on the
         // storage nodes into one job, drained after its last task.
         let fold = (self.node.folds()
@@ -518,12 +654,7 @@ impl ExecutionPlan for PushdownScanExec {
                 }
             })
             .flat_map(futures::stream::iter);
-        let stream = stream.chain(drained);
-        // Each batch consumes tokio's task budget: a consumer that never waits still
-        // yields now and then, so cancellation and other tasks get their turn.
-        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
-            RecordBatchStreamAdapter::new(self.schema.clone(), stream),
-        )))
+        stream.chain(drained).boxed()
     }
 }
 

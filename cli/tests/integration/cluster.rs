@@ -521,7 +521,7 @@ fn a_node_reads_a_parser_plugin_table_for_the_intermediary() {
 /// three nodes, lineitem and orders on two nodes each:
 /// n1: lineitem, orders, nation; n2: lineitem, customer, part, region;
 /// n3: orders, partsupp, supplier.
-fn tpch_layout() -> &'static Path {
+pub(crate) fn tpch_layout() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = crate::support::process_tempdir();

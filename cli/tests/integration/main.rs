@@ -9,3 +9,4 @@ mod output;
 mod plugins;
 mod security;
 mod support;
+mod tier;

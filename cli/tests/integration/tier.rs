@@ -1,0 +1,240 @@
+//! An intermediary tier: two `pushdown intermediary serve` processes, each the other's
+//! peer (`--peer`), over three storage nodes holding the eight TPC-H tables (SF 0.1), on
+//! loopback. Answers are compared with DuckDB's on the same files.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::{output_within, start_node, stdout_ok, tpch_layout, Server, TOKEN};
+use crate::plugins::repo;
+use crate::support::pushdown;
+
+const TABLES: [&str; 8] = [
+    "lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region",
+];
+
+/// A loopback port free now (the OS's next pick of port 0).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three storage nodes over the TPC-H layout (each table on one or two nodes).
+fn start_nodes(registries: &[tempfile::TempDir]) -> Vec<Server> {
+    (1..=3)
+        .map(|i| {
+            start_node(
+                &tpch_layout().join(format!("n{i}")),
+                registries[i - 1].path(),
+                &[],
+            )
+        })
+        .collect()
+}
+
+/// Two intermediaries over `nodes`, each listing the other as its peer.
+fn start_tier(nodes: &[Server], extra: &[&str]) -> (Server, Server) {
+    let (pa, pb) = (free_port(), free_port());
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let start = |port: u16, peer: &str| {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "intermediary",
+            "serve",
+            "--listen",
+            &listen,
+            "--token",
+            TOKEN,
+            "--peer",
+            peer,
+        ];
+        for n in nodes {
+            args.extend(["--storage-node", n.url.as_str()]);
+        }
+        args.extend(extra);
+        Server::start(&args)
+    };
+    let a = start(pa, &url(pb));
+    let b = start(pb, &url(pa));
+    (a, b)
+}
+
+/// The 22 queries' answers from DuckDB over the layout's files (`tests/oracle`).
+fn duckdb_answers(queries: &[String]) -> Vec<Vec<Vec<Value>>> {
+    let dir = tpch_layout().join("all/parquet");
+    let tables: serde_json::Map<String, Value> = TABLES
+        .iter()
+        .map(|t| {
+            let path = dir.join(format!("{t}.parquet"));
+            (
+                t.to_string(),
+                serde_json::json!({"path": path.to_str().unwrap(), "format": "parquet"}),
+            )
+        })
+        .collect();
+    let request = serde_json::json!({"tables": tables, "queries": queries});
+    let mut child = Command::new(crate::support::python())
+        .arg(repo().join("tests/oracle/duckdb_oracle.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python with duckdb runs (scripts/setup.sh installs it)");
+    serde_json::to_writer(child.stdin.take().unwrap(), &request).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the DuckDB oracle failed");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(r.get("error").is_none(), "DuckDB: {r}");
+            r["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row.as_array().unwrap().clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// Our CSV answer (header row first) equals DuckDB's rows: numbers within a relative
+/// 1e-9 (averages are DOUBLE and merge in another order), everything else as text.
+fn assert_same_as_duckdb(what: &str, csv_text: &str, theirs: &[Vec<Value>]) {
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let ours: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{what}: {} rows, DuckDB {}\n{csv_text}",
+        ours.len(),
+        theirs.len()
+    );
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{what}: row {i} has {} columns, DuckDB's {}",
+            a.len(),
+            b.len()
+        );
+        for (x, y) in a.iter().zip(b) {
+            let same = match y {
+                Value::Null => x.is_empty(),
+                Value::Number(n) => {
+                    let (p, q) = (x.parse::<f64>().unwrap_or(f64::NAN), n.as_f64().unwrap());
+                    (p - q).abs() <= 1e-9 * q.abs().max(1.0)
+                }
+                Value::String(s) => x == s,
+                other => x == other.to_string(),
+            };
+            assert!(same, "{what}: row {i}: ours {a:?}, DuckDB {b:?}");
+        }
+    }
+}
+
+fn tpch_queries() -> Vec<String> {
+    (1..=22)
+        .map(|n| {
+            std::fs::read_to_string(repo().join(format!("datasets/queries/tpch/q{n}.sql"))).unwrap()
+        })
+        .collect()
+}
+
+fn query_csv(url: &str, sql: &str) -> std::process::Output {
+    output_within(
+        pushdown().args([
+            "query",
+            "--connect",
+            url,
+            "--token",
+            TOKEN,
+            "--output",
+            "csv",
+            sql,
+        ]),
+        Duration::from_secs(120),
+    )
+}
+
+/// All 22 TPC-H queries (joins, subqueries, several scans of one table) asked of either
+/// intermediary of a two-intermediary tier equal DuckDB's answers; EXPLAIN shows the plan
+/// cut into stages with the scans split over two tasks.
+#[test]
+fn a_two_intermediary_tier_answers_all_22_tpch_queries_as_duckdb() {
+    let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_nodes(&registries);
+    let (a, b) = start_tier(&nodes, &[]);
+    let queries = tpch_queries();
+    let expected = duckdb_answers(&queries);
+    for (n, (sql, theirs)) in queries.iter().zip(&expected).enumerate() {
+        // Odd queries enter the tier at one intermediary, even ones at the other.
+        let entry = if n % 2 == 0 { &a } else { &b };
+        let ours = stdout_ok(query_csv(&entry.url, sql));
+        assert_same_as_duckdb(&format!("Q{}", n + 1), &ours, theirs);
+    }
+    let plan = stdout_ok(query_csv(&a.url, &format!("EXPLAIN {}", queries[0])));
+    assert!(plan.contains("DistributedExec"), "{plan}");
+    assert!(plan.contains("PushdownScanExec"), "{plan}");
+    assert!(
+        plan.contains("t0:") && plan.contains("t1:"),
+        "two tasks: {plan}"
+    );
+}
+
+/// A peer of the entry intermediary killed in mid-query: the client gets an error naming
+/// it, the entry intermediary keeps serving, and once its probes find the peer down the
+/// next query is answered by the tier that is left.
+#[test]
+fn killing_a_peer_mid_query_fails_that_query_and_the_next_one_succeeds() {
+    let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_nodes(&registries);
+    let (a, b) = start_tier(&nodes, &[]);
+    let sql = "SELECT l_orderkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey ORDER BY q DESC, l_orderkey LIMIT 5";
+    let expected = duckdb_answers(&[sql.to_string()]);
+    assert_same_as_duckdb("before", &stdout_ok(query_csv(&a.url, sql)), &expected[0]);
+    // Frozen, the peer still accepts connections (the kernel does) but answers nothing:
+    // the query waits on its stages there until the peer is killed.
+    let ok = Command::new("kill")
+        .args(["-STOP", &b.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let client = pushdown()
+        .args([
+            "query",
+            "--connect",
+            &a.url,
+            "--token",
+            TOKEN,
+            "--output",
+            "csv",
+            sql,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let b_url = b.url.clone();
+    b.stop();
+    let out = client.wait_with_output().unwrap();
+    let message = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "the query through a killed peer failed"
+    );
+    assert!(
+        message.contains(b_url.trim_start_matches("http://")),
+        "names the peer: {message}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_same_as_duckdb("after", &stdout_ok(query_csv(&a.url, sql)), &expected[0]);
+}

@@ -1,0 +1,157 @@
+//! The network side of an intermediary tier ([`pushdown_intermediary::tier`]): which peers
+//! are up, and the connections to them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::common::DataFusionError;
+use datafusion_distributed::grpc::{create_worker_client, BoxCloneSyncChannel};
+use datafusion_distributed::{ChannelResolver, WorkerChannel};
+use url::Url;
+
+use crate::{ClientTls, Error};
+
+/// How often each peer is probed (a TCP connection to its address).
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// A probe not answered within this time counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The tier as this intermediary sees it: itself, and its peers with whether each answered
+/// its last probe. A peer found down is left out of the next queries' plans (their stages
+/// go to the others) until it answers again.
+#[derive(Debug)]
+pub struct Peers {
+    self_url: Url,
+    peers: Vec<(Url, AtomicBool)>,
+}
+
+impl Peers {
+    /// The tier of `self_url` and `peers` (`http://host:port` or `https://host:port`; this
+    /// intermediary's own URL among them is ignored), all taken as up until probed.
+    ///
+    /// # Errors
+    /// [`Error::Transport`] for a URL that does not parse or has no host and port.
+    pub fn new(self_url: &str, peers: &[String]) -> Result<Arc<Self>, Error> {
+        let parse = |u: &str| -> Result<Url, Error> {
+            let url = Url::parse(u).map_err(|e| Error::Transport(format!("peer {u}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.host_str().is_none()
+                || url.port_or_known_default().is_none()
+            {
+                return Err(Error::Transport(format!(
+                    "peer {u}: give http://host:port or https://host:port"
+                )));
+            }
+            Ok(url)
+        };
+        let self_url = parse(self_url)?;
+        let mut list: Vec<(Url, AtomicBool)> = Vec::new();
+        for p in peers {
+            let url = parse(p)?;
+            if url != self_url && !list.iter().any(|(u, _)| *u == url) {
+                list.push((url, AtomicBool::new(true)));
+            }
+        }
+        Ok(Arc::new(Self {
+            self_url,
+            peers: list,
+        }))
+    }
+
+    /// This intermediary's URL.
+    pub fn self_url(&self) -> &Url {
+        &self.self_url
+    }
+
+    /// This intermediary and the peers up at the last probe.
+    pub fn workers(&self) -> Vec<Url> {
+        std::iter::once(self.self_url.clone())
+            .chain(
+                self.peers
+                    .iter()
+                    .filter(|(_, up)| up.load(Ordering::Relaxed))
+                    .map(|(u, _)| u.clone()),
+            )
+            .collect()
+    }
+
+    /// Probes every peer each [`PROBE_EVERY`] on the current tokio runtime, for as long as
+    /// the runtime runs; logs (warn) a peer going down and (info) coming back.
+    pub fn spawn_probes(self: &Arc<Self>) {
+        let peers = self.clone();
+        tokio::spawn(async move {
+            loop {
+                for (url, up) in &peers.peers {
+                    let addr = format!(
+                        "{}:{}",
+                        url.host_str().unwrap_or_default(),
+                        url.port_or_known_default().unwrap_or_default()
+                    );
+                    let ok = matches!(
+                        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+                            .await,
+                        Ok(Ok(_))
+                    );
+                    let was = up.swap(ok, Ordering::Relaxed);
+                    if was && !ok {
+                        log::warn!("peer intermediary {url} is down: queries leave it out until it answers");
+                    } else if !was && ok {
+                        log::info!("peer intermediary {url} is back");
+                    }
+                }
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+        });
+    }
+}
+
+/// Connections to peer intermediaries' workers: one lazily connected channel per URL, with
+/// TLS toward `https://` peers; what `datafusion-distributed` calls a channel resolver.
+pub struct PeerChannels {
+    tls: Option<ClientTls>,
+    channels: Mutex<HashMap<Url, BoxCloneSyncChannel>>,
+}
+
+impl PeerChannels {
+    /// Channels with `tls` toward `https://` peers.
+    pub fn new(tls: Option<ClientTls>) -> Self {
+        Self {
+            tls,
+            channels: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChannelResolver for PeerChannels {
+    async fn get_worker_client_for_url(
+        &self,
+        url: &Url,
+    ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
+        let mut channels = self.channels.lock().expect("not poisoned");
+        let channel = match channels.get(url) {
+            Some(c) => c.clone(),
+            None => {
+                let tls = if url.scheme() == "https" {
+                    Some(self.tls.clone().unwrap_or_default())
+                } else {
+                    None
+                };
+                let text = url.as_str().trim_end_matches('/');
+                let endpoint = crate::endpoint(text, tls.as_ref())
+                    .map_err(|e| {
+                        DataFusionError::Execution(format!("peer intermediary {text}: {e}"))
+                    })?
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true);
+                let channel = BoxCloneSyncChannel::new(endpoint.connect_lazy());
+                channels.insert(url.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(create_worker_client(channel))
+    }
+}
