@@ -437,6 +437,7 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
     runtime.block_on(async move {
         let (listener, addr) = pushdown_flight::bind(&args.listen).await?;
         args.security.check_exposure(addr, &security)?;
+        let mut tier_serve = None;
         let engine = if peer_urls.is_empty() {
             Engine::with_memory_limit(storage, None, memory_limit)
         } else {
@@ -446,6 +447,10 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
                 .unwrap_or_else(|| format!("{}://{addr}", scheme(&security)));
             let peers = pushdown_flight::Peers::new(&self_url, &peer_urls)?;
             peers.spawn_probes();
+            tier_serve = Some(pushdown_flight::TierServe {
+                peers: peers.clone(),
+                token: peer_token.clone(),
+            });
             let mut headers = http::HeaderMap::new();
             if let Some(t) = &peer_token {
                 headers.insert(
@@ -520,7 +525,7 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
             security,
             limits,
             Some(cpu_handle),
-            peer_token,
+            tier_serve,
         )
         .await?;
         Ok(())

@@ -32,8 +32,8 @@ pub use node_server::{
 };
 pub use remote::{ModuleSource, RemoteOptions, RemoteStorage};
 pub use sql_server::{
-    query_remote, query_remote_with_report, serve_sql, QueryLimits, SqlService, MAX_REQUEST_BYTES,
-    RUN_REPORT_HEADER,
+    query_remote, query_remote_with_report, serve_sql, QueryLimits, SqlService, TierServe,
+    MAX_REQUEST_BYTES, RUN_REPORT_HEADER,
 };
 pub use tier::{PeerChannels, Peers, PROBE_EVERY};
 

@@ -56,6 +56,8 @@ pub struct SqlService {
     /// The runtime queries execute on, apart from the one serving the network; `None`:
     /// the serving runtime.
     cpu: Option<tokio::runtime::Handle>,
+    /// In a tier: the peers, named in the error of a query that failed while one is down.
+    peers: Option<Arc<crate::Peers>>,
 }
 
 impl SqlService {
@@ -71,7 +73,15 @@ impl SqlService {
             running: Arc::new(Semaphore::new(limits.max_queries.max(1))),
             limits,
             cpu: None,
+            peers: None,
         }
+    }
+
+    /// Names, in the error of a failed query, the peers of `peers` found down at that
+    /// moment (a peer that died mid-query fails it with a bare transport error).
+    pub fn with_peers(mut self, peers: Arc<crate::Peers>) -> Self {
+        self.peers = Some(peers);
+        self
     }
 
     /// Executes queries on `cpu`, a runtime for CPU-bound work: an operator that computes
@@ -163,6 +173,30 @@ impl FlightSqlService for SqlService {
         let schema = stream.schema();
         let timeout = self.limits.timeout;
         let stream = with_deadline(stream, started + timeout, timeout);
+        let peers = self.peers.clone();
+        let stream = stream.then(move |item| {
+            let peers = peers.clone();
+            async move {
+                match (item, peers) {
+                    (Err(e), Some(peers)) => {
+                        let down = peers.down_now().await;
+                        if down.is_empty() {
+                            Err(e)
+                        } else {
+                            let list: Vec<String> = down
+                                .iter()
+                                .map(|u| u.as_str().trim_end_matches('/').to_string())
+                                .collect();
+                            Err(datafusion::common::DataFusionError::Execution(format!(
+                                "{e}; peer intermediary {} of this tier is not answering: run the query again, the tier that is left answers it",
+                                list.join(", ")
+                            )))
+                        }
+                    }
+                    (item, _) => item,
+                }
+            }
+        });
         // Reports what crossed between the tiers once the result has been sent.
         let report = Arc::new(RunReport {
             query: planned,
@@ -277,10 +311,20 @@ impl Drop for RunReport {
     }
 }
 
+/// An intermediary's tier, as its server needs it.
+#[derive(Debug, Clone)]
+pub struct TierServe {
+    /// The peers (named in failed queries' errors while down).
+    pub peers: Arc<crate::Peers>,
+    /// Bearer token the peers' calls to this intermediary's worker must carry; `None`: no
+    /// check.
+    pub token: Option<String>,
+}
+
 /// Serves Flight SQL over `engine` on `listener` until the process ends, executing
 /// queries on `cpu` when given (see [`SqlService::with_cpu_runtime`]). An engine in a tier
 /// ([`Engine::with_tier`]) also serves its worker on the same port, to calls carrying
-/// `peer_token` (none: no check).
+/// `tier`'s token.
 ///
 /// # Errors
 /// [`Error::Transport`] when serving fails.
@@ -290,12 +334,17 @@ pub async fn serve_sql(
     security: crate::Security,
     limits: QueryLimits,
     cpu: Option<tokio::runtime::Handle>,
-    peer_token: Option<String>,
+    tier: Option<TierServe>,
 ) -> Result<(), Error> {
-    let worker = engine.worker().map(|w| (w, peer_token));
+    let worker = engine
+        .worker()
+        .map(|w| (w, tier.as_ref().and_then(|t| t.token.clone())));
     let mut service = SqlService::with_limits(engine, limits);
     if let Some(cpu) = cpu {
         service = service.with_cpu_runtime(cpu);
+    }
+    if let Some(tier) = tier {
+        service = service.with_peers(tier.peers);
     }
     crate::serve(service, listener, security, MAX_REQUEST_BYTES, worker).await
 }

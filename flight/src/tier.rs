@@ -78,6 +78,31 @@ impl Peers {
             .collect()
     }
 
+    /// Probes every peer now, at once, three times 100 ms apart (a peer that is dying may
+    /// still accept a connection for a moment), records the answers, and returns the
+    /// peers that failed a probe: what a failed query's error names.
+    pub async fn down_now(&self) -> Vec<Url> {
+        let probes = self.peers.iter().map(|(url, up)| async move {
+            let mut ok = true;
+            for i in 0..3 {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if !probe(url, Duration::from_millis(500)).await {
+                    ok = false;
+                    break;
+                }
+            }
+            up.store(ok, Ordering::Relaxed);
+            (!ok).then(|| url.clone())
+        });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Probes every peer each [`PROBE_EVERY`] on the current tokio runtime, for as long as
     /// the runtime runs; logs (warn) a peer going down and (info) coming back.
     pub fn spawn_probes(self: &Arc<Self>) {
@@ -85,16 +110,7 @@ impl Peers {
         tokio::spawn(async move {
             loop {
                 for (url, up) in &peers.peers {
-                    let addr = format!(
-                        "{}:{}",
-                        url.host_str().unwrap_or_default(),
-                        url.port_or_known_default().unwrap_or_default()
-                    );
-                    let ok = matches!(
-                        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr))
-                            .await,
-                        Ok(Ok(_))
-                    );
+                    let ok = probe(url, PROBE_TIMEOUT).await;
                     let was = up.swap(ok, Ordering::Relaxed);
                     if was && !ok {
                         log::warn!("peer intermediary {url} is down: queries leave it out until it answers");
@@ -106,6 +122,19 @@ impl Peers {
             }
         });
     }
+}
+
+/// Whether a TCP connection to `url`'s host and port opens within `timeout`.
+async fn probe(url: &Url, timeout: Duration) -> bool {
+    let addr = format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    );
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Connections to peer intermediaries' workers: one lazily connected channel per URL, with
