@@ -718,6 +718,12 @@ impl Query {
     /// What the run did, per scanned table: tasks, bytes and rows. Call after [`Query::collect`].
     pub fn run_report(&self) -> String {
         let mut out = String::from("== Run\n");
+        if self.plan.name() == "DistributedExec" {
+            let _ = writeln!(
+                out,
+                "(spread over the intermediary tier: its scans ran as stages on the tier's intermediaries and are not counted here; `EXPLAIN ANALYZE` shows every stage, its tasks and the bytes between them)"
+            );
+        }
         for scan in self.scans() {
             let m = scan.metrics();
             let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);

@@ -7,5 +7,6 @@ mod parquet_testing;
 mod pruning;
 mod queries;
 mod support;
+mod tier;
 mod tpch;
 mod tpch22;
