@@ -260,3 +260,47 @@ fn killing_a_peer_mid_query_fails_that_query_and_the_next_one_succeeds() {
     std::thread::sleep(Duration::from_secs(3));
     assert_same_as_duckdb("after", &stdout_ok(query_csv(&a.url, sql)), &expected[0]);
 }
+
+/// An intermediary that calls its peer with another token than the peer's (its
+/// `--peer-token-file` differs) is refused by the peer's worker: the query fails naming
+/// the refusal instead of running a stage there.
+#[test]
+fn a_peer_with_the_wrong_tier_token_is_refused() {
+    let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_nodes(&registries);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-tier-token\n").unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let start = |port: u16, peer: u16, extra: &[&str]| {
+        let listen = format!("127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let mut args = vec![
+            "intermediary",
+            "serve",
+            "--listen",
+            &listen,
+            "--token",
+            TOKEN,
+            "--peer",
+            &peer,
+        ];
+        for n in &nodes {
+            args.extend(["--storage-node", n.url.as_str()]);
+        }
+        args.extend(extra);
+        Server::start(&args)
+    };
+    let a = start(pa, pb, &["--peer-token-file", wrong.to_str().unwrap()]);
+    let _b = start(pb, pa, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let sql = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag";
+    let out = query_csv(&a.url, sql);
+    let message = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(message.contains("wrong bearer token"), "{message}");
+}
