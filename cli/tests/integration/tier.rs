@@ -37,11 +37,12 @@ fn start_nodes(registries: &[tempfile::TempDir]) -> Vec<Server> {
         .collect()
 }
 
-/// Two intermediaries over `nodes`, each listing the other as its peer.
-fn start_tier(nodes: &[Server], extra: &[&str]) -> (Server, Server) {
+/// Two intermediaries over `nodes`, each listing the other as its peer; the first also
+/// gets `extra_a`, the second `extra_b`.
+fn start_tier(nodes: &[Server], extra_a: &[&str], extra_b: &[&str]) -> (Server, Server) {
     let (pa, pb) = (free_port(), free_port());
     let url = |p: u16| format!("http://127.0.0.1:{p}");
-    let start = |port: u16, peer: &str| {
+    let start = |port: u16, peer: &str, extra: &[&str]| {
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![
             "intermediary",
@@ -59,8 +60,8 @@ fn start_tier(nodes: &[Server], extra: &[&str]) -> (Server, Server) {
         args.extend(extra);
         Server::start(&args)
     };
-    let a = start(pa, &url(pb));
-    let b = start(pb, &url(pa));
+    let a = start(pa, &url(pb), extra_a);
+    let b = start(pb, &url(pa), extra_b);
     // A found B down when it started (B was not listening yet); its probes, every 0.5 s,
     // find B up by now.
     std::thread::sleep(Duration::from_millis(1500));
@@ -182,7 +183,7 @@ fn query_csv(url: &str, sql: &str) -> std::process::Output {
 fn a_two_intermediary_tier_answers_all_22_tpch_queries_as_duckdb() {
     let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = start_nodes(&registries);
-    let (a, b) = start_tier(&nodes, &[]);
+    let (a, b) = start_tier(&nodes, &[], &[]);
     let queries = tpch_queries();
     let expected = duckdb_answers(&queries);
     for (n, (sql, theirs)) in queries.iter().zip(&expected).enumerate() {
@@ -211,7 +212,7 @@ fn a_two_intermediary_tier_answers_all_22_tpch_queries_as_duckdb() {
 fn killing_a_peer_mid_query_fails_that_query_and_the_next_one_succeeds() {
     let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = start_nodes(&registries);
-    let (a, b) = start_tier(&nodes, &[]);
+    let (a, b) = start_tier(&nodes, &[], &[]);
     let sql = "SELECT l_orderkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey ORDER BY q DESC, l_orderkey LIMIT 5";
     let expected = duckdb_answers(&[sql.to_string()]);
     assert_same_as_duckdb("before", &stdout_ok(query_csv(&a.url, sql)), &expected[0]);
@@ -271,29 +272,7 @@ fn a_peer_with_the_wrong_tier_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong-token");
     std::fs::write(&wrong, "not-the-tier-token\n").unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let start = |port: u16, peer: u16, extra: &[&str]| {
-        let listen = format!("127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{peer}");
-        let mut args = vec![
-            "intermediary",
-            "serve",
-            "--listen",
-            &listen,
-            "--token",
-            TOKEN,
-            "--peer",
-            &peer,
-        ];
-        for n in &nodes {
-            args.extend(["--storage-node", n.url.as_str()]);
-        }
-        args.extend(extra);
-        Server::start(&args)
-    };
-    let a = start(pa, pb, &["--peer-token-file", wrong.to_str().unwrap()]);
-    let _b = start(pb, pa, &[]);
-    std::thread::sleep(Duration::from_millis(1500));
+    let (a, _b) = start_tier(&nodes, &["--peer-token-file", wrong.to_str().unwrap()], &[]);
     let sql = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag";
     let out = query_csv(&a.url, sql);
     let message = String::from_utf8_lossy(&out.stderr).to_string();
