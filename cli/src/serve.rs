@@ -181,6 +181,11 @@ pub struct IntermediaryServeArgs {
     /// address].
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
+    /// CA certificate (PEM) of `https://` peers [default: --node-tls-ca, else the system's
+    /// roots]; this intermediary presents --tls-cert/--tls-key to peers that require
+    /// client certificates (--tls-client-ca).
+    #[arg(long, value_name = "FILE")]
+    peer_tls_ca: Option<PathBuf>,
     /// File whose first line is the bearer token of calls between the tier's intermediaries
     /// (sent to peers, required of them) [default: the clients' token].
     #[arg(long, value_name = "FILE")]
@@ -460,10 +465,14 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
                     })?,
                 );
             }
-            // `https://` peers: their certificates chain to --node-tls-ca (else the
-            // system's roots); this intermediary presents its own for mutual TLS.
+            // `https://` peers: their certificates chain to --peer-tls-ca (else
+            // --node-tls-ca, else the system's roots); this intermediary presents its own
+            // for mutual TLS.
             let peer_tls = Some(pushdown_flight::ClientTls {
-                ca: args.node_tls_ca.clone(),
+                ca: args
+                    .peer_tls_ca
+                    .clone()
+                    .or_else(|| args.node_tls_ca.clone()),
                 identity: security
                     .tls
                     .as_ref()

@@ -180,7 +180,18 @@ impl FlightSqlService for SqlService {
                 match (item, peers) {
                     (Err(e), Some(peers)) => {
                         let down = peers.down_now().await;
-                        if down.is_empty() {
+                        let text = e.to_string();
+                        if down.is_empty() && refused_between_peers(&text) {
+                            let list: Vec<String> = peers
+                                .peer_urls()
+                                .iter()
+                                .map(|u| u.as_str().trim_end_matches('/').to_string())
+                                .collect();
+                            Err(datafusion::common::DataFusionError::Execution(format!(
+                                "{text}; a call between this tier's intermediaries (this one and {}) was refused: they must trust each other's certificates (--peer-tls-ca) and share one --peer-token-file",
+                                list.join(", ")
+                            )))
+                        } else if down.is_empty() {
                             Err(e)
                         } else {
                             let list: Vec<String> = down
@@ -434,4 +445,14 @@ fn describe_flight(e: FlightError) -> String {
         FlightError::Tonic(status) => status.message().to_string(),
         other => other.to_string(),
     }
+}
+
+/// Whether a failed query's error is a peer refusing this intermediary (or this one
+/// refusing the peer's certificate) rather than a fault in the query: a TLS handshake
+/// that failed, or a peer's worker refusing the tier's bearer token.
+fn refused_between_peers(error: &str) -> bool {
+    error.contains("invalid peer certificate")
+        || error.contains("wrong bearer token")
+        || error.contains("certificate required")
+        || error.contains("HandshakeFailure")
 }

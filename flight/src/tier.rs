@@ -66,6 +66,11 @@ impl Peers {
         &self.self_url
     }
 
+    /// The peers as listed (not this intermediary), up or down.
+    pub fn peer_urls(&self) -> Vec<Url> {
+        self.peers.iter().map(|(u, _)| u.clone()).collect()
+    }
+
     /// This intermediary and the peers up at the last probe.
     pub fn workers(&self) -> Vec<Url> {
         std::iter::once(self.self_url.clone())

@@ -420,7 +420,7 @@ fn tokens_are_never_empty_brute_force_is_throttled_and_exposure_needs_consent() 
 
 /// A CA, and a server and a client certificate it signs (for 127.0.0.1), made with the
 /// openssl command line.
-fn certificates(dir: &Path) {
+pub(crate) fn certificates(dir: &Path) {
     let script = r#"
 set -e
 cd "$1"

@@ -40,8 +40,18 @@ fn start_nodes(registries: &[tempfile::TempDir]) -> Vec<Server> {
 /// Two intermediaries over `nodes`, each listing the other as its peer; the first also
 /// gets `extra_a`, the second `extra_b`.
 fn start_tier(nodes: &[Server], extra_a: &[&str], extra_b: &[&str]) -> (Server, Server) {
+    start_tier_over("http", nodes, extra_a, extra_b)
+}
+
+/// [`start_tier`] with the peers' URLs in `scheme` (`https` for a tier over TLS).
+fn start_tier_over(
+    scheme: &str,
+    nodes: &[Server],
+    extra_a: &[&str],
+    extra_b: &[&str],
+) -> (Server, Server) {
     let (pa, pb) = (free_port(), free_port());
-    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let url = |p: u16| format!("{scheme}://127.0.0.1:{p}");
     let start = |port: u16, peer: &str, extra: &[&str]| {
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![
@@ -282,4 +292,78 @@ fn a_peer_with_the_wrong_tier_token_is_refused() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(message.contains("wrong bearer token"), "{message}");
+    assert!(message.contains("--peer-token-file"), "{message}");
+}
+
+/// A tier over TLS with client certificates (mutual TLS) between the intermediaries, as
+/// between the other servers: Q1 is answered as DuckDB answers it, and its scan is spread
+/// over both intermediaries; a peer that does not trust the tier's CA cannot run a stage.
+#[test]
+fn a_tier_over_mutual_tls_answers_and_spreads_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::security::certificates(dir.path());
+    let f = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_nodes(&registries);
+    let (cert, key, ca) = (f("server.pem"), f("server.key"), f("ca.pem"));
+    let tls = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+        "--peer-tls-ca",
+        &ca,
+    ];
+    let (a, _b) = start_tier_over("https", &nodes, &tls, &tls);
+    assert!(a.url.starts_with("https://"), "{}", a.url);
+    let (client_cert, client_key) = (f("client.pem"), f("client.key"));
+    let query = |url: &str, sql: &str| {
+        output_within(
+            pushdown().args([
+                "query",
+                "--connect",
+                url,
+                "--token",
+                TOKEN,
+                "--tls-ca",
+                &ca,
+                "--tls-cert",
+                &client_cert,
+                "--tls-key",
+                &client_key,
+                "--output",
+                "csv",
+                sql,
+            ]),
+            Duration::from_secs(120),
+        )
+    };
+    let sql = tpch_queries().swap_remove(0);
+    let expected = duckdb_answers(std::slice::from_ref(&sql));
+    assert_same_as_duckdb("Q1 over TLS", &stdout_ok(query(&a.url, &sql)), &expected[0]);
+    let plan = stdout_ok(query(&a.url, &format!("EXPLAIN ANALYZE {sql}")));
+    assert!(plan.contains("t1: PushdownScanExec"), "{plan}");
+
+    // An intermediary that trusts the system's roots only (no --peer-tls-ca) cannot
+    // open a channel to its peer: the query fails.
+    let untrusting = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+    ];
+    let (c, _d) = start_tier_over("https", &nodes, &untrusting, &tls);
+    let out = query(&c.url, &sql);
+    let message = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    assert!(message.contains("--peer-tls-ca"), "{message}");
 }
