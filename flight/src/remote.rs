@@ -474,6 +474,15 @@ impl StorageClient for RemoteStorage {
         names.into_iter().collect()
     }
 
+    fn replica_urls(&self, file: &str) -> Vec<String> {
+        self.replicas
+            .lock()
+            .expect("not poisoned")
+            .get(file)
+            .map(|holders| holders.iter().map(|&i| self.nodes[i].url.clone()).collect())
+            .unwrap_or_default()
+    }
+
     async fn table(&self, name: &str) -> Result<Option<Arc<TableInfo>>> {
         let listings = self.list().await?;
         let mut found: Option<(TableDescription, usize)> = None;

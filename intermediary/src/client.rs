@@ -39,6 +39,13 @@ pub trait StorageClient: Send + Sync + fmt::Debug {
     /// As [`StorageNode::run_task`], plus transport errors for a remote node.
     fn run_task(self: Arc<Self>, task: Task) -> BoxFuture<'static, Result<TaskOutput>>;
 
+    /// URLs of the storage nodes holding a copy of `file` (a path as listed by
+    /// [`StorageClient::table`]), as of the last listing: where work on that file is near
+    /// its data. Defaults to none (an embedded node has no network).
+    fn replica_urls(&self, _file: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether scans fold their partial aggregates on the storage nodes (checkpointed
     /// aggregates, `pushdown_storage_node::fold`): each scan partition then names a fold
     /// job in its tasks and calls [`StorageClient::finish_fold`] after its last one.

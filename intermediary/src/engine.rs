@@ -189,6 +189,9 @@ impl Engine {
                 .with_distributed_user_codec(crate::tier::ScanCodec::new(node.clone()))
                 .with_distributed_desired_task_count_handler(crate::tier::desired_task_count)
                 .with_distributed_scale_up_leaf_node_handler(crate::tier::scale_up_scan)
+                .with_distributed_route_tasks_handler(crate::tier::LocalityRouter::new(
+                    node.clone(),
+                ))
                 .with_distributed_local_worker_context(w.to_local_worker_context(tier.self_url))
                 .with_distributed_planner();
             worker = Some(w);

@@ -544,10 +544,15 @@ impl PushdownScanExec {
             }
             task.format = file.format.clone();
         }
-        log::debug!(
-            "running {} task(s) of table {name} for a peer intermediary's stage",
-            tasks.len()
-        );
+        if log::log_enabled!(log::Level::Debug) {
+            let files: std::collections::BTreeSet<&str> =
+                tasks.iter().map(|t| t.file.as_str()).collect();
+            log::debug!(
+                "running {} task(s) of table {name} for a tier stage, files: {}",
+                tasks.len(),
+                files.into_iter().collect::<Vec<_>>().join(" ")
+            );
+        }
         let scan = Self {
             table: own,
             from_peer: false,

@@ -34,9 +34,9 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_distributed::{
-    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedLeafExec,
-    ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse, WorkerPlanRewriteEvent,
-    WorkerPlanRewriteEventResponse,
+    DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedLeafExec, RouteTasksEvent,
+    RouteTasksEventResponse, ScaleUpLeafNodeEvent, ScaleUpLeafNodeEventResponse,
+    WorkerPlanRewriteEvent, WorkerPlanRewriteEventResponse,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use pushdown_protocol::{Expr, FileFormat, Pushdown, TaskUnit};
@@ -229,6 +229,130 @@ pub(crate) fn scale_up_scan(
     )
 }
 
+/// Routes a stage's tasks to the intermediaries near their data: an intermediary is near
+/// a storage node when both URLs name the same host (node-local placement, as HDFS's and
+/// Spark's `NODE_LOCAL` level). A stage whose tasks run pushdown scans
+/// ([`DistributedLeafExec`] variants of [`PushdownScanExec`]) counts, for each task and
+/// each worker, the task's row groups or chunks whose file has a copy on a node near that
+/// worker, and [`assign_near`] places the tasks. Other stages, and stages where no task has
+/// a unit near any worker, keep `datafusion-distributed`'s round-robin (`None`).
+#[derive(Debug)]
+pub(crate) struct LocalityRouter {
+    node: Arc<dyn StorageClient>,
+}
+
+impl LocalityRouter {
+    pub(crate) fn new(node: Arc<dyn StorageClient>) -> Self {
+        Self { node }
+    }
+
+    /// `near[t][w]`: units of task `t` whose file has a replica on `workers[w]`'s host;
+    /// `None` when the stage runs no pushdown scan.
+    fn near(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        task_count: usize,
+        workers: &[url::Url],
+    ) -> Option<Vec<Vec<usize>>> {
+        use datafusion_distributed::NetworkBoundaryExt;
+        let mut near = vec![vec![0usize; workers.len()]; task_count];
+        let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut found = false;
+        let _ = plan.apply(|p| {
+            // The stage ends at its network boundaries: below them are other stages.
+            if p.is_network_boundary() {
+                return Ok(TreeNodeRecursion::Jump);
+            }
+            let Some(leaf) = p.downcast_ref::<DistributedLeafExec>() else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            for (t, variant) in leaf.variants().iter().enumerate().take(task_count) {
+                let Some(scan) = variant.downcast_ref::<PushdownScanExec>() else {
+                    continue;
+                };
+                found = true;
+                for (file, _) in scan.selected_units() {
+                    let file_hosts = hosts.entry(file.path.clone()).or_insert_with(|| {
+                        self.node
+                            .replica_urls(&file.path)
+                            .iter()
+                            .filter_map(|u| url::Url::parse(u).ok())
+                            .filter_map(|u| u.host_str().map(str::to_string))
+                            .collect()
+                    });
+                    for (w, worker) in workers.iter().enumerate() {
+                        if worker
+                            .host_str()
+                            .is_some_and(|h| file_hosts.iter().any(|f| f == h))
+                        {
+                            near[t][w] += 1;
+                        }
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Jump)
+        });
+        found.then_some(near)
+    }
+}
+
+impl datafusion_distributed::RouteTasksHandler for LocalityRouter {
+    fn handle(&self, ev: RouteTasksEvent) -> Option<Result<RouteTasksEventResponse>> {
+        let workers =
+            datafusion_distributed::get_distributed_worker_resolver(ev.task_ctx.session_config())
+                .ok()?
+                .get_urls()
+                .ok()?;
+        if workers.len() < 2 || ev.task_count < 2 {
+            return None;
+        }
+        let near = self.near(ev.plan, ev.task_count, &workers)?;
+        if near.iter().flatten().all(|&n| n == 0) {
+            return None;
+        }
+        let placed = assign_near(&near, workers.len());
+        for (t, &w) in placed.iter().enumerate() {
+            log::debug!(
+                "task {t} of a scan stage goes to {} ({} of its units near it)",
+                workers[w],
+                near[t][w]
+            );
+        }
+        Some(Ok(RouteTasksEventResponse::new(
+            placed.into_iter().map(|w| workers[w].clone()).collect(),
+        )))
+    }
+}
+
+/// Places tasks on `workers` workers, near their data but evenly: `near[t][w]` is how
+/// many of task `t`'s units are near worker `w`. Each worker takes at most
+/// ⌈tasks / workers⌉ tasks (the round-robin's balance); tasks with the most units near one
+/// worker choose first, each the worker with room that has the most of its units near,
+/// ties going to the least loaded. Returns each task's worker index, in task order.
+pub(crate) fn assign_near(near: &[Vec<usize>], workers: usize) -> Vec<usize> {
+    let tasks = near.len();
+    let room = tasks.div_ceil(workers.max(1));
+    let mut load = vec![0usize; workers];
+    let mut placed = vec![0usize; tasks];
+    let mut order: Vec<usize> = (0..tasks).collect();
+    order.sort_by_key(|&t| std::cmp::Reverse(near[t].iter().copied().max().unwrap_or(0)));
+    for t in order {
+        let w = (0..workers)
+            .filter(|&w| load[w] < room)
+            .max_by_key(|&w| {
+                (
+                    near[t].get(w).copied().unwrap_or(0),
+                    std::cmp::Reverse(load[w]),
+                    std::cmp::Reverse((w + workers - t % workers) % workers),
+                )
+            })
+            .unwrap_or(t % workers);
+        load[w] += 1;
+        placed[t] = w;
+    }
+    placed
+}
+
 /// Refuses a stage plan sent by a peer that would read this intermediary's own files
 /// (DataFusion's file scans: only in-memory sources such as `VALUES` pass) or write
 /// anything (`DataSinkExec`); every other operator only transforms its inputs, and every
@@ -295,5 +419,24 @@ impl datafusion_distributed::WorkerSessionBuilder for WorkerSessions {
             .with_distributed_passthrough_headers(self.headers.clone())?
             .with_distributed_worker_plan_rewrite_handler(check_peer_plan)
             .build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assign_near;
+
+    #[test]
+    fn tasks_go_near_their_data_while_workers_stay_balanced() {
+        // Task 0's units are all near worker 1, task 1's near worker 0.
+        assert_eq!(assign_near(&[vec![0, 5], vec![4, 0]], 2), vec![1, 0]);
+        // All four tasks are near worker 0: it takes two (its share), worker 1 the rest,
+        // the most local ones staying on worker 0.
+        let placed = assign_near(&[vec![1, 0], vec![9, 0], vec![8, 0], vec![2, 0]], 2);
+        assert_eq!(placed, vec![1, 0, 0, 1]);
+        // Nothing near anyone: round-robin.
+        assert_eq!(assign_near(&vec![vec![0, 0, 0]; 3], 3), vec![0, 1, 2]);
+        // More workers than tasks.
+        assert_eq!(assign_near(&[vec![0, 0, 3]], 3), vec![2]);
     }
 }

@@ -76,8 +76,14 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with environment variables `env` (`RUST_LOG`, say).
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = pushdown()
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -140,7 +146,7 @@ pub(crate) fn start_node(data: &Path, registry: &Path, extra: &[&str]) -> Server
 }
 
 /// [`start_node`] listening on `listen`.
-fn start_node_at(data: &Path, registry: &Path, listen: &str, extra: &[&str]) -> Server {
+pub(crate) fn start_node_at(data: &Path, registry: &Path, listen: &str, extra: &[&str]) -> Server {
     let mut args = vec![
         "storage-node",
         "serve",
