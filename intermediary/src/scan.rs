@@ -481,6 +481,45 @@ impl ExecutionPlan for PushdownScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
+    /// The scan's [`ScanMetrics`] as DataFusion metrics (for `EXPLAIN ANALYZE`, and for
+    /// `datafusion-distributed` to collect from the tier's workers): counts of tasks,
+    /// pruned tasks, result-cache hits, pages skipped, bytes read and returned (bytes), rows
+    /// parsed and selected, and output rows.
+    fn metrics(&self) -> Option<datafusion::physical_plan::metrics::MetricsSet> {
+        use datafusion::physical_plan::metrics::{Count, Metric, MetricValue, MetricsSet};
+        let m = &self.metrics;
+        let mut set = MetricsSet::new();
+        let count = |n: &AtomicU64| {
+            let c = Count::new();
+            c.add(n.load(Ordering::Relaxed) as usize);
+            c
+        };
+        let named = [
+            ("tasks", &m.tasks),
+            ("tasks_pruned", &m.tasks_pruned),
+            ("tasks_cached", &m.tasks_cached),
+            ("pages_skipped", &m.pages_skipped),
+            ("bytes_read", &m.bytes_read),
+            ("bytes_returned", &m.bytes_returned),
+            ("rows_parsed", &m.rows_in),
+            ("rows_selected", &m.rows_selected),
+        ];
+        for (name, n) in named {
+            set.push(Arc::new(Metric::new(
+                MetricValue::Count {
+                    name: name.into(),
+                    count: count(n),
+                },
+                None,
+            )));
+        }
+        set.push(Arc::new(Metric::new(
+            MetricValue::OutputRows(count(&m.rows_out)),
+            None,
+        )));
+        Some(set)
+    }
+
     fn execute(
         &self,
         partition: usize,

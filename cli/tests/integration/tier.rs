@@ -215,6 +215,27 @@ fn a_two_intermediary_tier_answers_all_22_tpch_queries_as_duckdb() {
         plan.contains("t0: PushdownScanExec") && plan.contains("t1: PushdownScanExec"),
         "two tasks: {plan}"
     );
+    // The scan's metrics come back from both intermediaries: the leaf's task count is the
+    // sum of its variants' (`t0: ... tasks=15, ...`, `t1: ... tasks=16, ...`).
+    let number_after = |line: &str, key: &str| -> usize {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+        rest[..rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len())]
+            .parse()
+            .unwrap()
+    };
+    let leaf = plan
+        .lines()
+        .find(|l| l.contains("DistributedLeafExec") && l.contains("metrics="))
+        .unwrap_or_else(|| panic!("no DistributedLeafExec metrics: {plan}"));
+    let planned: usize = plan
+        .lines()
+        .filter(|l| l.contains(": PushdownScanExec: table=lineitem"))
+        .map(|l| number_after(l, ", tasks="))
+        .sum();
+    assert!(leaf.contains("rows_parsed="), "{leaf}");
+    assert_eq!(number_after(leaf, " tasks="), planned, "{plan}");
 }
 
 /// A peer of the entry intermediary killed in mid-query: the client gets an error naming
