@@ -451,7 +451,6 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| format!("{}://{addr}", scheme(&security)));
             let peers = pushdown_flight::Peers::new(&self_url, &peer_urls)?;
-            peers.spawn_probes();
             tier_serve = Some(pushdown_flight::TierServe {
                 peers: peers.clone(),
                 token: peer_token.clone(),
@@ -478,13 +477,15 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
                     .as_ref()
                     .map(|t| (t.cert.clone(), t.key.clone())),
             });
+            let channels = Arc::new(pushdown_flight::PeerChannels::new(peer_tls));
+            peers.spawn_probes(channels.clone());
             let tier = pushdown_intermediary::TierOptions {
                 workers: {
                     let peers = peers.clone();
                     Arc::new(move || peers.workers())
                 },
                 self_url: peers.self_url().clone(),
-                channels: Arc::new(pushdown_flight::PeerChannels::new(peer_tls)),
+                channels,
                 headers,
             };
             Engine::with_tier(storage, memory_limit, tier)?

@@ -13,8 +13,13 @@ use url::Url;
 
 use crate::{ClientTls, Error};
 
-/// How often each peer is probed (a TCP connection to its address).
+/// How often each peer is probed (a TCP connection to its address, then a call to its
+/// worker service).
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// A peer's worker service that does not answer a call within this time counts as down (a
+/// frozen process: its kernel still accepts connections).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A probe not answered within this time counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -110,19 +115,31 @@ impl Peers {
 
     /// Probes every peer each [`PROBE_EVERY`] on the current tokio runtime, for as long as
     /// the runtime runs; logs (warn) a peer going down and (info) coming back.
-    pub fn spawn_probes(self: &Arc<Self>) {
+    ///
+    /// A probe opens a TCP connection, then calls the peer's worker service
+    /// (`GetWorkerInfo`) over `channels`: a peer that accepts connections but does not
+    /// settle the call within [`CALL_TIMEOUT`] (a stopped or wedged process) is down too.
+    /// Any answer, a refusal included (another token, a certificate this intermediary does
+    /// not trust), counts as up: a misconfigured peer fails the queries sent to it, naming
+    /// why, rather than leaving the tier quietly smaller.
+    pub fn spawn_probes(self: &Arc<Self>, channels: Arc<PeerChannels>) {
         let peers = self.clone();
         tokio::spawn(async move {
             loop {
-                for (url, up) in &peers.peers {
-                    let ok = probe(url, PROBE_TIMEOUT).await;
-                    let was = up.swap(ok, Ordering::Relaxed);
-                    if was && !ok {
-                        log::warn!("peer intermediary {url} is down: queries leave it out until it answers");
-                    } else if !was && ok {
-                        log::info!("peer intermediary {url} is back");
+                let probes = peers.peers.iter().map(|(url, up)| {
+                    let channels = channels.clone();
+                    async move {
+                        let ok = probe(url, PROBE_TIMEOUT).await
+                            && answers(&channels, url, CALL_TIMEOUT).await;
+                        let was = up.swap(ok, Ordering::Relaxed);
+                        if was && !ok {
+                            log::warn!("peer intermediary {url} is down: queries leave it out until it answers");
+                        } else if !was && ok {
+                            log::info!("peer intermediary {url} is back");
+                        }
                     }
-                }
+                });
+                futures::future::join_all(probes).await;
                 tokio::time::sleep(PROBE_EVERY).await;
             }
         });
@@ -140,6 +157,19 @@ async fn probe(url: &Url, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await,
         Ok(Ok(_))
     )
+}
+
+/// Whether the worker service at `url`, whose port accepts connections, settles a
+/// `GetWorkerInfo` call within `timeout`: with its version, or with a refusal (a token or
+/// a certificate the two sides do not share; the queries sent there fail naming it).
+async fn answers(channels: &PeerChannels, url: &Url, timeout: Duration) -> bool {
+    let call = async {
+        let mut client = channels.get_worker_client_for_url(url).await?;
+        client
+            .get_worker_info(datafusion_distributed::GetWorkerInfoRequest {})
+            .await
+    };
+    tokio::time::timeout(timeout, call).await.is_ok()
 }
 
 /// Connections to peer intermediaries' workers: one lazily connected channel per URL, with

@@ -100,7 +100,7 @@ impl Server {
         Server { child, url }
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let ok = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()

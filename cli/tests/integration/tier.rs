@@ -482,3 +482,29 @@ fn query_csv_embedded(dir: &std::path::Path, sql: &str) -> std::process::Output 
         Duration::from_secs(60),
     )
 }
+
+/// A peer that is frozen (SIGSTOP: its kernel still accepts connections, the process
+/// answers nothing) is found down by the probes' call to its worker service, and the next
+/// query runs on the tier that is left; once it is resumed (SIGCONT), queries spread over
+/// it again.
+#[test]
+fn a_frozen_peer_is_left_out_until_it_answers_again() {
+    let registries: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_nodes(&registries);
+    let (a, b) = start_tier(&nodes, &[], &[]);
+    let sql = "SELECT l_returnflag, l_linestatus, sum(l_quantity) AS q FROM lineitem GROUP BY 1, 2 ORDER BY 1, 2";
+    let expected = duckdb_answers(&[sql.to_string()]);
+    let explain = format!("EXPLAIN ANALYZE {sql}");
+    assert!(stdout_ok(query_csv(&a.url, &explain)).contains("t1: PushdownScanExec"));
+    b.signal("-STOP");
+    // A probe's call times out after 3 s; probes run every 0.5 s.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_same_as_duckdb("frozen", &stdout_ok(query_csv(&a.url, sql)), &expected[0]);
+    let plan = stdout_ok(query_csv(&a.url, &explain));
+    assert!(!plan.contains("t1: PushdownScanExec"), "{plan}");
+    b.signal("-CONT");
+    std::thread::sleep(Duration::from_secs(2));
+    let plan = stdout_ok(query_csv(&a.url, &explain));
+    assert!(plan.contains("t1: PushdownScanExec"), "{plan}");
+    assert_same_as_duckdb("resumed", &stdout_ok(query_csv(&a.url, sql)), &expected[0]);
+}
