@@ -477,7 +477,10 @@ pub fn intermediary(command: IntermediaryCommand) -> Result<()> {
                     .as_ref()
                     .map(|t| (t.cert.clone(), t.key.clone())),
             });
-            let channels = Arc::new(pushdown_flight::PeerChannels::new(peer_tls));
+            let channels = Arc::new(pushdown_flight::PeerChannels::new(
+                peer_tls,
+                peer_token.as_deref(),
+            )?);
             peers.spawn_probes(channels.clone());
             let tier = pushdown_intermediary::TierOptions {
                 workers: {

@@ -164,6 +164,78 @@ pub async fn serve_node(
     .await
 }
 
+/// An intermediary tier's worker service as [`serve`] mounts it.
+struct WorkerServe {
+    worker: datafusion_distributed::Worker,
+    /// The bearer token peers must send.
+    token: Option<String>,
+    /// Where peers' stages run (the CPU runtime), when not on the serving runtime.
+    cpu: Option<tokio::runtime::Handle>,
+}
+
+/// A gRPC service whose calls run on `runtime` (when given) instead of the serving
+/// runtime: the future of each call, and so whatever it spawns (`datafusion-distributed`
+/// drives a stage's partitions in tasks spawned by the call), run there, while the
+/// serving runtime only moves bytes. A call whose task could not finish is answered
+/// `INTERNAL` (it panicked) or `UNAVAILABLE` (the runtime is shutting down).
+#[derive(Clone)]
+struct OnRuntime<S> {
+    inner: S,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for OnRuntime<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for OnRuntime<S>
+where
+    S: tonic::codegen::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = self.inner.call(request);
+        match &self.runtime {
+            None => Box::pin(call),
+            Some(runtime) => {
+                let task = runtime.spawn(call);
+                Box::pin(async move {
+                    match task.await {
+                        Ok(answer) => answer,
+                        Err(e) if e.is_panic() => {
+                            log::error!("a peer's call panicked: {e}");
+                            Ok(
+                                tonic::Status::internal("the call failed in this intermediary")
+                                    .into_http(),
+                            )
+                        }
+                        Err(_) => Ok(tonic::Status::unavailable(
+                            "this intermediary is shutting down",
+                        )
+                        .into_http()),
+                    }
+                })
+            }
+        }
+    }
+}
+
 /// Largest request message a peer may send the worker service of an intermediary in a
 /// tier (a stage's plan): 64 MiB.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
@@ -180,7 +252,7 @@ async fn serve<S: FlightService>(
     listener: TcpListener,
     security: Security,
     max_request_bytes: usize,
-    worker: Option<(datafusion_distributed::Worker, Option<String>)>,
+    worker: Option<WorkerServe>,
 ) -> Result<(), Error> {
     let service = tonic::service::interceptor::InterceptedService::new(
         FlightServiceServer::new(service)
@@ -188,12 +260,16 @@ async fn serve<S: FlightService>(
             .max_encoding_message_size(usize::MAX),
         require_token(security.token),
     );
-    let worker = worker.map(|(worker, token)| {
+    let worker = worker.map(|w| {
         tonic::service::interceptor::InterceptedService::new(
-            worker
-                .into_worker_server()
-                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES),
-            require_token(token),
+            OnRuntime {
+                inner: w
+                    .worker
+                    .into_worker_server()
+                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES),
+                runtime: w.cpu,
+            },
+            require_token(w.token),
         )
     });
     let mut builder = tonic::transport::Server::builder();

@@ -347,9 +347,12 @@ pub async fn serve_sql(
     cpu: Option<tokio::runtime::Handle>,
     tier: Option<TierServe>,
 ) -> Result<(), Error> {
-    let worker = engine
-        .worker()
-        .map(|w| (w, tier.as_ref().and_then(|t| t.token.clone())));
+    // Peers' stages run on the CPU runtime, as client queries do.
+    let worker = engine.worker().map(|worker| crate::WorkerServe {
+        worker,
+        token: tier.as_ref().and_then(|t| t.token.clone()),
+        cpu: cpu.clone(),
+    });
     let mut service = SqlService::with_limits(engine, limits);
     if let Some(cpu) = cpu {
         service = service.with_cpu_runtime(cpu);
@@ -453,6 +456,7 @@ fn describe_flight(e: FlightError) -> String {
 fn refused_between_peers(error: &str) -> bool {
     error.contains("invalid peer certificate")
         || error.contains("wrong bearer token")
+        || error.contains("missing or wrong token")
         || error.contains("certificate required")
         || error.contains("HandshakeFailure")
 }

@@ -173,19 +173,66 @@ async fn answers(channels: &PeerChannels, url: &Url, timeout: Duration) -> bool 
 }
 
 /// Connections to peer intermediaries' workers: one lazily connected channel per URL, with
-/// TLS toward `https://` peers; what `datafusion-distributed` calls a channel resolver.
+/// TLS toward `https://` peers and the tier's bearer token on every call; what
+/// `datafusion-distributed` calls a channel resolver.
 pub struct PeerChannels {
     tls: Option<ClientTls>,
+    authorization: Option<http::HeaderValue>,
     channels: Mutex<HashMap<Url, BoxCloneSyncChannel>>,
 }
 
 impl PeerChannels {
-    /// Channels with `tls` toward `https://` peers.
-    pub fn new(tls: Option<ClientTls>) -> Self {
-        Self {
+    /// Channels with `tls` toward `https://` peers, sending `token` (the tier's bearer
+    /// token) on calls that do not carry one already (a probe's `GetWorkerInfo`; stage
+    /// calls carry it among their passthrough headers).
+    ///
+    /// # Errors
+    /// [`Error::Transport`] when the token is not a valid header value.
+    pub fn new(tls: Option<ClientTls>, token: Option<&str>) -> Result<Self, Error> {
+        let authorization = token
+            .map(|t| {
+                http::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                    Error::Transport("the peer token is not a valid header value".into())
+                })
+            })
+            .transpose()?;
+        Ok(Self {
             tls,
+            authorization,
             channels: Mutex::default(),
+        })
+    }
+}
+
+/// A channel that adds `authorization` to calls without one.
+#[derive(Clone)]
+struct WithToken {
+    inner: tonic::transport::Channel,
+    authorization: Option<http::HeaderValue>,
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for WithToken {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = <tonic::transport::Channel as tonic::codegen::Service<
+        http::Request<tonic::body::Body>,
+    >>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .entry(http::header::AUTHORIZATION)
+                .or_insert_with(|| value.clone());
         }
+        self.inner.call(request)
     }
 }
 
@@ -211,7 +258,10 @@ impl ChannelResolver for PeerChannels {
                     })?
                     .connect_timeout(Duration::from_secs(5))
                     .tcp_nodelay(true);
-                let channel = BoxCloneSyncChannel::new(endpoint.connect_lazy());
+                let channel = BoxCloneSyncChannel::new(WithToken {
+                    inner: endpoint.connect_lazy(),
+                    authorization: self.authorization.clone(),
+                });
                 channels.insert(url.clone(), channel.clone());
                 channel
             }

@@ -314,7 +314,12 @@ fn a_peer_with_the_wrong_tier_token_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(message.contains("wrong bearer token"), "{message}");
+    // The peer refuses the token, or (once this intermediary's probes have sent it ten
+    // times) every call from this address for a while.
+    assert!(
+        message.contains("wrong bearer token") || message.contains("missing or wrong token"),
+        "{message}"
+    );
     assert!(message.contains("--peer-token-file"), "{message}");
 }
 
