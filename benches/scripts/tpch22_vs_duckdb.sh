@@ -11,7 +11,8 @@ cd "$(dirname "$0")/../.."
 scale="${1:-1}"
 runs="${2:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pushdown/target}"
-pushdown="$CARGO_TARGET_DIR/release/pushdown"
+# PUSHDOWN_BIN: another build to time (e.g. a copy of an earlier commit's binary).
+pushdown="${PUSHDOWN_BIN:-$CARGO_TARGET_DIR/release/pushdown}"
 duckdb="$PWD/.venv/bin/duckdb"
 python="$PWD/.venv/bin/python"
 command -v hyperfine >/dev/null || { echo "hyperfine is missing: apt-get install hyperfine" >&2; exit 1; }

@@ -164,6 +164,13 @@ impl Engine {
             .with_target_partitions(target_partitions.max(1));
         // Decimal literals stay decimal (`0.06 - 0.01` is exactly 0.05), as in DuckDB.
         config.options_mut().sql_parser.parse_float_as_decimal = true;
+        // A hash join's build side of up to 1024 distinct keys becomes an `IN` list in the
+        // join filter pushed to the probe side's storage nodes (DataFusion's default, 150,
+        // leaves larger ones a hash-table lookup, which the sandbox cannot evaluate).
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values = 1024;
         let mut builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime.clone())
@@ -745,6 +752,13 @@ impl Query {
                 get(&m.rows_selected),
                 get(&m.rows_out),
             );
+            if let Some(filter) = m.join_filter.lock().expect("not poisoned").as_ref() {
+                let _ = writeln!(
+                    out,
+                    "  join filter pushed to the storage nodes (from a hash join's build side; rows parsed that it and the predicate removed: {}): {filter}",
+                    get(&m.rows_in).saturating_sub(get(&m.rows_selected))
+                );
+            }
             let by_plugins = get(&m.tasks_pruned_by_plugins);
             if by_plugins > 0 {
                 let _ = writeln!(

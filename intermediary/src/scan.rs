@@ -40,6 +40,9 @@ pub const TASKS_IN_FLIGHT: usize = 2;
 pub struct ScanMetrics {
     /// Tasks planned.
     pub tasks: AtomicU64,
+    /// The join filter added to the tasks' predicate (its first 200 characters per
+    /// conjunct), when a hash join above pushed one that translates.
+    pub join_filter: std::sync::Mutex<Option<String>>,
     /// Tasks started (sent to the storage node); the rest were not needed.
     pub tasks_started: AtomicU64,
     /// Tasks finished (scanned or pruned).
@@ -164,6 +167,69 @@ pub struct PushdownScanExec {
     /// peer's claims, checked against this intermediary's own listing of the table before
     /// any task runs.
     from_peer: bool,
+    /// Join filters: dynamic filters a hash join above pushed down (DataFusion's
+    /// `DynamicFilterPhysicalExpr`, filled in when the join's build side is complete),
+    /// added to the tasks' predicate when the scan's stream is first polled.
+    join_filters: Vec<JoinFilter>,
+}
+
+/// A dynamic filter pushed into the scan, with the scan's output columns as they were when
+/// it was pushed (the filter's column indices refer to them).
+#[derive(Debug, Clone)]
+struct JoinFilter {
+    filter: Arc<dyn PhysicalExpr>,
+    inputs: Vec<Expr>,
+    schema: SchemaRef,
+}
+
+impl JoinFilter {
+    /// The conjuncts of the filter's current expression that translate into the sandbox's
+    /// [`Expr`] (a min/max range, an `IN` list); a hash-table lookup or a per-partition
+    /// `CASE` does not translate and is left out, which only makes the filter looser.
+    fn translated(&self) -> Vec<Expr> {
+        use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+        let current = match self.filter.downcast_ref::<DynamicFilterPhysicalExpr>() {
+            Some(d) => match d.current() {
+                Ok(e) => e,
+                Err(_) => return Vec::new(),
+            },
+            None => self.filter.clone(),
+        };
+        log::trace!("join filter as DataFusion has it: {current}");
+        let conjuncts = |e: &Arc<dyn PhysicalExpr>| -> Vec<Expr> {
+            crate::translate::conjuncts(e)
+                .iter()
+                .filter_map(|c| crate::translate::translate(c, &self.inputs, &self.schema))
+                .filter(|e| !matches!(e, Expr::Literal(pushdown_protocol::Literal::Bool(true))))
+                .collect()
+        };
+        // A partitioned join's filter is `CASE hash(key) % n WHEN 0 THEN <partition 0's
+        // filter> ...`: every row passes one branch, so it passes their OR.
+        if let Some(case) =
+            current.downcast_ref::<datafusion::physical_expr::expressions::CaseExpr>()
+        {
+            let branches = case
+                .when_then_expr()
+                .iter()
+                .map(|(_, then)| then)
+                .chain(case.else_expr());
+            let mut any = Vec::new();
+            for branch in branches {
+                match conjuncts(branch) {
+                    // A branch that does not translate lets any row through.
+                    c if c.is_empty() => return Vec::new(),
+                    mut c if c.len() == 1 => any.push(c.remove(0)),
+                    c => any.push(Expr::And(c)),
+                }
+            }
+            return match any.len() {
+                0 => Vec::new(),
+                1 => any,
+                _ => vec![Expr::Or(any)],
+            };
+        }
+        conjuncts(&current)
+    }
 }
 
 /// The scan's properties: its partitions, and cooperative scheduling (its streams consume
@@ -221,6 +287,7 @@ impl PushdownScanExec {
             limit,
             selection: None,
             from_peer: false,
+            join_filters: Vec::new(),
         })
     }
 
@@ -251,6 +318,7 @@ impl PushdownScanExec {
             limit,
             selection: None,
             from_peer: true,
+            join_filters: Vec::new(),
         }
     }
 
@@ -389,6 +457,49 @@ impl PushdownScanExec {
         tasks
     }
 
+    /// `tasks` with the join filters' current conjuncts added to their predicate; logs
+    /// (debug) and counts them in the metrics.
+    fn with_join_filters(&self, mut tasks: Vec<Task>) -> Vec<Task> {
+        let extra: Vec<Expr> = self
+            .join_filters
+            .iter()
+            .flat_map(JoinFilter::translated)
+            .collect();
+        if extra.is_empty() {
+            return tasks;
+        }
+        let text = extra
+            .iter()
+            .map(|e| {
+                let t = e.to_string();
+                match t.char_indices().nth(200) {
+                    Some((i, _)) => format!("{}...", &t[..i]),
+                    None => t,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        log::debug!(
+            "table {}: join filter pushed to the storage nodes: {text}",
+            self.table.name
+        );
+        *self.metrics.join_filter.lock().expect("not poisoned") = Some(text);
+        for task in &mut tasks {
+            let mut items = match task.predicate.take() {
+                None => Vec::new(),
+                Some(Expr::And(items)) => items,
+                Some(p) => vec![p],
+            };
+            items.extend(extra.iter().cloned());
+            task.predicate = Some(if items.len() == 1 {
+                items.remove(0)
+            } else {
+                Expr::And(items)
+            });
+        }
+        tasks
+    }
+
     /// Output partitions.
     pub fn partitions(&self) -> usize {
         self.partitions
@@ -475,10 +586,98 @@ impl ExecutionPlan for PushdownScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        // The pushed-down expressions are already translated out of DataFusion's.
+        // The pushed-down expressions are already translated out of DataFusion's; the
+        // join filters are DataFusion's (a hash join fills its filter in only when a node
+        // below it holds it).
+        for j in &self.join_filters {
+            if f(&j.filter)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
         Ok(TreeNodeRecursion::Continue)
+    }
+
+    /// Takes the dynamic filters a hash join above pushes down after optimization (the
+    /// `Post` phase), when the scan returns rows (not partial aggregates, no `LIMIT`):
+    /// they narrow the tasks' predicate on the storage nodes (row-group pruning by
+    /// statistics and Bloom filters, rows filtered in the sandbox). Every filter is
+    /// reported as not applied, so the join above still evaluates it; the scan's use of
+    /// it only ever drops rows the join would drop.
+    fn handle_child_pushdown_result(
+        &self,
+        phase: datafusion::physical_plan::filter_pushdown::FilterPushdownPhase,
+        child_pushdown_result: datafusion::physical_plan::filter_pushdown::ChildPushdownResult,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> Result<
+        datafusion::physical_plan::filter_pushdown::FilterPushdownPropagation<
+            Arc<dyn ExecutionPlan>,
+        >,
+    > {
+        use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+        use datafusion::physical_plan::filter_pushdown::{
+            FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+        };
+        let filters: Vec<Arc<dyn PhysicalExpr>> = child_pushdown_result
+            .parent_filters
+            .into_iter()
+            .map(|f| f.filter)
+            .collect();
+        let answer = vec![PushedDown::No; filters.len()];
+        let inputs = match (phase, self.output_exprs(), self.limit, self.from_peer) {
+            (FilterPushdownPhase::Post, Some(inputs), None, false) => inputs,
+            _ => {
+                return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
+                    answer,
+                ))
+            }
+        };
+        let taken: Vec<JoinFilter> = filters
+            .into_iter()
+            .filter(|f| f.downcast_ref::<DynamicFilterPhysicalExpr>().is_some())
+            .map(|filter| JoinFilter {
+                filter,
+                inputs: inputs.clone(),
+                schema: self.schema.clone(),
+            })
+            .collect();
+        let propagation = FilterPushdownPropagation::with_parent_pushdown_result(answer);
+        if taken.is_empty() {
+            return Ok(propagation);
+        }
+        let mut scan = self.clone();
+        scan.join_filters.extend(taken);
+        Ok(propagation.with_updated_node(Arc::new(scan)))
+    }
+
+    /// Estimated size of the scan's output for DataFusion's join planning (which side of
+    /// a hash join is built, and whether it is collected whole): the bytes of the files'
+    /// selected units, times the fraction of the table's columns the scan returns
+    /// (`Inexact`; compressed Parquet or CSV bytes, not Arrow's); rows unknown. DataFusion's
+    /// `FilterExec` above the scan, before the pushdown split absorbs it, scales this by
+    /// its default selectivity. A partition's share is the total over the partitions.
+    fn partition_statistics(
+        &self,
+        partition: Option<usize>,
+    ) -> Result<Arc<datafusion::common::Statistics>> {
+        use datafusion::common::stats::Precision;
+        let units = self.table_units().max(1);
+        let selected = self.selected_units().len();
+        let bytes: u64 = self.table.files.iter().map(|f| f.len).sum();
+        let columns = self.table.schema.fields().len().max(1);
+        let returned = match &self.pushdown {
+            Pushdown::Project(exprs) => exprs.len().max(1),
+            Pushdown::PartialAggregate { .. } => columns,
+        };
+        let mut estimate =
+            bytes as f64 * (selected as f64 / units as f64) * (returned as f64 / columns as f64);
+        if partition.is_some() {
+            estimate /= self.partitions as f64;
+        }
+        let mut stats = datafusion::common::Statistics::new_unknown(&self.schema);
+        stats.total_byte_size = Precision::Inexact(estimate as usize);
+        Ok(Arc::new(stats))
     }
 
     /// The scan's [`ScanMetrics`] as DataFusion metrics (for `EXPLAIN ANALYZE`, and for
@@ -532,18 +731,29 @@ impl ExecutionPlan for PushdownScanExec {
             )));
         }
         let tasks = self.tasks(partition);
-        let stream: futures::stream::BoxStream<'static, Result<RecordBatch>> = if self.from_peer {
-            // A peer's claims: checked against this intermediary's own listing first.
-            let this = self.clone();
-            futures::stream::once(async move { this.checked(tasks).await })
-                .flat_map(move |checked| match checked {
-                    Ok((scan, tasks)) => scan.run(tasks),
-                    Err(e) => futures::stream::iter([Err(e)]).boxed(),
+        let stream: futures::stream::BoxStream<'static, Result<RecordBatch>> =
+            if !self.join_filters.is_empty() {
+                // The join polls this side once its build side is complete: the join filters
+                // are read then, not now.
+                let this = self.clone();
+                futures::stream::once(async move {
+                    let tasks = this.with_join_filters(tasks);
+                    this.run(tasks)
                 })
+                .flatten()
                 .boxed()
-        } else {
-            self.run(tasks)
-        };
+            } else if self.from_peer {
+                // A peer's claims: checked against this intermediary's own listing first.
+                let this = self.clone();
+                futures::stream::once(async move { this.checked(tasks).await })
+                    .flat_map(move |checked| match checked {
+                        Ok((scan, tasks)) => scan.run(tasks),
+                        Err(e) => futures::stream::iter([Err(e)]).boxed(),
+                    })
+                    .boxed()
+            } else {
+                self.run(tasks)
+            };
         // Each batch consumes tokio's task budget: a consumer that never waits still
         // yields now and then, so cancellation and other tasks get their turn.
         Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(

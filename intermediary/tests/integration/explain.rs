@@ -111,3 +111,60 @@ async fn the_split_is_the_same_with_one_thread_and_with_several() {
         assert!(!split.contains("CooperativeExec"), "{threads}: {split}");
     }
 }
+
+/// Q17 joins lineitem (600 k rows at SF 0.1) with the few parts of one brand and container:
+/// the hash join builds on part, and its keys go to lineitem's tasks as a join filter, so
+/// the storage node returns only the lineitems of those parts. The answer is DuckDB's, with
+/// one thread and with several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_join_pushes_its_build_side_keys_to_the_probe_side_scan() {
+    use std::collections::BTreeMap;
+
+    use crate::oracle::{assert_same, cells, duckdb};
+    use crate::support::{figure, node_options, tpch_all, TPCH_TABLES};
+
+    let dir = tpch_all().join("parquet");
+    let sql = include_str!("../../../datasets/queries/tpch/q17.sql");
+    let tables: BTreeMap<String, (std::path::PathBuf, &str)> = TPCH_TABLES
+        .iter()
+        .map(|t| (t.to_string(), (dir.join(format!("{t}.parquet")), "parquet")))
+        .collect();
+    let expected = duckdb(&tables, &[sql]).remove(0).expect("DuckDB answers Q17");
+    for threads in [1, 4] {
+        let engine = pushdown_intermediary::Engine::embedded_with_threads(
+            &dir,
+            node_options(16 << 20),
+            None,
+            threads,
+        )
+        .unwrap();
+        let query = engine.plan(sql).await.unwrap();
+        let batches = query.collect().await.unwrap();
+        assert_same(
+            &format!("Q17, {threads} thread(s)"),
+            cells(&batches),
+            expected.clone(),
+            true,
+        );
+        let report = query.run_report();
+        let lineitem = report
+            .lines()
+            .skip_while(|l| !l.starts_with("table lineitem:"))
+            .take_while(|l| l.starts_with("table lineitem:") || l.starts_with("  "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            lineitem.contains("join filter pushed to the storage nodes")
+                && lineitem.contains("l_partkey IN ("),
+            "{threads} thread(s): {report}"
+        );
+        // Every lineitem row is parsed (the part keys are spread over all row groups);
+        // about 1 in 1000 is selected.
+        let (rows_in, selected) = (
+            figure(&lineitem, "rows in "),
+            figure(&lineitem, ", selected "),
+        );
+        assert!(rows_in > 500_000, "{report}");
+        assert!(selected * 100 < rows_in, "{threads} thread(s): {report}");
+    }
+}

@@ -160,6 +160,9 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
             negated,
         } => {
             let value = evaluate(expr, batch)?;
+            if let Some(found) = in_integer_set(&value, list, *negated) {
+                return Ok(found);
+            }
             let mut acc: Option<Value> = None;
             for item in list {
                 let item = evaluate(item, batch)?;
@@ -586,4 +589,57 @@ pub(crate) fn predicate_mask(expr: &Expr, batch: &RecordBatch) -> Result<Boolean
         }
         _ => mask.clone(),
     })
+}
+
+/// `value IN (list)` for an integer column (Int8 to Int64, UInt8 to UInt32, Date32) and a
+/// list of more than 8 integer constants (a join filter's keys): one hash-set probe per
+/// row instead of one comparison pass per constant. A null row stays null (SQL's
+/// three-valued `IN`; the list holds no nulls). `None` when this does not apply.
+fn in_integer_set(value: &Value, list: &[Expr], negated: bool) -> Option<Value> {
+    use arrow_array::types::{
+        Date32Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt8Type,
+    };
+    if list.len() <= 8 {
+        return None;
+    }
+    let Value::Array(array) = value else {
+        return None;
+    };
+    let mut set = std::collections::HashSet::with_capacity(list.len());
+    for item in list {
+        match item {
+            Expr::Literal(Literal::Int(v, _)) => set.insert(*v),
+            Expr::Literal(Literal::UInt(v, _)) => set.insert(i64::try_from(*v).ok()?),
+            _ => return None,
+        };
+    }
+    fn probe<T: arrow_array::ArrowPrimitiveType>(
+        array: &ArrayRef,
+        set: &std::collections::HashSet<i64>,
+        negated: bool,
+    ) -> BooleanArray
+    where
+        T::Native: Into<i64>,
+    {
+        let a = array.as_primitive::<T>();
+        let hits: BooleanArray = a
+            .values()
+            .iter()
+            .map(|v| Some(set.contains(&(*v).into()) != negated))
+            .collect();
+        // Null rows: null.
+        BooleanArray::new(hits.values().clone(), a.nulls().cloned())
+    }
+    let out = match array.data_type() {
+        DataType::Int8 => probe::<Int8Type>(array, &set, negated),
+        DataType::Int16 => probe::<Int16Type>(array, &set, negated),
+        DataType::Int32 => probe::<Int32Type>(array, &set, negated),
+        DataType::Int64 => probe::<Int64Type>(array, &set, negated),
+        DataType::UInt8 => probe::<UInt8Type>(array, &set, negated),
+        DataType::UInt16 => probe::<UInt16Type>(array, &set, negated),
+        DataType::UInt32 => probe::<UInt32Type>(array, &set, negated),
+        DataType::Date32 => probe::<Date32Type>(array, &set, negated),
+        _ => return None,
+    };
+    Some(Value::Array(Arc::new(out)))
 }
