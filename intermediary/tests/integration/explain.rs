@@ -129,7 +129,9 @@ async fn a_hash_join_pushes_its_build_side_keys_to_the_probe_side_scan() {
         .iter()
         .map(|t| (t.to_string(), (dir.join(format!("{t}.parquet")), "parquet")))
         .collect();
-    let expected = duckdb(&tables, &[sql]).remove(0).expect("DuckDB answers Q17");
+    let expected = duckdb(&tables, &[sql])
+        .remove(0)
+        .expect("DuckDB answers Q17");
     for threads in [1, 4] {
         let engine = pushdown_intermediary::Engine::embedded_with_threads(
             &dir,
