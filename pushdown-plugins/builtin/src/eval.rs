@@ -592,9 +592,9 @@ pub(crate) fn predicate_mask(expr: &Expr, batch: &RecordBatch) -> Result<Boolean
 }
 
 /// `value IN (list)` for an integer column (Int8 to Int64, UInt8 to UInt32, Date32) and a
-/// list of more than 8 integer constants (a join filter's keys): one hash-set probe per
-/// row instead of one comparison pass per constant. A null row stays null (SQL's
-/// three-valued `IN`; the list holds no nulls). `None` when this does not apply.
+/// list of more than 8 integer constants (a join filter's keys): one probe of an
+/// [`IntegerSet`] per row instead of one comparison pass per constant. A null row stays
+/// null (SQL's three-valued `IN`; the list holds no nulls). `None` when this does not apply.
 fn in_integer_set(value: &Value, list: &[Expr], negated: bool) -> Option<Value> {
     use arrow_array::types::{
         Date32Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt8Type,
@@ -605,30 +605,29 @@ fn in_integer_set(value: &Value, list: &[Expr], negated: bool) -> Option<Value> 
     let Value::Array(array) = value else {
         return None;
     };
-    let mut set = std::collections::HashSet::with_capacity(list.len());
+    let mut keys = Vec::with_capacity(list.len());
     for item in list {
         match item {
-            Expr::Literal(Literal::Int(v, _)) => set.insert(*v),
-            Expr::Literal(Literal::UInt(v, _)) => set.insert(i64::try_from(*v).ok()?),
+            Expr::Literal(Literal::Int(v, _)) => keys.push(*v),
+            Expr::Literal(Literal::UInt(v, _)) => keys.push(i64::try_from(*v).ok()?),
             _ => return None,
         };
     }
+    let set = IntegerSet::new(&keys);
     fn probe<T: arrow_array::ArrowPrimitiveType>(
         array: &ArrayRef,
-        set: &std::collections::HashSet<i64>,
+        set: &IntegerSet,
         negated: bool,
     ) -> BooleanArray
     where
         T::Native: Into<i64>,
     {
         let a = array.as_primitive::<T>();
-        let hits: BooleanArray = a
-            .values()
-            .iter()
-            .map(|v| Some(set.contains(&(*v).into()) != negated))
-            .collect();
+        let hits = arrow_buffer::BooleanBuffer::collect_bool(a.len(), |i| {
+            set.contains(a.value(i).into()) != negated
+        });
         // Null rows: null.
-        BooleanArray::new(hits.values().clone(), a.nulls().cloned())
+        BooleanArray::new(hits, a.nulls().cloned())
     }
     let out = match array.data_type() {
         DataType::Int8 => probe::<Int8Type>(array, &set, negated),
@@ -642,4 +641,76 @@ fn in_integer_set(value: &Value, list: &[Expr], negated: bool) -> Option<Value> 
         _ => return None,
     };
     Some(Value::Array(Arc::new(out)))
+}
+
+/// A set of `i64` for `IN` lists: open addressing with linear probing in a table of at
+/// least twice as many slots as keys (Fibonacci hashing: the key times 2^64/φ, top bits),
+/// behind a min/max check. A few nanoseconds per probe where `std`'s SipHash set takes
+/// tens (the guest runs it once per row of a join filter).
+pub(crate) struct IntegerSet {
+    slots: Vec<i64>,
+    /// Slot value meaning "empty"; a key equal to it is tracked by `holds_empty`.
+    empty: i64,
+    holds_empty: bool,
+    shift: u32,
+    min: i64,
+    max: i64,
+}
+
+impl IntegerSet {
+    pub(crate) fn new(keys: &[i64]) -> Self {
+        let bits = (keys.len().max(1) * 2)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(1);
+        let empty = i64::MIN;
+        let mut set = Self {
+            slots: vec![empty; 1 << bits],
+            empty,
+            holds_empty: false,
+            shift: 64 - bits,
+            min: keys.iter().copied().min().unwrap_or(0),
+            max: keys.iter().copied().max().unwrap_or(-1),
+        };
+        let mask = set.slots.len() - 1;
+        for &k in keys {
+            if k == empty {
+                set.holds_empty = true;
+                continue;
+            }
+            let mut i = set.slot(k);
+            while set.slots[i] != empty && set.slots[i] != k {
+                i = (i + 1) & mask;
+            }
+            set.slots[i] = k;
+        }
+        set
+    }
+
+    #[inline]
+    fn slot(&self, k: i64) -> usize {
+        ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    #[inline]
+    pub(crate) fn contains(&self, k: i64) -> bool {
+        if k < self.min || k > self.max {
+            return false;
+        }
+        if k == self.empty {
+            return self.holds_empty;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(k);
+        loop {
+            let s = self.slots[i];
+            if s == k {
+                return true;
+            }
+            if s == self.empty {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }

@@ -207,11 +207,48 @@ fn parse_ipc(
 /// Filter: the rows of `batch` where the task's predicate is true (all rows without one).
 fn filter_batch(request: &GuestRequest, batch: RecordBatch) -> Result<RecordBatch, String> {
     match &request.task.predicate {
+        Some(Expr::And(conjuncts)) => filter_conjuncts(conjuncts, batch),
         Some(p) => {
             let mask = predicate_mask(p, &batch)?;
             filter_record_batch(&batch, &mask).map_err(|e| e.to_string())
         }
         None => Ok(batch),
+    }
+}
+
+/// The rows of `batch` where every conjunct is true, evaluated in order: once the rows
+/// still selected are at most half of the batch, the batch is cut down to them and the
+/// next conjuncts run over those rows only (a selective conjunct first makes a costly
+/// one later, such as a join filter's `IN` list, cheap). Same rows as evaluating the
+/// whole `AND` (a NULL is false either way); a conjunct that would fail only on rows an
+/// earlier one removed no longer fails, as in DataFusion and DuckDB.
+pub(crate) fn filter_conjuncts(
+    conjuncts: &[Expr],
+    mut batch: RecordBatch,
+) -> Result<RecordBatch, String> {
+    let mut pending: Option<arrow_array::BooleanArray> = None;
+    for conjunct in conjuncts {
+        if batch.num_rows() == 0 {
+            return Ok(batch);
+        }
+        let mask = predicate_mask(conjunct, &batch)?;
+        let mask = match pending.take() {
+            Some(earlier) => {
+                arrow_arith::boolean::and(&earlier, &mask).map_err(|e| e.to_string())?
+            }
+            None => mask,
+        };
+        if mask.true_count() * 2 <= batch.num_rows() {
+            batch = filter_record_batch(&batch, &mask).map_err(|e| e.to_string())?;
+        } else {
+            pending = Some(mask);
+        }
+    }
+    match pending {
+        Some(mask) if mask.true_count() < batch.num_rows() => {
+            filter_record_batch(&batch, &mask).map_err(|e| e.to_string())
+        }
+        _ => Ok(batch),
     }
 }
 
