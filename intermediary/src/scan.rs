@@ -215,6 +215,16 @@ impl JoinFilter {
                 .chain(case.else_expr());
             let mut any = Vec::new();
             for branch in branches {
+                // A branch that is `false` (the `ELSE` of partitions with an empty build
+                // side) lets no row through: nothing to add to the OR.
+                if branch
+                    .downcast_ref::<datafusion::physical_expr::expressions::Literal>()
+                    .is_some_and(|l| {
+                        l.value() == &datafusion::common::ScalarValue::Boolean(Some(false))
+                    })
+                {
+                    continue;
+                }
                 match conjuncts(branch) {
                     // A branch that does not translate lets any row through.
                     c if c.is_empty() => return Vec::new(),
@@ -223,7 +233,8 @@ impl JoinFilter {
                 }
             }
             return match any.len() {
-                0 => Vec::new(),
+                // Every branch is `false`: the build side is empty, no row can match.
+                0 => vec![Expr::Literal(pushdown_protocol::Literal::Bool(false))],
                 1 => any,
                 _ => vec![Expr::Or(any)],
             };
