@@ -201,6 +201,7 @@ impl JoinFilter {
                 .iter()
                 .filter_map(|c| crate::translate::translate(c, &self.inputs, &self.schema))
                 .filter(|e| !matches!(e, Expr::Literal(pushdown_protocol::Literal::Bool(true))))
+                .filter(one_pass_in_guest)
                 .collect()
         };
         // A partitioned join's filter is `CASE hash(key) % n WHEN 0 THEN <partition 0's
@@ -213,7 +214,7 @@ impl JoinFilter {
                 .iter()
                 .map(|(_, then)| then)
                 .chain(case.else_expr());
-            let mut any = Vec::new();
+            let mut branch_conjuncts: Vec<Vec<Expr>> = Vec::new();
             for branch in branches {
                 // A branch that is `false` (the `ELSE` of partitions with an empty build
                 // side) lets no row through: nothing to add to the OR.
@@ -228,10 +229,22 @@ impl JoinFilter {
                 match conjuncts(branch) {
                     // A branch that does not translate lets any row through.
                     c if c.is_empty() => return Vec::new(),
-                    mut c if c.len() == 1 => any.push(c.remove(0)),
-                    c => any.push(Expr::And(c)),
+                    c => branch_conjuncts.push(c),
                 }
             }
+            if let Some(union) = union_of_in_lists(&branch_conjuncts) {
+                return vec![union];
+            }
+            let any: Vec<Expr> = branch_conjuncts
+                .into_iter()
+                .map(|mut c| {
+                    if c.len() == 1 {
+                        c.remove(0)
+                    } else {
+                        Expr::And(c)
+                    }
+                })
+                .collect();
             return match any.len() {
                 // Every branch is `false`: the build side is empty, no row can match.
                 0 => vec![Expr::Literal(pushdown_protocol::Literal::Bool(false))],
@@ -241,6 +254,61 @@ impl JoinFilter {
         }
         conjuncts(&current)
     }
+}
+
+/// Whether the guest evaluates `e` in about one pass over the rows: anything but an `IN`
+/// list of more than 8 values other than integers of an integer or `Date32` column, which
+/// the guest probes in a set; any other long list costs one pass per value, so a join
+/// filter's list of up to 1024 strings or decimals is left out (its min/max range stays).
+fn one_pass_in_guest(e: &Expr) -> bool {
+    use datafusion::arrow::datatypes::DataType as T;
+    use pushdown_protocol::Literal;
+    match e {
+        Expr::InList { list, .. } if list.len() > 8 => list.iter().all(|v| match v {
+            Expr::Literal(Literal::Int(_, t)) => {
+                matches!(t, T::Int8 | T::Int16 | T::Int32 | T::Int64 | T::Date32)
+            }
+            Expr::Literal(Literal::UInt(_, t)) => matches!(t, T::UInt8 | T::UInt16 | T::UInt32),
+            _ => false,
+        }),
+        _ => true,
+    }
+}
+
+/// A partitioned join's filter is the OR of its partitions' filters; when every partition's
+/// filter holds `key IN (list)` for the same key, a row that passes any of them has its key
+/// in the union of the lists: one `IN` (one set probe per row in the guest) instead of an
+/// OR of each partition's range and list. `None` when some partition has no such list.
+fn union_of_in_lists(branches: &[Vec<Expr>]) -> Option<Expr> {
+    let in_list = |c: &[Expr]| {
+        c.iter().find_map(|e| match e {
+            Expr::InList {
+                expr,
+                list,
+                negated: false,
+            } => Some((expr.clone(), list.clone())),
+            _ => None,
+        })
+    };
+    let (key, mut union) = in_list(branches.first()?)?;
+    let mut seen: std::collections::HashSet<String> =
+        union.iter().map(ToString::to_string).collect();
+    for branch in &branches[1..] {
+        let (k, list) = in_list(branch)?;
+        if k != key {
+            return None;
+        }
+        for v in list {
+            if seen.insert(v.to_string()) {
+                union.push(v);
+            }
+        }
+    }
+    Some(Expr::InList {
+        expr: key,
+        list: union,
+        negated: false,
+    })
 }
 
 /// The scan's properties: its partitions, and cooperative scheduling (its streams consume
@@ -937,4 +1005,74 @@ fn random_lease() -> u64 {
             .as_nanos(),
     );
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{one_pass_in_guest, union_of_in_lists};
+    use datafusion::arrow::datatypes::DataType;
+    use pushdown_protocol::{CmpOp, Expr, Literal};
+
+    fn key() -> Box<Expr> {
+        Box::new(Expr::Column("k".into()))
+    }
+
+    fn ints(values: &[i64]) -> Expr {
+        Expr::InList {
+            expr: key(),
+            list: values
+                .iter()
+                .map(|&v| Expr::Literal(Literal::Int(v, DataType::Int64)))
+                .collect(),
+            negated: false,
+        }
+    }
+
+    fn at_least(v: i64) -> Expr {
+        Expr::Cmp(
+            CmpOp::GtEq,
+            key(),
+            Box::new(Expr::Literal(Literal::Int(v, DataType::Int64))),
+        )
+    }
+
+    #[test]
+    fn partitions_lists_on_one_key_become_one_list_of_their_union() {
+        let branches = vec![
+            vec![at_least(1), ints(&[1, 5, 9])],
+            vec![at_least(2), ints(&[2, 5, 10])],
+        ];
+        assert_eq!(union_of_in_lists(&branches), Some(ints(&[1, 5, 9, 2, 10])));
+        // A partition with only a range: its rows are not bounded by any list.
+        let branches = vec![vec![ints(&[1, 5])], vec![at_least(2)]];
+        assert_eq!(union_of_in_lists(&branches), None);
+    }
+
+    #[test]
+    fn long_lists_the_guest_cannot_probe_in_a_set_are_left_out() {
+        let long: Vec<i64> = (0..20).collect();
+        assert!(one_pass_in_guest(&ints(&long)));
+        assert!(one_pass_in_guest(&at_least(3)));
+        let strings = Expr::InList {
+            expr: key(),
+            list: (0..20)
+                .map(|i| Expr::Literal(Literal::Utf8(format!("s{i}"), DataType::Utf8)))
+                .collect(),
+            negated: false,
+        };
+        assert!(!one_pass_in_guest(&strings));
+        let timestamps = Expr::InList {
+            expr: key(),
+            list: (0..20)
+                .map(|i| {
+                    Expr::Literal(Literal::Int(
+                        i,
+                        DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Second, None),
+                    ))
+                })
+                .collect(),
+            negated: false,
+        };
+        assert!(!one_pass_in_guest(&timestamps));
+    }
 }
