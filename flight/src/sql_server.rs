@@ -182,25 +182,16 @@ impl FlightSqlService for SqlService {
                         let down = peers.down_now().await;
                         let text = e.to_string();
                         if down.is_empty() && refused_between_peers(&text) {
-                            let list: Vec<String> = peers
-                                .peer_urls()
-                                .iter()
-                                .map(|u| u.as_str().trim_end_matches('/').to_string())
-                                .collect();
                             Err(datafusion::common::DataFusionError::Execution(format!(
                                 "{text}; a call between this tier's intermediaries (this one and {}) was refused: they must trust each other's certificates (--peer-tls-ca) and share one --peer-token-file",
-                                list.join(", ")
+                                url_list(&peers.peer_urls())
                             )))
                         } else if down.is_empty() {
                             Err(e)
                         } else {
-                            let list: Vec<String> = down
-                                .iter()
-                                .map(|u| u.as_str().trim_end_matches('/').to_string())
-                                .collect();
                             Err(datafusion::common::DataFusionError::Execution(format!(
                                 "{e}; peer intermediary {} of this tier is not answering: run the query again, the tier that is left answers it",
-                                list.join(", ")
+                                url_list(&down)
                             )))
                         }
                     }
@@ -448,6 +439,14 @@ fn describe_flight(e: FlightError) -> String {
         FlightError::Tonic(status) => status.message().to_string(),
         other => other.to_string(),
     }
+}
+
+/// Peer URLs for an error message: `http://a:1, http://b:2` (no trailing slashes).
+fn url_list(urls: &[url::Url]) -> String {
+    urls.iter()
+        .map(|u| u.as_str().trim_end_matches('/'))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether a failed query's error is a peer refusing this intermediary (or this one
