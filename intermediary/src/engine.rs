@@ -175,6 +175,7 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime.clone())
             .with_default_features()
+            .with_optimizer_rule(Arc::new(crate::SemiJoinBelowInnerJoin))
             .with_physical_optimizer_rule(Arc::new(PushdownRule));
         // The engine's session, for the worker's sessions, once it exists.
         let engine_ctx: Arc<std::sync::OnceLock<SessionContext>> = Arc::default();

@@ -149,12 +149,7 @@ async fn a_hash_join_pushes_its_build_side_keys_to_the_probe_side_scan() {
             true,
         );
         let report = query.run_report();
-        let lineitem = report
-            .lines()
-            .skip_while(|l| !l.starts_with("table lineitem:"))
-            .take_while(|l| l.starts_with("table lineitem:") || l.starts_with("  "))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let lineitem = table_report(&report, "lineitem");
         assert!(
             lineitem.contains("join filter pushed to the storage nodes")
                 && lineitem.contains("l_partkey IN ("),
@@ -168,5 +163,81 @@ async fn a_hash_join_pushes_its_build_side_keys_to_the_probe_side_scan() {
         );
         assert!(rows_in > 500_000, "{report}");
         assert!(selected * 100 < rows_in, "{threads} thread(s): {report}");
+    }
+}
+
+/// The lines of a run report about `table`'s first scan: its `table NAME:` line and the
+/// indented lines under it.
+fn table_report(report: &str, table: &str) -> String {
+    let head = format!("table {table}:");
+    report
+        .lines()
+        .skip_while(|l| !l.starts_with(&head))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with("  "))
+        .map(|(_, l)| l)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Q18 keeps the orders whose lineitems sum to more than 300 (`o_orderkey IN (SELECT
+/// l_orderkey ... HAVING ...)`). DataFusion puts that semi join above the joins of
+/// customer, orders and lineitem; the rule `SemiJoinBelowInnerJoin` moves it onto the orders
+/// scan, so the subquery's few keys become orders' join filter and the joins above see only
+/// those orders. The answer is DuckDB's, with one thread and with several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_subquery_filters_its_table_before_the_joins() {
+    use std::collections::BTreeMap;
+
+    use crate::oracle::{assert_same, cells, duckdb};
+    use crate::support::{figure, node_options, tpch_all, TPCH_TABLES};
+
+    let dir = tpch_all().join("parquet");
+    let sql = include_str!("../../../datasets/queries/tpch/q18.sql");
+    let tables: BTreeMap<String, (std::path::PathBuf, &str)> = TPCH_TABLES
+        .iter()
+        .map(|t| (t.to_string(), (dir.join(format!("{t}.parquet")), "parquet")))
+        .collect();
+    let expected = duckdb(&tables, &[sql])
+        .remove(0)
+        .expect("DuckDB answers Q18");
+    for threads in [1, 4] {
+        let engine = pushdown_intermediary::Engine::embedded_with_threads(
+            &dir,
+            node_options(16 << 20),
+            None,
+            threads,
+        )
+        .unwrap();
+        let query = engine.plan(sql).await.unwrap();
+        // The semi join is the deepest join: below both inner joins.
+        let split = query.explain_split();
+        let semi = split
+            .find("join_type=RightSemi")
+            .unwrap_or_else(|| panic!("{split}"));
+        assert_eq!(
+            split.matches("join_type=Inner").count(),
+            split[..semi].matches("join_type=Inner").count(),
+            "{threads} thread(s): {split}"
+        );
+        let batches = query.collect().await.unwrap();
+        assert_same(
+            &format!("Q18, {threads} thread(s)"),
+            cells(&batches),
+            expected.clone(),
+            true,
+        );
+        let report = query.run_report();
+        let orders = table_report(&report, "orders");
+        assert!(
+            orders.contains("join filter pushed to the storage nodes")
+                && orders.contains("o_orderkey IN ("),
+            "{threads} thread(s): {report}"
+        );
+        let (rows_in, selected) = (figure(&orders, "rows in "), figure(&orders, ", selected "));
+        assert!(
+            rows_in > 0 && selected * 1000 < rows_in,
+            "{threads} thread(s): {report}"
+        );
     }
 }
