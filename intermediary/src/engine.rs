@@ -180,6 +180,9 @@ impl Engine {
         // The engine's session, for the worker's sessions, once it exists.
         let engine_ctx: Arc<std::sync::OnceLock<SessionContext>> = Arc::default();
         let mut worker = None;
+        if tier.is_none() {
+            builder = builder.with_physical_optimizer_rule(Arc::new(crate::BloomJoinFilters));
+        }
         if let Some(tier) = tier {
             use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
             let w =

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod avg;
+mod bloom;
 mod capped;
 mod client;
 mod engine;
@@ -28,6 +29,7 @@ pub mod tier;
 mod translate;
 
 pub use avg::FloatAvg;
+pub use bloom::{BloomBuildExec, BloomJoinFilters};
 pub use capped::MAX_FUNCTION_RESULT_BYTES;
 pub use client::{LocalStorage, StorageClient};
 pub use engine::{builtin_function_names, Engine, Query, SqlLimits, TierOptions};

@@ -180,6 +180,9 @@ struct JoinFilter {
     filter: Arc<dyn PhysicalExpr>,
     inputs: Vec<Expr>,
     schema: SchemaRef,
+    /// The join's Bloom filter of its build-side keys ([`crate::bloom`]) and the probe key
+    /// over the file's columns, when the join has one.
+    bloom: Option<(Arc<crate::bloom::BloomSlot>, Expr)>,
 }
 
 impl JoinFilter {
@@ -428,6 +431,28 @@ impl PushdownScanExec {
             .collect()
     }
 
+    /// This scan with the Bloom filter `slot` attached to its join filter of expression id
+    /// `id` (DataFusion's `PhysicalExpr::expression_id` of the join's dynamic filter);
+    /// `None` when the scan holds no such filter or its probe key is not one integer
+    /// expression the sandbox evaluates.
+    pub(crate) fn with_bloom(&self, id: u64, slot: &Arc<crate::bloom::BloomSlot>) -> Option<Self> {
+        let mut scan = self.clone();
+        let filter = scan
+            .join_filters
+            .iter_mut()
+            .find(|j| j.filter.expression_id() == Some(id))?;
+        let [key] = filter.filter.children()[..] else {
+            return None;
+        };
+        let integer = crate::bloom::integer_key(&key.data_type(&filter.schema).ok()?);
+        if !integer {
+            return None;
+        }
+        let key = crate::translate::translate(key, &filter.inputs, &filter.schema)?;
+        filter.bloom = Some((slot.clone(), key));
+        Some(scan)
+    }
+
     /// Units of the whole table (all of them, whatever the selection).
     pub(crate) fn table_units(&self) -> usize {
         self.table.files.iter().map(|f| f.units.len()).sum()
@@ -539,11 +564,21 @@ impl PushdownScanExec {
     /// `tasks` with the join filters' current conjuncts added to their predicate; logs
     /// (debug) and counts them in the metrics.
     fn with_join_filters(&self, mut tasks: Vec<Task>) -> Vec<Task> {
-        let extra: Vec<Expr> = self
-            .join_filters
-            .iter()
-            .flat_map(JoinFilter::translated)
-            .collect();
+        let mut extra: Vec<Expr> = Vec::new();
+        for filter in &self.join_filters {
+            let conjuncts = filter.translated();
+            // An `IN` list of the build side's keys is exact: no Bloom filter then.
+            let exact = conjuncts.iter().any(|c| matches!(c, Expr::InList { .. }));
+            extra.extend(conjuncts);
+            if let (Some((slot, key)), false) = (&filter.bloom, exact) {
+                if let Some(bitset) = slot.bitset() {
+                    extra.push(Expr::BloomFilter {
+                        expr: Box::new(key.clone()),
+                        bitset: pushdown_protocol::BloomBits(bitset.as_ref().clone()),
+                    });
+                }
+            }
+        }
         if extra.is_empty() {
             return tasks;
         }
@@ -719,6 +754,7 @@ impl ExecutionPlan for PushdownScanExec {
                 filter,
                 inputs: inputs.clone(),
                 schema: self.schema.clone(),
+                bloom: None,
             })
             .collect();
         let propagation = FilterPushdownPropagation::with_parent_pushdown_result(answer);

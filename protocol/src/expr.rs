@@ -58,6 +58,20 @@ pub enum Expr {
     },
     /// `CAST(expr AS data_type)`; an unrepresentable value is an error, as in DataFusion.
     Cast(Box<Expr>, DataType),
+    /// `expr` is probably one of a hash join's build-side keys: a split-block Bloom filter
+    /// (SBBF) as the Parquet format specifies it (`BloomFilter.md`: 256-bit blocks of eight
+    /// 32-bit words, the block chosen by the upper 32 bits of the xxHash64 (seed 0) of the
+    /// value, one bit per word set by the salted lower 32 bits). An integer operand (Int8 to
+    /// Int64, UInt8 to UInt32, Date32) is hashed as its 8-byte little-endian `i64`. True for
+    /// every key inserted and for a few others (false positives); false for NULL.
+    /// A join filter, so it only ever makes a scan return fewer rows that the join would
+    /// drop anyway.
+    BloomFilter {
+        /// The integer operand.
+        expr: Box<Expr>,
+        /// The filter's bitset.
+        bitset: BloomBits,
+    },
     /// A registered scalar function plugin applied to `args`, returning `return_type`
     /// (see `pushdown-plugins/ABI.md`).
     Call {
@@ -68,6 +82,58 @@ pub enum Expr {
         /// The type of the column it returns.
         return_type: DataType,
     },
+}
+
+/// The bitset of an [`Expr::BloomFilter`]: a power of two of bytes, at least 32 (one block)
+/// and at most [`BloomBits::MAX_BYTES`]; base64 in JSON.
+#[derive(Clone, PartialEq)]
+pub struct BloomBits(pub Vec<u8>);
+
+impl BloomBits {
+    /// The largest bitset a task may carry (1 MiB: about 800 000 keys at a 1% false
+    /// positive rate).
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    /// Checks the size rules above.
+    ///
+    /// # Errors
+    /// A one-line message giving the size when it breaks them.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.0.len();
+        if n < 32 || !n.is_power_of_two() || n > Self::MAX_BYTES {
+            return Err(format!(
+                "a Bloom filter's bitset is {n} bytes; it must be a power of two from 32 to {}",
+                Self::MAX_BYTES
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BloomBits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BloomBits({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for BloomBits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for BloomBits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)?;
+        let bits = BloomBits(bytes);
+        bits.check().map_err(serde::de::Error::custom)?;
+        Ok(bits)
+    }
 }
 
 /// A comparison operator.
@@ -176,9 +242,10 @@ impl Expr {
                 r.collect_plugins(out);
             }
             Expr::And(items) | Expr::Or(items) => items.iter().for_each(|e| e.collect_plugins(out)),
-            Expr::Not(e) | Expr::Cast(e, _) | Expr::IsNull { expr: e, .. } => {
-                e.collect_plugins(out)
-            }
+            Expr::Not(e)
+            | Expr::Cast(e, _)
+            | Expr::IsNull { expr: e, .. }
+            | Expr::BloomFilter { expr: e, .. } => e.collect_plugins(out),
             Expr::InList { expr, list, .. } => {
                 expr.collect_plugins(out);
                 list.iter().for_each(|e| e.collect_plugins(out));
@@ -206,9 +273,10 @@ impl Expr {
                 r.collect_columns(out);
             }
             Expr::And(items) | Expr::Or(items) => items.iter().for_each(|e| e.collect_columns(out)),
-            Expr::Not(e) | Expr::Cast(e, _) | Expr::IsNull { expr: e, .. } => {
-                e.collect_columns(out)
-            }
+            Expr::Not(e)
+            | Expr::Cast(e, _)
+            | Expr::IsNull { expr: e, .. }
+            | Expr::BloomFilter { expr: e, .. } => e.collect_columns(out),
             Expr::InList { expr, list, .. } => {
                 expr.collect_columns(out);
                 list.iter().for_each(|e| e.collect_columns(out));
@@ -284,6 +352,9 @@ impl fmt::Display for Expr {
                 if *case_insensitive { "ILIKE" } else { "LIKE" }
             ),
             Expr::Cast(e, t) => write!(f, "CAST({e} AS {t})"),
+            Expr::BloomFilter { expr, bitset } => {
+                write!(f, "{expr} IN bloom_filter({} bytes)", bitset.0.len())
+            }
             Expr::Call { plugin, args, .. } => {
                 let args: Vec<String> = args.iter().map(ToString::to_string).collect();
                 write!(f, "{plugin}({})", args.join(", "))
@@ -355,6 +426,36 @@ impl fmt::Display for PartialAggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bloom_filter_travels_as_base64_and_a_bitset_of_the_wrong_size_is_refused() {
+        let bloom = Expr::BloomFilter {
+            expr: Box::new(Expr::Column("l_orderkey".into())),
+            bitset: BloomBits((0..64u8).collect()),
+        };
+        let json = serde_json::to_string(&bloom).unwrap();
+        assert!(json.contains("\"bitset\":\"AAECAwQF"), "{json}");
+        assert_eq!(serde_json::from_str::<Expr>(&json).unwrap(), bloom);
+        assert_eq!(bloom.to_string(), "l_orderkey IN bloom_filter(64 bytes)");
+        for bad in [
+            vec![0u8; 48],
+            vec![0u8; 16],
+            vec![0u8; BloomBits::MAX_BYTES * 2],
+        ] {
+            let n = bad.len();
+            let json = serde_json::to_string(&Expr::BloomFilter {
+                expr: Box::new(Expr::Column("k".into())),
+                bitset: BloomBits(bad),
+            })
+            .unwrap();
+            let err = serde_json::from_str::<Expr>(&json).unwrap_err().to_string();
+            assert!(err.contains(&format!("bitset is {n} bytes")), "{err}");
+        }
+        assert!(serde_json::from_str::<Expr>(
+            r#"{"BloomFilter":{"expr":{"Column":"k"},"bitset":"not base64!"}}"#
+        )
+        .is_err());
+    }
 
     #[test]
     fn literals_display_as_sql() {

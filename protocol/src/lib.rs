@@ -25,7 +25,9 @@ pub mod plugin;
 mod task;
 
 pub use csv::CsvDialect;
-pub use expr::{AggregateFunction, ArithmeticOp, CmpOp, Expr, Literal, PartialAggregate};
+pub use expr::{
+    AggregateFunction, ArithmeticOp, BloomBits, CmpOp, Expr, Literal, PartialAggregate,
+};
 pub use plugin::{PluginKind, PluginRef, PluginSignature};
 pub use task::{
     decode_request, encode_request, fold_job_id, needed_columns, ByteRange, ColumnPages,

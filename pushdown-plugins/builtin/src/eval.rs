@@ -204,6 +204,10 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
             })?
         }
         Expr::Cast(e, to) => cast_value(evaluate(e, batch)?, to)?,
+        Expr::BloomFilter { expr, bitset } => {
+            let keys = evaluate(expr, batch)?.into_array(n)?;
+            Value::Array(Arc::new(bloom_probe(&keys, &bitset.0)?))
+        }
         Expr::Call {
             plugin,
             args,
@@ -588,6 +592,111 @@ pub(crate) fn predicate_mask(expr: &Expr, batch: &RecordBatch) -> Result<Boolean
             BooleanArray::new(mask.values() & nulls.inner(), None)
         }
         _ => mask.clone(),
+    })
+}
+
+/// The SALT constants of the Parquet format's split-block Bloom filter (`BloomFilter.md`).
+const SBBF_SALT: [u32; 8] = [
+    0x47b6_137b,
+    0x4497_4d91,
+    0x8824_ad5b,
+    0xa2b7_289d,
+    0x7054_95c7,
+    0x2df1_424b,
+    0x9efc_4947,
+    0x5c6b_fb31,
+];
+
+/// xxHash64 (seed 0) of the 8 little-endian bytes of `v`, as the Parquet format hashes
+/// values for its Bloom filters: the XXH64 algorithm
+/// (<https://github.com/Cyan4973/xxHash/blob/dev/doc/xxhash_spec.md>) written out for an
+/// input of exactly 8 bytes, so it inlines into the probe loop (a unit test checks it
+/// against the `twox-hash` crate parquet uses).
+#[inline]
+pub(crate) fn xxhash64_of_i64(v: i64) -> u64 {
+    const P1: u64 = 0x9E37_79B1_85EB_CA87;
+    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+    const P3: u64 = 0x1656_67B1_9E37_79F9;
+    const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+    const P5: u64 = 0x27D4_EB2F_1656_67C5;
+    let lane = (v as u64).wrapping_mul(P2).rotate_left(31).wrapping_mul(P1);
+    let mut h = P5.wrapping_add(8) ^ lane;
+    h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
+}
+
+/// Whether the split-block Bloom filter `bitset` (see [`Expr::BloomFilter`]) may hold the
+/// value whose xxHash64 is `hash`: the block is `((hash >> 32) * blocks) >> 32`, and each
+/// of its eight words must have bit `((hash as u32) * SALT[i]) >> 27` set. Reads the bitset
+/// in place (no copy per batch), without a branch per word; `bitset` is a whole number of
+/// 32-byte blocks.
+#[inline]
+fn sbbf_may_contain(bitset: &[u8], hash: u64) -> bool {
+    let blocks = (bitset.len() / 32) as u64;
+    let at = (((hash >> 32) * blocks) >> 32) as usize * 32;
+    let Some(block) = bitset.get(at..at + 32) else {
+        return true;
+    };
+    let key = hash as u32;
+    let mut missing = 0u32;
+    for (i, salt) in SBBF_SALT.iter().enumerate() {
+        let word = u32::from_le_bytes([
+            block[4 * i],
+            block[4 * i + 1],
+            block[4 * i + 2],
+            block[4 * i + 3],
+        ]);
+        missing |= !word & (1 << (key.wrapping_mul(*salt) >> 27));
+    }
+    missing == 0
+}
+
+/// `keys IN bloom_filter(bitset)`, row by row: integer keys (Int8 to Int64, UInt8 to
+/// UInt32, Date32) are hashed as their little-endian `i64`; NULL is false.
+///
+/// # Errors
+/// When the bitset breaks [`pushdown_protocol::BloomBits::check`]'s rules or the keys are
+/// not of an integer type.
+fn bloom_probe(keys: &ArrayRef, bitset: &[u8]) -> Result<BooleanArray, String> {
+    use arrow_array::types::{
+        Date32Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt8Type,
+    };
+    if bitset.len() < 32 || !bitset.len().is_power_of_two() {
+        return Err(format!(
+            "a Bloom filter's bitset is {} bytes, not a power of two of at least 32",
+            bitset.len()
+        ));
+    }
+    fn probe<T: arrow_array::ArrowPrimitiveType>(keys: &ArrayRef, bitset: &[u8]) -> BooleanArray
+    where
+        T::Native: Into<i64>,
+    {
+        let keys = keys.as_primitive::<T>();
+        let values = keys.values();
+        let hits = arrow_buffer::BooleanBuffer::collect_bool(values.len(), |i| {
+            sbbf_may_contain(bitset, xxhash64_of_i64(values[i].into()))
+        });
+        // NULL is false: a join key that is NULL matches nothing.
+        let hits = match keys.nulls() {
+            Some(nulls) => &hits & nulls.inner(),
+            None => hits,
+        };
+        BooleanArray::new(hits, None)
+    }
+    Ok(match keys.data_type() {
+        DataType::Int8 => probe::<Int8Type>(keys, bitset),
+        DataType::Int16 => probe::<Int16Type>(keys, bitset),
+        DataType::Int32 => probe::<Int32Type>(keys, bitset),
+        DataType::Int64 => probe::<Int64Type>(keys, bitset),
+        DataType::UInt8 => probe::<UInt8Type>(keys, bitset),
+        DataType::UInt16 => probe::<UInt16Type>(keys, bitset),
+        DataType::UInt32 => probe::<UInt32Type>(keys, bitset),
+        DataType::Date32 => probe::<Date32Type>(keys, bitset),
+        other => return Err(format!("a Bloom filter over {other} keys is not supported")),
     })
 }
 
