@@ -453,6 +453,101 @@ impl PushdownScanExec {
         Some(scan)
     }
 
+    /// Fills in, from the Parquet footers of the selected row groups, the scan's row count
+    /// and each returned column's min, max and null count (`Inexact`), so that DataFusion's
+    /// filter selectivity estimate (interval analysis of a `FilterExec` above the scan,
+    /// before the pushdown split absorbs it) and hence its choice of a hash join's build
+    /// side follow the data. Left unknown for a CSV table, a computed column, or a column
+    /// whose footer statistics are missing or of another type.
+    fn footer_statistics(&self, stats: &mut datafusion::common::Statistics) {
+        use datafusion::common::stats::Precision;
+        use datafusion::common::ScalarValue;
+        use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+        let Some(outputs) = self.output_exprs() else {
+            return;
+        };
+        let mut groups: Vec<(&Arc<pushdown_storage_node::FileInfo>, Vec<usize>)> = Vec::new();
+        for (file, unit) in self.selected_units() {
+            let pushdown_protocol::TaskUnit::RowGroup(rg) = unit else {
+                return;
+            };
+            match groups.last_mut() {
+                Some((f, rgs)) if Arc::ptr_eq(f, file) => rgs.push(*rg),
+                _ => groups.push((file, vec![*rg])),
+            }
+        }
+        let mut rows = 0usize;
+        for (file, rgs) in &groups {
+            let Some(footer) = &file.footer else { return };
+            for &rg in rgs {
+                if rg >= footer.metadata.num_row_groups() {
+                    return;
+                }
+                rows += footer.metadata.row_group(rg).num_rows().max(0) as usize;
+            }
+        }
+        stats.num_rows = Precision::Inexact(rows);
+        for ((output, field), column) in outputs
+            .iter()
+            .zip(self.schema.fields())
+            .zip(stats.column_statistics.iter_mut())
+        {
+            let Expr::Column(name) = output else { continue };
+            let (mut min, mut max, mut nulls): (Option<ScalarValue>, Option<ScalarValue>, u64) =
+                (None, None, 0);
+            let mut known = true;
+            for (file, rgs) in &groups {
+                let Some(footer) = &file.footer else { return };
+                let metadata = &footer.metadata;
+                let Ok(converter) = StatisticsConverter::try_new(
+                    name,
+                    &file.schema,
+                    metadata.file_metadata().schema_descr(),
+                ) else {
+                    known = false;
+                    break;
+                };
+                let row_groups = rgs.iter().map(|&rg| metadata.row_group(rg));
+                let (Ok(mins), Ok(maxes), Ok(null_counts)) = (
+                    converter.row_group_mins(row_groups.clone()),
+                    converter.row_group_maxes(row_groups.clone()),
+                    converter.row_group_null_counts(row_groups),
+                ) else {
+                    known = false;
+                    break;
+                };
+                if mins.data_type() != field.data_type()
+                    || mins.null_count() > 0
+                    || maxes.null_count() > 0
+                {
+                    known = false;
+                    break;
+                }
+                nulls += null_counts.iter().map(|n| n.unwrap_or(0)).sum::<u64>();
+                for i in 0..mins.len() {
+                    let (Ok(lo), Ok(hi)) = (
+                        ScalarValue::try_from_array(&mins, i),
+                        ScalarValue::try_from_array(&maxes, i),
+                    ) else {
+                        known = false;
+                        break;
+                    };
+                    if min.as_ref().is_none_or(|m| lo < *m) {
+                        min = Some(lo);
+                    }
+                    if max.as_ref().is_none_or(|m| hi > *m) {
+                        max = Some(hi);
+                    }
+                }
+            }
+            if let (true, Some(min), Some(max)) = (known, min, max) {
+                column.min_value = Precision::Inexact(min);
+                column.max_value = Precision::Inexact(max);
+                column.null_count = Precision::Inexact(nulls as usize);
+            }
+        }
+    }
+
     /// Units of the whole table (all of them, whatever the selection).
     pub(crate) fn table_units(&self) -> usize {
         self.table.files.iter().map(|f| f.units.len()).sum()
@@ -792,6 +887,9 @@ impl ExecutionPlan for PushdownScanExec {
         }
         let mut stats = datafusion::common::Statistics::new_unknown(&self.schema);
         stats.total_byte_size = Precision::Inexact(estimate as usize);
+        if partition.is_none() && self.predicate.is_none() {
+            self.footer_statistics(&mut stats);
+        }
         Ok(Arc::new(stats))
     }
 
