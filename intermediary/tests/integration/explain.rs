@@ -294,3 +294,83 @@ async fn a_large_build_side_reaches_the_probe_side_scan_as_a_bloom_filter() {
         assert!(selected * 5 < rows_in, "{threads} thread(s): {report}");
     }
 }
+
+/// The scan's statistics come from the Parquet footers: its row count and each returned
+/// column's min and max are the table's (DuckDB's `count`, `min`, `max` over the same
+/// file), so DataFusion estimates a filter's selectivity from them and builds a hash join
+/// on the side that is really smaller. A computed column gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_reports_the_footers_row_count_min_and_max() {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::common::stats::Precision;
+    use datafusion::physical_plan::ExecutionPlan;
+
+    use crate::oracle::{assert_same, cells, duckdb};
+    use crate::support::{node_options, tpch_all};
+
+    let dir = tpch_all().join("parquet");
+    let tables: BTreeMap<String, (std::path::PathBuf, &str)> = [(
+        "orders".to_string(),
+        (dir.join("orders.parquet"), "parquet"),
+    )]
+    .into();
+    let expected = duckdb(
+        &tables,
+        &[
+            "SELECT count(*), min(o_orderdate), max(o_orderdate), min(o_totalprice), \
+           max(o_totalprice) FROM orders",
+        ],
+    )
+    .remove(0)
+    .expect("DuckDB answers");
+    let engine =
+        pushdown_intermediary::Engine::embedded_with_threads(&dir, node_options(16 << 20), None, 2)
+            .unwrap();
+    let query = engine
+        .plan("SELECT o_orderdate, o_totalprice, o_totalprice * 2 AS twice FROM orders")
+        .await
+        .unwrap();
+    let mut scans = Vec::new();
+    let mut stack = vec![query.plan().clone()];
+    while let Some(node) = stack.pop() {
+        if node
+            .downcast_ref::<pushdown_intermediary::PushdownScanExec>()
+            .is_some()
+        {
+            scans.push(node.clone());
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    let [scan] = &scans[..] else {
+        panic!("one scan: {}", query.explain_split())
+    };
+    #[allow(deprecated)]
+    let stats = scan.partition_statistics(None).unwrap();
+    let Precision::Inexact(rows) = stats.num_rows else {
+        panic!("{stats:?}")
+    };
+    let value = |p: &Precision<datafusion::common::ScalarValue>| -> ArrayRef {
+        match p {
+            Precision::Inexact(v) => v.to_array().unwrap(),
+            other => panic!("{other:?} in {stats:?}"),
+        }
+    };
+    let (date, price) = (&stats.column_statistics[0], &stats.column_statistics[1]);
+    let ours = RecordBatch::try_from_iter([
+        (
+            "rows",
+            std::sync::Arc::new(Int64Array::from(vec![rows as i64])) as ArrayRef,
+        ),
+        ("min_date", value(&date.min_value)),
+        ("max_date", value(&date.max_value)),
+        ("min_price", value(&price.min_value)),
+        ("max_price", value(&price.max_value)),
+    ])
+    .unwrap();
+    assert_same("footer statistics", cells(&[ours]), expected, true);
+    let twice = &stats.column_statistics[2];
+    assert_eq!(twice.min_value, Precision::Absent, "{stats:?}");
+}
