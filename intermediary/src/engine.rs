@@ -171,6 +171,12 @@ impl Engine {
             .options_mut()
             .optimizer
             .hash_join_inlist_pushdown_max_distinct_values = 1024;
+        // A predicate DataFusion's interval analysis cannot estimate (an `OR` of string
+        // equalities, `LIKE`) is taken to keep 10 % of the rows, not DataFusion's default 20 %,
+        // so that a filtered table is built into a hash join before an unfiltered one of
+        // similar size (TPC-H Q12 at SF 1, 2 threads: lineitem's 31 000 shipments, not all
+        // 1.5 M orders, are built; 0.30 -> 0.23 s; the 22 queries' sum 5.52 -> 5.36 s).
+        config.options_mut().optimizer.default_filter_selectivity = 10;
         let mut builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime.clone())
