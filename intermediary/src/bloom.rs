@@ -17,8 +17,9 @@
 //! filter in a [`crate::PushdownScanExec`] over Parquet or CSV: DataFusion then already
 //! filters that scan by membership in the build side, and a Bloom filter only lets through
 //! a superset of those rows. A filter is used only when complete and when it fits
-//! [`MAX_BITSET_BYTES`] at [`FALSE_POSITIVE_RATE`] (about 430 000 keys); a build side of
-//! up to 1024 keys needs none (DataFusion's filter holds them as an `IN` list).
+//! [`MAX_BITSET_BYTES`] at [`FALSE_POSITIVE_RATE`] (about 430 000 keys) and its keys are
+//! sparse in their range (see [`bitset`]); a build side of up to 1024 keys needs none
+//! (DataFusion's filter holds them as an `IN` list).
 
 use std::sync::{Arc, Mutex};
 
@@ -96,7 +97,7 @@ impl BloomSlot {
             state.bitset = state
                 .keys
                 .take()
-                .and_then(|keys| bitset(&keys))
+                .and_then(|mut keys| bitset(&mut keys))
                 .map(Arc::new);
         }
     }
@@ -108,13 +109,36 @@ impl BloomSlot {
 }
 
 /// A split-block Bloom filter of `keys` (each hashed as its little-endian `i64`), sized
-/// for [`FALSE_POSITIVE_RATE`]; `None` when that is over [`MAX_BITSET_BYTES`].
-fn bitset(keys: &[i64]) -> Option<Vec<u8>> {
+/// for [`FALSE_POSITIVE_RATE`]; `None` when that is over [`MAX_BITSET_BYTES`], or when the
+/// distinct keys fill at least half of the range from their min to their max: the join
+/// filter's range already keeps the probe keys to that range, and a Bloom filter could
+/// drop at most half of the rows in it (TPC-H Q9's 10 000 supplier keys 1 to 10 000: none).
+fn bitset(keys: &mut Vec<i64>) -> Option<Vec<u8>> {
     use parquet::bloom_filter::Sbbf;
-    let mut sbbf = Sbbf::new_with_ndv_fpp(keys.len().max(1) as u64, FALSE_POSITIVE_RATE).ok()?;
-    if sbbf.num_blocks() * 32 > MAX_BITSET_BYTES {
-        return None;
+    let (min, max) = (keys.iter().min()?, keys.iter().max()?);
+    let span = (*max as i128 - *min as i128 + 1) as f64;
+    if keys.len() as f64 >= span / 2.0 {
+        // Counted with duplicates so far; dense only if the distinct keys are.
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.len() as f64 >= span / 2.0 {
+            return None;
+        }
     }
+    let sized = |n: usize| {
+        Sbbf::new_with_ndv_fpp(n.max(1) as u64, FALSE_POSITIVE_RATE)
+            .ok()
+            .filter(|s| s.num_blocks() * 32 <= MAX_BITSET_BYTES)
+    };
+    let mut sbbf = match sized(keys.len()) {
+        Some(s) => s,
+        None => {
+            // Too large counted with duplicates: size it for the distinct keys.
+            keys.sort_unstable();
+            keys.dedup();
+            sized(keys.len())?
+        }
+    };
     for k in keys {
         sbbf.insert(k);
     }
@@ -364,4 +388,24 @@ fn add_bloom_filter(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn 
         ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
     )?;
     Ok(Transformed::yes(joined))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bitset;
+
+    #[test]
+    fn keys_that_fill_their_range_get_no_bloom_filter_and_sparse_ones_do() {
+        // All supplier keys 1..=10 000 (repeated, as a build side's rows repeat them).
+        let mut dense: Vec<i64> = (1..=10_000).chain(1..=10_000).collect();
+        assert!(bitset(&mut dense).is_none());
+        // One order key in 26 between 1 and 6 000 000, each twice: a filter of 16 KiB or more.
+        let mut sparse: Vec<i64> = (0..230_000).map(|i| 1 + i * 26).collect();
+        sparse.extend(sparse.clone());
+        let bits = bitset(&mut sparse).expect("sparse keys get a filter");
+        assert!(bits.len().is_power_of_two() && bits.len() >= 16 << 10);
+        // Too many keys for the largest bitset at 1 % false positives: none.
+        let mut many: Vec<i64> = (0..1_000_000).map(|i| i * 100).collect();
+        assert!(bitset(&mut many).is_none());
+    }
 }
