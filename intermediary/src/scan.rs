@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
@@ -171,6 +171,52 @@ pub struct PushdownScanExec {
     /// `DynamicFilterPhysicalExpr`, filled in when the join's build side is complete),
     /// added to the tasks' predicate when the scan's stream is first polled.
     join_filters: Vec<JoinFilter>,
+}
+
+/// The min, max (non-NULL) and NULL count of file column `name` over the row groups
+/// `groups`, from their footers' statistics; `None` when a row group lacks them or they
+/// are not of type `data_type`.
+fn column_range(
+    groups: &[(&Arc<pushdown_storage_node::FileInfo>, Vec<usize>)],
+    name: &str,
+    data_type: &DataType,
+) -> Option<(
+    datafusion::common::ScalarValue,
+    datafusion::common::ScalarValue,
+    u64,
+)> {
+    use datafusion::common::ScalarValue;
+    use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    let (mut min, mut max, mut nulls): (Option<ScalarValue>, Option<ScalarValue>, u64) =
+        (None, None, 0);
+    for (file, rgs) in groups {
+        let metadata = &file.footer.as_ref()?.metadata;
+        let converter = StatisticsConverter::try_new(
+            name,
+            &file.schema,
+            metadata.file_metadata().schema_descr(),
+        )
+        .ok()?;
+        let row_groups = rgs.iter().map(|&rg| metadata.row_group(rg));
+        let mins = converter.row_group_mins(row_groups.clone()).ok()?;
+        let maxes = converter.row_group_maxes(row_groups.clone()).ok()?;
+        let null_counts = converter.row_group_null_counts(row_groups).ok()?;
+        if mins.data_type() != data_type || mins.null_count() > 0 || maxes.null_count() > 0 {
+            return None;
+        }
+        nulls += null_counts.iter().map(|n| n.unwrap_or(0)).sum::<u64>();
+        for i in 0..mins.len() {
+            let lo = ScalarValue::try_from_array(&mins, i).ok()?;
+            let hi = ScalarValue::try_from_array(&maxes, i).ok()?;
+            if min.as_ref().is_none_or(|m| lo < *m) {
+                min = Some(lo);
+            }
+            if max.as_ref().is_none_or(|m| hi > *m) {
+                max = Some(hi);
+            }
+        }
+    }
+    Some((min?, max?, nulls))
 }
 
 /// A dynamic filter pushed into the scan, with the scan's output columns as they were when
@@ -461,28 +507,13 @@ impl PushdownScanExec {
     /// whose footer statistics are missing or of another type.
     fn footer_statistics(&self, stats: &mut datafusion::common::Statistics) {
         use datafusion::common::stats::Precision;
-        use datafusion::common::ScalarValue;
-        use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-        let Some(outputs) = self.output_exprs() else {
+        let (Some(outputs), Some(groups)) = (self.output_exprs(), self.row_groups()) else {
             return;
         };
-        let mut groups: Vec<(&Arc<pushdown_storage_node::FileInfo>, Vec<usize>)> = Vec::new();
-        for (file, unit) in self.selected_units() {
-            let pushdown_protocol::TaskUnit::RowGroup(rg) = unit else {
-                return;
-            };
-            match groups.last_mut() {
-                Some((f, rgs)) if Arc::ptr_eq(f, file) => rgs.push(*rg),
-                _ => groups.push((file, vec![*rg])),
-            }
-        }
         let mut rows = 0usize;
         for (file, rgs) in &groups {
             let Some(footer) = &file.footer else { return };
             for &rg in rgs {
-                if rg >= footer.metadata.num_row_groups() {
-                    return;
-                }
                 rows += footer.metadata.row_group(rg).num_rows().max(0) as usize;
             }
         }
@@ -493,59 +524,82 @@ impl PushdownScanExec {
             .zip(stats.column_statistics.iter_mut())
         {
             let Expr::Column(name) = output else { continue };
-            let (mut min, mut max, mut nulls): (Option<ScalarValue>, Option<ScalarValue>, u64) =
-                (None, None, 0);
-            let mut known = true;
-            for (file, rgs) in &groups {
-                let Some(footer) = &file.footer else { return };
-                let metadata = &footer.metadata;
-                let Ok(converter) = StatisticsConverter::try_new(
-                    name,
-                    &file.schema,
-                    metadata.file_metadata().schema_descr(),
-                ) else {
-                    known = false;
-                    break;
-                };
-                let row_groups = rgs.iter().map(|&rg| metadata.row_group(rg));
-                let (Ok(mins), Ok(maxes), Ok(null_counts)) = (
-                    converter.row_group_mins(row_groups.clone()),
-                    converter.row_group_maxes(row_groups.clone()),
-                    converter.row_group_null_counts(row_groups),
-                ) else {
-                    known = false;
-                    break;
-                };
-                if mins.data_type() != field.data_type()
-                    || mins.null_count() > 0
-                    || maxes.null_count() > 0
-                {
-                    known = false;
-                    break;
-                }
-                nulls += null_counts.iter().map(|n| n.unwrap_or(0)).sum::<u64>();
-                for i in 0..mins.len() {
-                    let (Ok(lo), Ok(hi)) = (
-                        ScalarValue::try_from_array(&mins, i),
-                        ScalarValue::try_from_array(&maxes, i),
-                    ) else {
-                        known = false;
-                        break;
-                    };
-                    if min.as_ref().is_none_or(|m| lo < *m) {
-                        min = Some(lo);
-                    }
-                    if max.as_ref().is_none_or(|m| hi > *m) {
-                        max = Some(hi);
-                    }
-                }
-            }
-            if let (true, Some(min), Some(max)) = (known, min, max) {
+            if let Some((min, max, nulls)) = column_range(&groups, name, field.data_type()) {
                 column.min_value = Precision::Inexact(min);
                 column.max_value = Precision::Inexact(max);
                 column.null_count = Precision::Inexact(nulls as usize);
             }
         }
+    }
+
+    /// The selected row groups by file, for a Parquet table with footers; `None` for CSV.
+    fn row_groups(&self) -> Option<Vec<(&Arc<pushdown_storage_node::FileInfo>, Vec<usize>)>> {
+        let mut groups: Vec<(&Arc<pushdown_storage_node::FileInfo>, Vec<usize>)> = Vec::new();
+        for (file, unit) in self.selected_units() {
+            let pushdown_protocol::TaskUnit::RowGroup(rg) = unit else {
+                return None;
+            };
+            let footer = file.footer.as_ref()?;
+            if *rg >= footer.metadata.num_row_groups() {
+                return None;
+            }
+            match groups.last_mut() {
+                Some((f, rgs)) if Arc::ptr_eq(f, file) => rgs.push(*rg),
+                _ => groups.push((file, vec![*rg])),
+            }
+        }
+        Some(groups)
+    }
+
+    /// Whether the join filter conjunct `conjunct` leaves out next to nothing of what the
+    /// selected row groups' footers allow: a min/max range of the build side's keys whose
+    /// bounds are each within 1 % of the probe column's own span from its min and max (or
+    /// an `OR` of such ranges, one per partition); it would cost two comparisons per row to
+    /// remove at most 2 % of them. Leaving a join filter conjunct out is always safe (the
+    /// join still checks every row); NULL keys it would have removed, the join removes.
+    fn removes_nothing(&self, conjunct: &Expr) -> bool {
+        use datafusion::common::ScalarValue;
+        use pushdown_protocol::{CmpOp, Literal};
+        let Some(groups) = self.row_groups() else {
+            return false;
+        };
+        let bound = |column: &str, literal: &Literal, lower: bool| -> bool {
+            let Literal::Int(v, _) = literal else {
+                return false;
+            };
+            let field = self.table.schema.field_with_name(column).ok();
+            let Some((min, max, _)) =
+                field.and_then(|f| column_range(&groups, column, f.data_type()))
+            else {
+                return false;
+            };
+            let (Ok(ScalarValue::Int64(Some(min))), Ok(ScalarValue::Int64(Some(max)))) =
+                (min.cast_to(&DataType::Int64), max.cast_to(&DataType::Int64))
+            else {
+                return false;
+            };
+            // Within 1 % of the column's span of its min (or max): the bound leaves out
+            // next to nothing.
+            let slack = (max as i128 - min as i128) / 100;
+            if lower {
+                (*v as i128) <= min as i128 + slack
+            } else {
+                (*v as i128) >= max as i128 - slack
+            }
+        };
+        fn walk(e: &Expr, bound: &dyn Fn(&str, &Literal, bool) -> bool) -> bool {
+            match e {
+                Expr::Cmp(op, l, r) => match (op, l.as_ref(), r.as_ref()) {
+                    (CmpOp::GtEq, Expr::Column(c), Expr::Literal(v)) => bound(c, v, true),
+                    (CmpOp::LtEq, Expr::Column(c), Expr::Literal(v)) => bound(c, v, false),
+                    _ => false,
+                },
+                Expr::And(items) => !items.is_empty() && items.iter().all(|i| walk(i, bound)),
+                Expr::Or(items) => items.iter().any(|i| walk(i, bound)),
+                _ => false,
+            }
+        }
+        walk(conjunct, &bound)
     }
 
     /// Units of the whole table (all of them, whatever the selection).
@@ -661,7 +715,8 @@ impl PushdownScanExec {
     fn with_join_filters(&self, mut tasks: Vec<Task>) -> Vec<Task> {
         let mut extra: Vec<Expr> = Vec::new();
         for filter in &self.join_filters {
-            let conjuncts = filter.translated();
+            let mut conjuncts = filter.translated();
+            conjuncts.retain(|c| !self.removes_nothing(c));
             // An `IN` list of the build side's keys is exact: no Bloom filter then.
             let exact = conjuncts.iter().any(|c| matches!(c, Expr::InList { .. }));
             extra.extend(conjuncts);
