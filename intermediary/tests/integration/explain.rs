@@ -118,36 +118,10 @@ async fn the_split_is_the_same_with_one_thread_and_with_several() {
 /// one thread and with several.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hash_join_pushes_its_build_side_keys_to_the_probe_side_scan() {
-    use std::collections::BTreeMap;
+    use crate::support::figure;
 
-    use crate::oracle::{assert_same, cells, duckdb};
-    use crate::support::{figure, node_options, tpch_all, TPCH_TABLES};
-
-    let dir = tpch_all().join("parquet");
     let sql = include_str!("../../../datasets/queries/tpch/q17.sql");
-    let tables: BTreeMap<String, (std::path::PathBuf, &str)> = TPCH_TABLES
-        .iter()
-        .map(|t| (t.to_string(), (dir.join(format!("{t}.parquet")), "parquet")))
-        .collect();
-    let expected = duckdb(&tables, &[sql])
-        .remove(0)
-        .expect("DuckDB answers Q17");
-    for threads in [1, 4] {
-        let engine = pushdown_intermediary::Engine::embedded_with_threads(
-            &dir,
-            node_options(16 << 20),
-            None,
-            threads,
-        )
-        .unwrap();
-        let query = engine.plan(sql).await.unwrap();
-        let batches = query.collect().await.unwrap();
-        assert_same(
-            &format!("Q17, {threads} thread(s)"),
-            cells(&batches),
-            expected.clone(),
-            true,
-        );
+    for (threads, _engine, query) in answers_as_duckdb("Q17", sql).await {
         let report = query.run_report();
         let lineitem = table_report(&report, "lineitem");
         assert!(
@@ -164,6 +138,52 @@ async fn a_hash_join_pushes_its_build_side_keys_to_the_probe_side_scan() {
         assert!(rows_in > 500_000, "{report}");
         assert!(selected * 100 < rows_in, "{threads} thread(s): {report}");
     }
+}
+
+/// Runs the TPC-H query `sql` (named `name`) over the eight SF 0.1 Parquet tables with one
+/// and with four task threads, and checks each answer is DuckDB's over the same files;
+/// returns the thread count, the engine and the query run, for its split and run report.
+async fn answers_as_duckdb(
+    name: &str,
+    sql: &str,
+) -> Vec<(
+    usize,
+    pushdown_intermediary::Engine,
+    pushdown_intermediary::Query,
+)> {
+    use std::collections::BTreeMap;
+
+    use crate::oracle::{assert_same, cells, duckdb};
+    use crate::support::{node_options, tpch_all, TPCH_TABLES};
+
+    let dir = tpch_all().join("parquet");
+    let tables: BTreeMap<String, (std::path::PathBuf, &str)> = TPCH_TABLES
+        .iter()
+        .map(|t| (t.to_string(), (dir.join(format!("{t}.parquet")), "parquet")))
+        .collect();
+    let expected = duckdb(&tables, &[sql])
+        .remove(0)
+        .unwrap_or_else(|e| panic!("DuckDB answers {name}: {e}"));
+    let mut runs = Vec::new();
+    for threads in [1, 4] {
+        let engine = pushdown_intermediary::Engine::embedded_with_threads(
+            &dir,
+            node_options(16 << 20),
+            None,
+            threads,
+        )
+        .unwrap();
+        let query = engine.plan(sql).await.unwrap();
+        let batches = query.collect().await.unwrap();
+        assert_same(
+            &format!("{name}, {threads} thread(s)"),
+            cells(&batches),
+            expected.clone(),
+            true,
+        );
+        runs.push((threads, engine, query));
+    }
+    runs
 }
 
 /// The lines of a run report about `table`'s first scan: its `table NAME:` line and the
@@ -187,29 +207,10 @@ fn table_report(report: &str, table: &str) -> String {
 /// those orders. The answer is DuckDB's, with one thread and with several.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_subquery_filters_its_table_before_the_joins() {
-    use std::collections::BTreeMap;
+    use crate::support::figure;
 
-    use crate::oracle::{assert_same, cells, duckdb};
-    use crate::support::{figure, node_options, tpch_all, TPCH_TABLES};
-
-    let dir = tpch_all().join("parquet");
     let sql = include_str!("../../../datasets/queries/tpch/q18.sql");
-    let tables: BTreeMap<String, (std::path::PathBuf, &str)> = TPCH_TABLES
-        .iter()
-        .map(|t| (t.to_string(), (dir.join(format!("{t}.parquet")), "parquet")))
-        .collect();
-    let expected = duckdb(&tables, &[sql])
-        .remove(0)
-        .expect("DuckDB answers Q18");
-    for threads in [1, 4] {
-        let engine = pushdown_intermediary::Engine::embedded_with_threads(
-            &dir,
-            node_options(16 << 20),
-            None,
-            threads,
-        )
-        .unwrap();
-        let query = engine.plan(sql).await.unwrap();
+    for (threads, _engine, query) in answers_as_duckdb("Q18", sql).await {
         // The semi join is the deepest join: below both inner joins.
         let split = query.explain_split();
         let semi = split
@@ -219,13 +220,6 @@ async fn an_in_subquery_filters_its_table_before_the_joins() {
             split.matches("join_type=Inner").count(),
             split[..semi].matches("join_type=Inner").count(),
             "{threads} thread(s): {split}"
-        );
-        let batches = query.collect().await.unwrap();
-        assert_same(
-            &format!("Q18, {threads} thread(s)"),
-            cells(&batches),
-            expected.clone(),
-            true,
         );
         let report = query.run_report();
         let orders = table_report(&report, "orders");
@@ -248,38 +242,12 @@ async fn an_in_subquery_filters_its_table_before_the_joins() {
 /// lineitem rows before they leave the node. The answer is DuckDB's, with one thread and with several.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_build_side_reaches_the_probe_side_scan_as_a_bloom_filter() {
-    use std::collections::BTreeMap;
+    use crate::support::figure;
 
-    use crate::oracle::{assert_same, cells, duckdb};
-    use crate::support::{figure, node_options, tpch_all, TPCH_TABLES};
-
-    let dir = tpch_all().join("parquet");
     let sql = include_str!("../../../datasets/queries/tpch/q5.sql");
-    let tables: BTreeMap<String, (std::path::PathBuf, &str)> = TPCH_TABLES
-        .iter()
-        .map(|t| (t.to_string(), (dir.join(format!("{t}.parquet")), "parquet")))
-        .collect();
-    let expected = duckdb(&tables, &[sql])
-        .remove(0)
-        .expect("DuckDB answers Q5");
-    for threads in [1, 4] {
-        let engine = pushdown_intermediary::Engine::embedded_with_threads(
-            &dir,
-            node_options(16 << 20),
-            None,
-            threads,
-        )
-        .unwrap();
-        let query = engine.plan(sql).await.unwrap();
+    for (threads, _engine, query) in answers_as_duckdb("Q5", sql).await {
         let split = query.explain_split();
         assert!(split.contains("BloomBuildExec: key="), "{split}");
-        let batches = query.collect().await.unwrap();
-        assert_same(
-            &format!("Q5, {threads} thread(s)"),
-            cells(&batches),
-            expected.clone(),
-            true,
-        );
         let report = query.run_report();
         let lineitem = table_report(&report, "lineitem");
         assert!(
@@ -312,7 +280,6 @@ async fn the_scan_reports_the_footers_row_count_min_and_max() {
     use datafusion::arrow::array::{ArrayRef, Int64Array};
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::common::stats::Precision;
-    use datafusion::physical_plan::ExecutionPlan;
 
     use crate::oracle::{assert_same, cells, duckdb};
     use crate::support::{node_options, tpch_all};
