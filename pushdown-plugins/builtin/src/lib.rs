@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod csv_fast;
 mod eval;
 pub mod fold;
 pub mod fuzz;

@@ -294,7 +294,8 @@ pub fn parse_csv(
             formatted(ty).map(|f| (f, ty.clone()))
         })
         .collect();
-    let mut builder = arrow_csv::ReaderBuilder::new(Arc::new(read_schema));
+    let read_schema = Arc::new(read_schema);
+    let mut builder = arrow_csv::ReaderBuilder::new(read_schema.clone());
     match &dialect.null {
         Some(null) => {
             let pattern = format!("^{}$", regex::escape(null));
@@ -321,18 +322,44 @@ pub fn parse_csv(
     } else {
         0
     };
-    let reader = builder
-        .with_header(false)
-        .with_delimiter(dialect.delimiter)
-        .with_truncated_rows(dialect.lenient)
-        .with_batch_size(batch_size.max(1))
-        .with_projection(projection.clone())
-        .build_buffered(Cursor::new(input))
-        .map_err(|e| e.to_string())?;
+    // Chunks without quotes (most machine-written CSV) take the fast reader; it leaves
+    // to arrow-csv every chunk it would not read exactly as arrow-csv does.
+    let nulls = match (&dialect.null, empty_is_null) {
+        (Some(null), _) => crate::csv_fast::Nulls::Exact(null),
+        (None, true) => crate::csv_fast::Nulls::Empty,
+        (None, false) => crate::csv_fast::Nulls::Never,
+    };
+    let fast = if dialect.lenient || dialect.comment.is_some() {
+        None
+    } else {
+        crate::csv_fast::read_unquoted(
+            &input,
+            &read_schema,
+            &projection,
+            batch_size.max(1),
+            nulls,
+            dialect.delimiter,
+            dialect.quote.unwrap_or(0),
+        )
+    };
+    let fast_or_slow: Box<dyn Iterator<Item = Result<RecordBatch, String>>> = match fast {
+        Some(batches) => Box::new(batches.into_iter().map(Ok)),
+        None => Box::new(
+            builder
+                .with_header(false)
+                .with_delimiter(dialect.delimiter)
+                .with_truncated_rows(dialect.lenient)
+                .with_batch_size(batch_size.max(1))
+                .with_projection(projection.clone())
+                .build_buffered(Cursor::new(input))
+                .map_err(|e| e.to_string())?
+                .map(|batch| batch.map_err(|e| with_hint(e.to_string()))),
+        ),
+    };
     let mut batches = Vec::new();
     let mut first_line = 1;
-    for batch in reader {
-        let batch = batch.map_err(|e| with_hint(e.to_string()))?;
+    for batch in fast_or_slow {
+        let batch = batch?;
         let rows = batch.num_rows();
         batches.push(if conversions.iter().all(Option::is_none) {
             batch
