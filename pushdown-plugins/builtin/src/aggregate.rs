@@ -36,6 +36,14 @@ trait Accumulator {
     fn add_rows(&mut self, _rows: &[i64]) -> bool {
         false
     }
+    /// True when the accumulator can take rows assigned to a spare slot (one past the
+    /// groups) that [`Accumulator::clear_slot`] then resets: how rows a mask leaves out
+    /// are skipped without copying the columns.
+    fn takes_mask(&self) -> bool {
+        false
+    }
+    /// Resets slot `g` to the state of a group that has seen no row.
+    fn clear_slot(&mut self, _g: usize) {}
 }
 
 struct Count {
@@ -79,6 +87,16 @@ impl Accumulator for Count {
             *count += n;
         }
         true
+    }
+
+    fn takes_mask(&self) -> bool {
+        true
+    }
+
+    fn clear_slot(&mut self, g: usize) {
+        if let Some(count) = self.counts.get_mut(g) {
+            *count = 0;
+        }
     }
 }
 
@@ -148,6 +166,17 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
         let array = PrimitiveArray::<T>::new(std::mem::take(&mut self.values).into(), Some(nulls))
             .with_data_type(self.data_type.clone());
         Ok(Arc::new(array))
+    }
+
+    fn takes_mask(&self) -> bool {
+        true
+    }
+
+    fn clear_slot(&mut self, g: usize) {
+        if let (Some(value), Some(seen)) = (self.values.get_mut(g), self.seen.get_mut(g)) {
+            *value = T::Native::default();
+            *seen = false;
+        }
     }
 }
 
@@ -411,6 +440,9 @@ pub struct GroupedAggregator {
     groups: Option<GroupIndex>,
     num_groups: usize,
     group_ids: Vec<u32>,
+    /// Selected rows per group so far: a group that only rows a mask left out created
+    /// (its keys were assigned before the mask applied) has none and is not returned.
+    group_rows: Vec<i64>,
     memo: Memo,
 }
 
@@ -461,8 +493,15 @@ impl GroupedAggregator {
             groups: None,
             num_groups,
             group_ids: Vec::new(),
+            group_rows: Vec::new(),
             memo: Memo::default(),
         })
+    }
+
+    /// True when [`GroupedAggregator::update_selected`] takes a mask (every aggregate is a
+    /// built-in COUNT, SUM, MIN or MAX over a primitive type).
+    pub fn takes_mask(&self) -> bool {
+        self.accumulators.iter().all(|a| a.takes_mask())
     }
 
     /// Folds one (already filtered) batch into the states.
@@ -470,28 +509,100 @@ impl GroupedAggregator {
     /// # Errors
     /// A message when an expression fails to evaluate.
     pub fn update(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        self.update_selected(batch, None)
+    }
+
+    /// Folds the rows of `batch` that `mask` selects (all rows without one) into the
+    /// states, the same states as [`GroupedAggregator::update`] of the filtered batch.
+    /// With a mask, group keys and aggregate arguments are evaluated over every row, and
+    /// the rows left out go to a spare slot past the groups, reset afterwards; if an
+    /// argument fails to evaluate (on a row left out, perhaps: `1 / x` where `x <> 0`
+    /// was the predicate), the batch is filtered and folded the plain way, which fails
+    /// only when a selected row fails.
+    ///
+    /// # Errors
+    /// A message when an expression fails to evaluate over a selected row.
+    pub fn update_selected(
+        &mut self,
+        batch: &RecordBatch,
+        mask: Option<&BooleanArray>,
+    ) -> Result<(), String> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
-        self.assign_groups(batch)?;
+        let filtered = |mask: &BooleanArray| {
+            arrow_select::filter::filter_record_batch(batch, mask).map_err(|e| e.to_string())
+        };
+        if let Some(mask) = mask.filter(|_| !self.takes_mask()) {
+            return self.update_selected(&filtered(mask)?, None);
+        }
+        let assigned = self.assign_groups(batch);
+        if let (Err(_), Some(mask)) = (&assigned, mask) {
+            return self.update_selected(&filtered(mask)?, None);
+        }
+        assigned?;
+        // Slots: one per group, and with a mask one more for the rows it leaves out.
+        let spare = self.num_groups;
+        let slots = match mask {
+            Some(mask) => {
+                let left_out = !mask.values();
+                for i in left_out.set_indices() {
+                    self.group_ids[i] = spare as u32;
+                }
+                spare + 1
+            }
+            None => spare,
+        };
         self.memo.clear();
-        // Rows per group in this batch: every COUNT over values without NULLs is this (TPC-H
+        // Every argument is evaluated (and cast to its state type) before any state
+        // changes, so a failure leaves the states as they were.
+        let mut arguments = Vec::with_capacity(self.aggregates.len());
+        for (_, aggregate) in &self.aggregates {
+            let value = evaluate_memo(&aggregate.argument, batch, &mut self.memo).and_then(|v| {
+                match (&aggregate.function, v) {
+                    (AggregateFunction::Count | AggregateFunction::Plugin(_), v) => Ok(v),
+                    (_, v) => {
+                        let values = v.into_array(n)?;
+                        if decimal_widens(values.data_type(), &aggregate.state_type) {
+                            // The accumulator reads the same 128-bit values; the state gets
+                            // its type when finished.
+                            Ok(Value::Array(values))
+                        } else {
+                            cast_checked(&values, &aggregate.state_type).map(Value::Array)
+                        }
+                    }
+                }
+            });
+            match (value, mask) {
+                (Ok(v), _) => arguments.push(v),
+                (Err(_), Some(mask)) => return self.update_selected(&filtered(mask)?, None),
+                (Err(e), None) => return Err(e),
+            }
+        }
+        // Rows per slot in this batch: every COUNT over values without NULLs is this (TPC-H
         // Q1 has four), and a SUM without NULLs has seen exactly these groups.
-        let mut rows = vec![0i64; self.num_groups];
+        let mut rows = vec![0i64; slots];
         for &g in &self.group_ids {
             rows[g as usize] += 1;
         }
-        for ((_, aggregate), acc) in self.aggregates.iter().zip(self.accumulators.iter_mut()) {
-            let value = evaluate_memo(&aggregate.argument, batch, &mut self.memo)?;
+        self.group_rows.resize(self.num_groups, 0);
+        for (total, n) in self.group_rows.iter_mut().zip(&rows) {
+            *total += n;
+        }
+        for ((aggregate, acc), value) in self
+            .aggregates
+            .iter()
+            .map(|(_, a)| a)
+            .zip(self.accumulators.iter_mut())
+            .zip(arguments)
+        {
             let no_nulls = match &value {
                 Value::Scalar(s) => s.is_valid(0),
                 Value::Array(a) => a.logical_null_count() == 0,
             };
-            if aggregate.function == AggregateFunction::Count && no_nulls {
-                if acc.add_rows(&rows) {
-                    continue;
-                }
+            if aggregate.function == AggregateFunction::Count && no_nulls && acc.add_rows(&rows) {
+                continue;
             }
             match (&aggregate.function, value) {
                 (AggregateFunction::Count, Value::Scalar(s)) => {
@@ -501,29 +612,15 @@ impl GroupedAggregator {
                             arrow_buffer::BooleanBuffer::new_set(n),
                             None,
                         ));
-                        acc.update(&values, &self.group_ids, self.num_groups, &rows)?;
+                        acc.update(&values, &self.group_ids, slots, &rows)?;
                     }
                 }
-                (AggregateFunction::Count, Value::Array(a)) => {
-                    acc.update(&a, &self.group_ids, self.num_groups, &rows)?
-                }
-                (AggregateFunction::Plugin(_), value) => acc.update(
-                    &value.into_array(n)?,
-                    &self.group_ids,
-                    self.num_groups,
-                    &rows,
-                )?,
-                (_, value) => {
-                    let values = value.into_array(n)?;
-                    let values = if decimal_widens(values.data_type(), &aggregate.state_type) {
-                        // The accumulator reads the same 128-bit values; the state gets its
-                        // type when finished.
-                        values
-                    } else {
-                        cast_checked(&values, &aggregate.state_type)?
-                    };
-                    acc.update(&values, &self.group_ids, self.num_groups, &rows)?
-                }
+                (_, value) => acc.update(&value.into_array(n)?, &self.group_ids, slots, &rows)?,
+            }
+        }
+        if mask.is_some() {
+            for acc in &mut self.accumulators {
+                acc.clear_slot(spare);
             }
         }
         Ok(())
@@ -573,6 +670,15 @@ impl GroupedAggregator {
             .zip(self.output_schema.fields())
             .map(|(c, f)| cast_checked(c, f.data_type()))
             .collect::<Result<Vec<_>, _>>()?;
-        RecordBatch::try_new(self.output_schema.clone(), columns).map_err(|e| e.to_string())
+        let batch =
+            RecordBatch::try_new(self.output_schema.clone(), columns).map_err(|e| e.to_string())?;
+        // Groups that only rows a mask left out created.
+        self.group_rows.resize(self.num_groups, 0);
+        if self.groups.is_some() && self.group_rows.contains(&0) {
+            let keep: BooleanArray = self.group_rows.iter().map(|&r| Some(r > 0)).collect();
+            return arrow_select::filter::filter_record_batch(&batch, &keep)
+                .map_err(|e| e.to_string());
+        }
+        Ok(batch)
     }
 }

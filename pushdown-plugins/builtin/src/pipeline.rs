@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arrow_array::BooleanArray;
 use arrow_array::RecordBatch;
 use arrow_ipc::writer::StreamWriter;
 use arrow_select::filter::filter_record_batch;
@@ -62,13 +63,19 @@ pub fn run_pipeline(
             break;
         }
         stats.rows_in += batch.num_rows() as u64;
-        let batch = filter_batch(request, batch)?;
-        stats.rows_selected += batch.num_rows() as u64;
-        if batch.num_rows() == 0 {
+        // An aggregate over most of the batch reads the selected rows through a mask
+        // rather than a filtered copy of every column.
+        let keep_mask = aggregator
+            .as_ref()
+            .is_some_and(GroupedAggregator::takes_mask);
+        let (batch, mask) = select_batch(request, batch, keep_mask)?;
+        let selected = mask.as_ref().map_or(batch.num_rows(), |m| m.true_count());
+        stats.rows_selected += selected as u64;
+        if selected == 0 {
             continue;
         }
         match (&request.task.pushdown, aggregator.as_mut()) {
-            (_, Some(agg)) => agg.update(&batch)?,
+            (_, Some(agg)) => agg.update_selected(&batch, mask.as_ref())?,
             (Pushdown::Project(exprs), None) => {
                 let batch = if (batch.num_rows() as u64) > wanted {
                     batch.slice(0, wanted as usize)
@@ -206,14 +213,60 @@ fn parse_ipc(
 
 /// Filter: the rows of `batch` where the task's predicate is true (all rows without one).
 fn filter_batch(request: &GuestRequest, batch: RecordBatch) -> Result<RecordBatch, String> {
+    select_batch(request, batch, false).map(|(batch, _)| batch)
+}
+
+/// Share of a batch's rows (in quarters) the predicate must select for [`select_batch`]
+/// to hand the batch on whole with a mask rather than copy the selected rows out.
+const MASK_QUARTERS: usize = 3;
+
+/// The rows of `batch` where the task's predicate is true: as a filtered batch and
+/// `None`, or, when `keep_mask` and at least three quarters but not all rows are
+/// selected, as the whole batch and the mask of the selected rows (a consumer that can
+/// skip rows then saves copying every column; TPC-H Q1 selects 98.6 %).
+fn select_batch(
+    request: &GuestRequest,
+    batch: RecordBatch,
+    keep_mask: bool,
+) -> Result<(RecordBatch, Option<BooleanArray>), String> {
     match &request.task.predicate {
-        Some(Expr::And(conjuncts)) => filter_conjuncts(conjuncts, batch),
+        Some(Expr::And(conjuncts)) => select_conjuncts(conjuncts, batch, keep_mask),
         Some(p) => {
             let mask = predicate_mask(p, &batch)?;
-            filter_record_batch(&batch, &mask).map_err(|e| e.to_string())
+            finish_selection(batch, Some(mask), keep_mask)
         }
-        None => Ok(batch),
+        None => Ok((batch, None)),
     }
+}
+
+/// The batch and mask of a selection whose rows `mask` (None: all) selects, as
+/// [`select_batch`] returns it.
+fn finish_selection(
+    batch: RecordBatch,
+    mask: Option<BooleanArray>,
+    keep_mask: bool,
+) -> Result<(RecordBatch, Option<BooleanArray>), String> {
+    let n = batch.num_rows();
+    match mask {
+        Some(mask) if mask.true_count() < n => {
+            if keep_mask && mask.true_count() * 4 >= n * MASK_QUARTERS {
+                Ok((batch, Some(mask)))
+            } else {
+                let batch = filter_record_batch(&batch, &mask).map_err(|e| e.to_string())?;
+                Ok((batch, None))
+            }
+        }
+        _ => Ok((batch, None)),
+    }
+}
+
+/// The rows of `batch` where every conjunct is true (test access to [`select_conjuncts`]).
+#[cfg(test)]
+pub(crate) fn filter_conjuncts(
+    conjuncts: &[Expr],
+    batch: RecordBatch,
+) -> Result<RecordBatch, String> {
+    select_conjuncts(conjuncts, batch, false).map(|(batch, _)| batch)
 }
 
 /// The rows of `batch` where every conjunct is true, evaluated in order: once the rows
@@ -222,14 +275,16 @@ fn filter_batch(request: &GuestRequest, batch: RecordBatch) -> Result<RecordBatc
 /// one later, such as a join filter's `IN` list, cheap). Same rows as evaluating the
 /// whole `AND` (a NULL is false either way); a conjunct that would fail only on rows an
 /// earlier one removed no longer fails, as in DataFusion and DuckDB.
-pub(crate) fn filter_conjuncts(
+/// The selection is returned as [`select_batch`] returns it.
+fn select_conjuncts(
     conjuncts: &[Expr],
     mut batch: RecordBatch,
-) -> Result<RecordBatch, String> {
-    let mut pending: Option<arrow_array::BooleanArray> = None;
+    keep_mask: bool,
+) -> Result<(RecordBatch, Option<BooleanArray>), String> {
+    let mut pending: Option<BooleanArray> = None;
     for conjunct in conjuncts {
         if batch.num_rows() == 0 {
-            return Ok(batch);
+            return Ok((batch, None));
         }
         let mask = predicate_mask(conjunct, &batch)?;
         let mask = match pending.take() {
@@ -244,12 +299,7 @@ pub(crate) fn filter_conjuncts(
             pending = Some(mask);
         }
     }
-    match pending {
-        Some(mask) if mask.true_count() < batch.num_rows() => {
-            filter_record_batch(&batch, &mask).map_err(|e| e.to_string())
-        }
-        _ => Ok(batch),
-    }
+    finish_selection(batch, pending, keep_mask)
 }
 
 /// The task's partial aggregator, or an error naming `stage` when the task has none.
