@@ -98,6 +98,7 @@ pub fn parquet_file(data: &[u8]) {
             1024,
             None,
             &[],
+            row_group % 2 == 0,
         );
     }
 }

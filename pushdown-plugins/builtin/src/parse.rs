@@ -75,7 +75,11 @@ impl ChunkReader for Segments {
 ///
 /// With `pages` (from the page index) the column chunk segments hold only the listed
 /// pages and each chunk's dictionary page, and only the selected rows are decoded.
-/// String columns named in `dictionary` come out as `Dictionary(Int32, Utf8)`.
+/// String columns named in `dictionary` come out as `Dictionary(Int32, Utf8)`. With
+/// `narrow_decimals`, decimals of precision at most 18 stored as INT64 come out as
+/// `Decimal64`, the stored values as they are, rather than widened to `Decimal128` (the
+/// type SQL sees); [`crate::eval`] compares them with literals as they are and widens
+/// them when the rows are selected.
 ///
 /// # Errors
 /// A message when the metadata or a page is malformed, the row group does not exist,
@@ -89,6 +93,7 @@ pub fn parse_parquet(
     batch_size: usize,
     pages: Option<&PageSelection>,
     dictionary: &[String],
+    narrow_decimals: bool,
 ) -> Result<Vec<RecordBatch>, String> {
     let mut parts = Vec::with_capacity(segments.len());
     let mut at = 0usize;
@@ -152,25 +157,43 @@ pub fn parse_parquet(
     let mut reader_metadata = ArrowReaderMetadata::try_new(metadata.clone(), options.clone())
         .map_err(|e| format!("schema: {e}"))?;
     let schema = reader_metadata.schema();
-    if dictionary.iter().any(|c| {
-        schema
-            .field_with_name(c)
-            .is_ok_and(|f| f.data_type() == &DataType::Utf8)
-    }) {
-        // Keep these string columns dictionary-encoded, as Parquet stores them: no string
-        // is copied, and the keys are what the group-by reads.
+    let parquet_fields = reader_metadata.parquet_schema().root_schema().get_fields();
+    let hint = |f: &Field, stored: Option<&parquet::schema::types::TypePtr>| -> Option<DataType> {
+        match f.data_type() {
+            DataType::Utf8 if dictionary.contains(f.name()) => Some(DataType::Dictionary(
+                Box::new(DataType::Int32),
+                Box::new(DataType::Utf8),
+            )),
+            DataType::Decimal128(p, s)
+                if narrow_decimals
+                    && *p <= 18
+                    && stored.is_some_and(|t| {
+                        t.is_primitive() && t.get_physical_type() == parquet::basic::Type::INT64
+                    }) =>
+            {
+                Some(DataType::Decimal64(*p, *s))
+            }
+            _ => None,
+        }
+    };
+    let hints: Vec<Option<DataType>> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| hint(f, parquet_fields.get(i)))
+        .collect();
+    if hints.iter().any(Option::is_some) {
+        // String group keys stay dictionary-encoded, as Parquet stores them: no string is
+        // copied, and the keys are what the group-by reads. INT64 decimals stay 64-bit.
         let fields: Vec<Field> = schema
             .fields()
             .iter()
-            .map(|f| {
+            .zip(hints)
+            .map(|(f, hint)| {
                 let field = f.as_ref().clone();
-                if dictionary.contains(f.name()) && f.data_type() == &DataType::Utf8 {
-                    field.with_data_type(DataType::Dictionary(
-                        Box::new(DataType::Int32),
-                        Box::new(DataType::Utf8),
-                    ))
-                } else {
-                    field
+                match hint {
+                    Some(t) => field.with_data_type(t),
+                    None => field,
                 }
             })
             .collect();

@@ -13,7 +13,7 @@ use pushdown_protocol::{
 };
 
 use crate::aggregate::GroupedAggregator;
-use crate::eval::{cast_checked, evaluate, predicate_mask};
+use crate::eval::{cast_checked, evaluate, predicate_mask, widen_decimals};
 use crate::parse::{parse_csv, parse_parquet};
 
 /// Row counts of one task.
@@ -157,6 +157,7 @@ fn parse_input(request: &GuestRequest, input: Bytes) -> Result<(Vec<RecordBatch>
             request.batch_size,
             request.pages.as_ref(),
             &dictionary_keys(&request.task),
+            true,
         )
         .map(|b| (b, 0)),
         (FileFormat::Csv, TaskUnit::CsvChunk(_)) => parse_csv(
@@ -229,14 +230,17 @@ fn select_batch(
     batch: RecordBatch,
     keep_mask: bool,
 ) -> Result<(RecordBatch, Option<BooleanArray>), String> {
-    match &request.task.predicate {
-        Some(Expr::And(conjuncts)) => select_conjuncts(conjuncts, batch, keep_mask),
+    let (batch, mask) = match &request.task.predicate {
+        Some(Expr::And(conjuncts)) => select_conjuncts(conjuncts, batch, keep_mask)?,
         Some(p) => {
             let mask = predicate_mask(p, &batch)?;
-            finish_selection(batch, Some(mask), keep_mask)
+            finish_selection(batch, Some(mask), keep_mask)?
         }
-        None => Ok((batch, None)),
-    }
+        None => (batch, None),
+    };
+    // 64-bit decimals the parser kept get the 128-bit type SQL gave them, for the
+    // selected rows only (all of them with a mask).
+    Ok((widen_decimals(batch)?, mask))
 }
 
 /// The batch and mask of a selection whose rows `mask` (None: all) selects, as

@@ -705,3 +705,51 @@ fn an_aggregate_through_a_mask_equals_the_aggregate_of_the_filtered_rows() {
         masked_and_filtered(&ratio, &b, &BooleanArray::from(vec![true, true, false]));
     assert!(masked.is_err() && filtered.is_err());
 }
+
+#[test]
+fn a_64_bit_decimal_column_compares_and_widens_as_its_128_bit_type() {
+    let narrow: ArrayRef = Arc::new(
+        arrow_array::Decimal64Array::from(vec![Some(4), Some(5), None, Some(7), Some(-8)])
+            .with_precision_and_scale(15, 2)
+            .unwrap(),
+    );
+    let b = RecordBatch::try_from_iter(vec![("m", narrow)]).unwrap();
+    let wide = crate::eval::widen_decimals(b.clone()).unwrap();
+    assert_eq!(
+        wide.schema().field(0).data_type(),
+        &DataType::Decimal128(15, 2)
+    );
+    let decimal = |v: &str, scale: i8| {
+        Box::new(Expr::Literal(Literal::Decimal(
+            v.into(),
+            DataType::Decimal128(15, scale),
+        )))
+    };
+    for op in [
+        CmpOp::Eq,
+        CmpOp::NotEq,
+        CmpOp::Lt,
+        CmpOp::LtEq,
+        CmpOp::Gt,
+        CmpOp::GtEq,
+    ] {
+        // 0.05 at scale 2 takes the 64-bit path; 0.050 at scale 3 does not.
+        for literal in [decimal("5", 2), decimal("50", 3), decimal("-8", 2)] {
+            for e in [
+                Expr::Cmp(op, col("m"), literal.clone()),
+                Expr::Cmp(op, literal.clone(), col("m")),
+            ] {
+                // Another scale is an error either way (DataFusion casts it first).
+                let on_narrow = evaluate_to_array(&e, &b).map(|a| a.to_data());
+                let on_wide = evaluate_to_array(&e, &wide).map(|a| a.to_data());
+                assert_eq!(on_narrow, on_wide, "{e:?}");
+            }
+        }
+    }
+    // Arithmetic reads the column widened.
+    let sum = Expr::Arithmetic(ArithmeticOp::Add, col("m"), col("m"));
+    assert_eq!(
+        evaluate_to_array(&sum, &b).unwrap().as_ref(),
+        evaluate_to_array(&sum, &wide).unwrap().as_ref()
+    );
+}
