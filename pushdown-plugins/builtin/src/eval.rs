@@ -113,6 +113,9 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
                 Some(operands) => operands,
                 None => (evaluate(l, batch)?, evaluate(r, batch)?),
             };
+            if let Some(out) = compare_with_constant(*op, &l, &r) {
+                return Ok(Value::Array(Arc::new(out)));
+            }
             binary(l, r, |a, b| {
                 use arrow_ord::cmp;
                 let out = match op {
@@ -633,6 +636,130 @@ fn narrow_comparison(
     } else {
         (scalar, column)
     }))
+}
+
+/// `column <op> constant` (either order) over 32- or 64-bit integer-like values (integers,
+/// dates, timestamps, `Decimal64`) with a non-NULL constant of the same type: the same
+/// array as `arrow_ord::cmp`, NULL where the column is NULL. The comparison results are
+/// first written as one byte per row and then packed into bits, 64 rows at a time, a
+/// shape that compiles to vector compares and bitmask packing in the sandbox (arrow's
+/// kernel packs bit by bit, which Cranelift runs as a scalar loop). `None` for other
+/// operands.
+fn compare_with_constant(op: CmpOp, l: &Value, r: &Value) -> Option<BooleanArray> {
+    use arrow_array::types::*;
+    let (array, constant, op) = match (l, r) {
+        (Value::Array(a), Value::Scalar(c)) => (a, c, op),
+        (Value::Scalar(c), Value::Array(a)) => (a, c, flip(op)),
+        _ => return None,
+    };
+    if array.data_type() != constant.data_type() || constant.is_null(0) {
+        return None;
+    }
+    macro_rules! values {
+        ($t:ty) => {{
+            let c = constant.as_primitive::<$t>().value(0);
+            compare_values(array.as_primitive::<$t>().values(), c, op)
+        }};
+    }
+    let bits = match array.data_type() {
+        DataType::Int32 => values!(Int32Type),
+        DataType::Date32 => values!(Date32Type),
+        DataType::Int64 => values!(Int64Type),
+        DataType::Date64 => values!(Date64Type),
+        DataType::Decimal64(..) => values!(Decimal64Type),
+        _ => return None,
+    };
+    Some(BooleanArray::new(bits, array.logical_nulls()))
+}
+
+/// The operator with its operands swapped: `c < x` is `x > c`.
+fn flip(op: CmpOp) -> CmpOp {
+    match op {
+        CmpOp::Lt => CmpOp::Gt,
+        CmpOp::LtEq => CmpOp::GtEq,
+        CmpOp::Gt => CmpOp::Lt,
+        CmpOp::GtEq => CmpOp::LtEq,
+        other => other,
+    }
+}
+
+fn compare_values<N: Copy + PartialOrd>(
+    values: &[N],
+    c: N,
+    op: CmpOp,
+) -> arrow_buffer::BooleanBuffer {
+    match op {
+        CmpOp::Eq => pack_bits(values, |v| v == c),
+        CmpOp::NotEq => pack_bits(values, |v| v != c),
+        CmpOp::Lt => pack_bits(values, |v| v < c),
+        CmpOp::LtEq => pack_bits(values, |v| v <= c),
+        CmpOp::Gt => pack_bits(values, |v| v > c),
+        CmpOp::GtEq => pack_bits(values, |v| v >= c),
+    }
+}
+
+/// Bit i of the result is `f(values[i])`.
+#[inline(always)]
+fn pack_bits<N: Copy>(values: &[N], f: impl Fn(N) -> bool) -> arrow_buffer::BooleanBuffer {
+    let mut words: Vec<u64> = Vec::with_capacity(values.len().div_ceil(64));
+    let chunks = values.chunks_exact(64);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut bytes = [0u8; 64];
+        for (b, &v) in bytes.iter_mut().zip(chunk) {
+            // 0xFF or 0: the lanes of a vector compare.
+            *b = u8::from(f(v)).wrapping_neg();
+        }
+        words.push(top_bits(&bytes));
+    }
+    if !tail.is_empty() {
+        let mut word = 0u64;
+        for (i, &v) in tail.iter().enumerate() {
+            word |= u64::from(f(v)) << i;
+        }
+        words.push(word);
+    }
+    arrow_buffer::BooleanBuffer::new(Buffer::from_vec(words), 0, values.len())
+}
+
+/// Bit i is the top bit of `bytes[i]`: four 16-byte bitmasks (`i8x16.bitmask` in the
+/// sandbox, `pmovmskb` natively, the same steps).
+#[inline(always)]
+fn top_bits(bytes: &[u8; 64]) -> u64 {
+    let mut word = 0u64;
+    for (k, block) in bytes.chunks_exact(16).enumerate() {
+        let block: &[u8; 16] = block.try_into().expect("16 bytes");
+        word |= u64::from(bitmask16(block)) << (16 * k);
+    }
+    word
+}
+
+#[inline(always)]
+fn bitmask16(block: &[u8; 16]) -> u16 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use core::arch::wasm32::*;
+        // SAFETY: `block` is 16 readable bytes; v128_load has no alignment requirement.
+        let v = unsafe { v128_load(block.as_ptr().cast::<v128>()) };
+        i8x16_bitmask(v)
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use core::arch::x86_64::*;
+        // SAFETY: `block` is 16 readable bytes; _mm_loadu_si128 has no alignment
+        // requirement; SSE2 is enabled for this build (checked by the cfg).
+        unsafe { _mm_movemask_epi8(_mm_loadu_si128(block.as_ptr().cast::<__m128i>())) as u16 }
+    }
+    #[cfg(not(any(
+        all(target_arch = "wasm32", target_feature = "simd128"),
+        all(target_arch = "x86_64", target_feature = "sse2")
+    )))]
+    {
+        block
+            .iter()
+            .enumerate()
+            .fold(0u16, |m, (i, &b)| m | (u16::from(b >> 7) << i))
+    }
 }
 
 /// Evaluates `expr` over `batch` into an array of `batch.num_rows()` rows.

@@ -753,3 +753,66 @@ fn a_64_bit_decimal_column_compares_and_widens_as_its_128_bit_type() {
         evaluate_to_array(&sum, &wide).unwrap().as_ref()
     );
 }
+
+#[test]
+fn comparisons_with_a_constant_equal_arrows_kernels() {
+    use arrow_array::{Date32Array, Int32Array};
+    // 200 rows: three 64-row words and a tail, NULLs included.
+    let ints: Vec<Option<i32>> = (0..200)
+        .map(|i| (i % 17 != 0).then_some((i * 7919) % 101 - 50))
+        .collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("i", Arc::new(Int32Array::from(ints.clone())) as ArrayRef),
+        ("d", Arc::new(Date32Array::from(ints.clone())) as ArrayRef),
+        (
+            "l",
+            Arc::new(Int64Array::from(
+                ints.iter().map(|v| v.map(i64::from)).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    for op in [
+        CmpOp::Eq,
+        CmpOp::NotEq,
+        CmpOp::Lt,
+        CmpOp::LtEq,
+        CmpOp::Gt,
+        CmpOp::GtEq,
+    ] {
+        for (column, constant) in [
+            ("i", Literal::Int(7, DataType::Int32)),
+            ("l", Literal::Int(-3, DataType::Int64)),
+            ("d", Literal::Int(12, DataType::Date32)),
+        ] {
+            for e in [
+                Expr::Cmp(op, col(column), Box::new(Expr::Literal(constant.clone()))),
+                Expr::Cmp(op, Box::new(Expr::Literal(constant.clone())), col(column)),
+            ] {
+                let ours = evaluate_to_array(&e, &batch).unwrap();
+                // Arrow's kernel on the same operands.
+                let array = batch.column_by_name(column).unwrap();
+                let literal = crate::eval::literal_array(&constant).unwrap();
+                let scalar = arrow_array::Scalar::new(literal);
+                let column_left =
+                    matches!(&e, Expr::Cmp(_, l, _) if matches!(**l, Expr::Column(_)));
+                use arrow_ord::cmp;
+                let f = match op {
+                    CmpOp::Eq => cmp::eq,
+                    CmpOp::NotEq => cmp::neq,
+                    CmpOp::Lt => cmp::lt,
+                    CmpOp::LtEq => cmp::lt_eq,
+                    CmpOp::Gt => cmp::gt,
+                    CmpOp::GtEq => cmp::gt_eq,
+                };
+                let theirs = if column_left {
+                    f(array, &scalar)
+                } else {
+                    f(&scalar, array)
+                }
+                .unwrap();
+                assert_eq!(ours.as_ref(), &theirs as &dyn Array, "{e:?}");
+            }
+        }
+    }
+}
