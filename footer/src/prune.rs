@@ -102,7 +102,7 @@ fn may_match(e: &Expr, stats: &dyn MinMax) -> bool {
         Expr::Cmp(op, l, r) => {
             let (column, literal, op) = match (l.as_ref(), r.as_ref()) {
                 (Expr::Column(c), lit) => (c, lit, *op),
-                (lit, Expr::Column(c)) => (c, lit, flip(*op)),
+                (lit, Expr::Column(c)) => (c, lit, op.flipped()),
                 _ => return true,
             };
             let (Some(v), Some((min, max))) = (literal_of(literal), stats.min_max(column)) else {
@@ -488,7 +488,7 @@ pub fn plugin_skip_checks(
             Expr::Cmp(op, l, r) => {
                 let (side, constant, op) = match (l.as_ref(), r.as_ref()) {
                     (side, constant @ Expr::Literal(_)) => (side, constant, *op),
-                    (constant @ Expr::Literal(_), side) => (side, constant, flip(*op)),
+                    (constant @ Expr::Literal(_), side) => (side, constant, op.flipped()),
                     _ => continue,
                 };
                 let Some(constant) = literal_of(constant) else {
@@ -582,16 +582,6 @@ fn cast_comparison(
     bound
         .is_finite()
         .then(|| (op, serde_json::Value::from(bound)))
-}
-
-fn flip(op: CmpOp) -> CmpOp {
-    match op {
-        CmpOp::Lt => CmpOp::Gt,
-        CmpOp::LtEq => CmpOp::GtEq,
-        CmpOp::Gt => CmpOp::Lt,
-        CmpOp::GtEq => CmpOp::LtEq,
-        other => other,
-    }
 }
 
 fn argument_stats(

@@ -153,6 +153,19 @@ pub enum CmpOp {
     GtEq,
 }
 
+impl CmpOp {
+    /// The operator with its operands swapped: `c < x` is `x > c`.
+    pub fn flipped(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::LtEq => CmpOp::GtEq,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::GtEq => CmpOp::LtEq,
+            other => other,
+        }
+    }
+}
+
 /// An arithmetic operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ArithmeticOp {

@@ -649,7 +649,7 @@ fn compare_with_constant(op: CmpOp, l: &Value, r: &Value) -> Option<BooleanArray
     use arrow_array::types::*;
     let (array, constant, op) = match (l, r) {
         (Value::Array(a), Value::Scalar(c)) => (a, c, op),
-        (Value::Scalar(c), Value::Array(a)) => (a, c, flip(op)),
+        (Value::Scalar(c), Value::Array(a)) => (a, c, op.flipped()),
         _ => return None,
     };
     if array.data_type() != constant.data_type() || constant.is_null(0) {
@@ -670,17 +670,6 @@ fn compare_with_constant(op: CmpOp, l: &Value, r: &Value) -> Option<BooleanArray
         _ => return None,
     };
     Some(BooleanArray::new(bits, array.logical_nulls()))
-}
-
-/// The operator with its operands swapped: `c < x` is `x > c`.
-fn flip(op: CmpOp) -> CmpOp {
-    match op {
-        CmpOp::Lt => CmpOp::Gt,
-        CmpOp::LtEq => CmpOp::GtEq,
-        CmpOp::Gt => CmpOp::Lt,
-        CmpOp::GtEq => CmpOp::LtEq,
-        other => other,
-    }
 }
 
 fn compare_values<N: Copy + PartialOrd>(

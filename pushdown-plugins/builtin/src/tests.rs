@@ -52,6 +52,16 @@ fn batch() -> RecordBatch {
     RecordBatch::try_from_iter(columns).unwrap()
 }
 
+/// Every comparison operator.
+const ALL_CMP_OPS: [CmpOp; 6] = [
+    CmpOp::Eq,
+    CmpOp::NotEq,
+    CmpOp::Lt,
+    CmpOp::LtEq,
+    CmpOp::Gt,
+    CmpOp::GtEq,
+];
+
 fn col(n: &str) -> Box<Expr> {
     Box::new(Expr::Column(n.into()))
 }
@@ -725,14 +735,7 @@ fn a_64_bit_decimal_column_compares_and_widens_as_its_128_bit_type() {
             DataType::Decimal128(15, scale),
         )))
     };
-    for op in [
-        CmpOp::Eq,
-        CmpOp::NotEq,
-        CmpOp::Lt,
-        CmpOp::LtEq,
-        CmpOp::Gt,
-        CmpOp::GtEq,
-    ] {
+    for op in ALL_CMP_OPS {
         // 0.05 at scale 2 takes the 64-bit path; 0.050 at scale 3 does not.
         for literal in [decimal("5", 2), decimal("50", 3), decimal("-8", 2)] {
             for e in [
@@ -772,14 +775,7 @@ fn comparisons_with_a_constant_equal_arrows_kernels() {
         ),
     ])
     .unwrap();
-    for op in [
-        CmpOp::Eq,
-        CmpOp::NotEq,
-        CmpOp::Lt,
-        CmpOp::LtEq,
-        CmpOp::Gt,
-        CmpOp::GtEq,
-    ] {
+    for op in ALL_CMP_OPS {
         for (column, constant) in [
             ("i", Literal::Int(7, DataType::Int32)),
             ("l", Literal::Int(-3, DataType::Int64)),
