@@ -118,6 +118,22 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
     ) -> Result<(), String> {
         self.values.resize(num_groups, T::Native::default());
         self.seen.resize(num_groups, false);
+        if let DataType::Decimal64(..) = values.data_type() {
+            // The 64-bit values of a Decimal128 state's argument ([`decimal_widens`]).
+            let narrow = values.as_primitive::<Decimal64Type>();
+            let slots = (&mut self.values as &mut dyn std::any::Any).downcast_mut::<Vec<i128>>();
+            if let (Some(slots), AggregateFunction::Sum, 0) =
+                (slots, &self.function, narrow.null_count())
+            {
+                sum_narrow(slots, groups, narrow.values());
+                for (seen, &n) in self.seen.iter_mut().zip(rows) {
+                    *seen |= n > 0;
+                }
+                return Ok(());
+            }
+            let wide = crate::eval::widen_decimal(values)?;
+            return self.update(&wide, groups, num_groups, rows);
+        }
         let array = values.as_primitive_opt::<T>().ok_or_else(|| {
             format!(
                 "state column expected {}, got {}",
@@ -220,6 +236,34 @@ fn sum_in_lanes<N: ArrowNativeTypeOp>(values: &mut [N], groups: &[u32], data: &[
             .add_wrapping(l1[i])
             .add_wrapping(l2[i])
             .add_wrapping(l3[i]);
+    }
+}
+
+/// `slots[groups[i]] += data[i]` for every row (wrapping, as the 128-bit SUM): in 64
+/// bits per batch when no partial sum can overflow them, widened once per group.
+fn sum_narrow(slots: &mut [i128], groups: &[u32], data: &[i64]) {
+    let (min, max) = data
+        .iter()
+        .fold((0i64, 0i64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let bits = 64 - (min.unsigned_abs() | max.unsigned_abs()).leading_zeros();
+    let rows_bits = usize::BITS - data.len().leading_zeros();
+    if bits + rows_bits > 63 {
+        let wide: Vec<i128> = data.iter().map(|&v| i128::from(v)).collect();
+        for (&g, &v) in groups.iter().zip(&wide) {
+            slots[g as usize] = slots[g as usize].wrapping_add(v);
+        }
+        return;
+    }
+    let mut partial = vec![0i64; slots.len()];
+    if slots.len() <= LANE_GROUPS && groups.len() >= 4 * slots.len() {
+        sum_in_lanes(&mut partial, groups, data);
+    } else {
+        for (&g, &v) in groups.iter().zip(data) {
+            partial[g as usize] += v;
+        }
+    }
+    for (slot, p) in slots.iter_mut().zip(partial) {
+        *slot = slot.wrapping_add(i128::from(p));
     }
 }
 
@@ -339,10 +383,16 @@ impl Accumulator for Plugin {
     }
 }
 
-/// True when a Decimal128 of type `from` casts to `to` without changing any value: same
-/// scale, no smaller precision.
+/// True when a decimal of type `from` casts to the Decimal128 `to` without changing any
+/// value: same scale, no smaller precision. A `Decimal64` argument holds the values of
+/// a 128-bit SQL type of that scale ([`crate::narrow`]), whose precision the state's
+/// never falls below.
 fn decimal_widens(from: &DataType, to: &DataType) -> bool {
-    matches!((from, to), (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) if s1 == s2 && p1 <= p2)
+    match (from, to) {
+        (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) => s1 == s2 && p1 <= p2,
+        (DataType::Decimal64(_, s1), DataType::Decimal128(_, s2)) => s1 == s2,
+        _ => false,
+    }
 }
 
 /// Merges a user aggregate plugin's partial states (a `Binary` column) with its
@@ -602,7 +652,17 @@ impl GroupedAggregator {
         // changes, so a failure leaves the states as they were.
         let mut arguments = Vec::with_capacity(self.aggregates.len());
         for (_, aggregate) in &self.aggregates {
-            let value = evaluate_memo(&aggregate.argument, batch, &mut self.memo).and_then(|v| {
+            // A decimal argument in 64 bits when its values fit (user plugins get the
+            // 128-bit type SQL gives it).
+            let narrow = match aggregate.function {
+                AggregateFunction::Plugin(_) => None,
+                _ => crate::narrow::evaluate(&aggregate.argument, batch, &mut self.memo),
+            };
+            let value = match narrow {
+                Some(v) => Ok(v),
+                None => evaluate_memo(&aggregate.argument, batch, &mut self.memo),
+            };
+            let value = value.and_then(|v| {
                 match (&aggregate.function, v) {
                     (AggregateFunction::Count | AggregateFunction::Plugin(_), v) => Ok(v),
                     (_, v) => {

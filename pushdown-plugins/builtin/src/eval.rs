@@ -238,12 +238,43 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
 /// aggregates share (`l_extendedprice * (1 - l_discount)` in TPC-H Q1, or the `CAST` under
 /// both halves of an AVG) is computed once per batch.
 #[derive(Default)]
-pub(crate) struct Memo(Vec<(Expr, Value)>);
+pub(crate) struct Memo {
+    values: Vec<(Expr, Value)>,
+    /// 64-bit forms ([`crate::narrow`]), `None` where that evaluation declined.
+    narrow: Vec<(Expr, Option<crate::narrow::Narrow>)>,
+}
 
 impl Memo {
     /// Forgets every result (call before the next batch).
     pub(crate) fn clear(&mut self) {
-        self.0.clear();
+        self.values.clear();
+        self.narrow.clear();
+    }
+
+    /// The recorded value of `expr`.
+    pub(crate) fn value(&self, expr: &Expr) -> Option<Value> {
+        self.values
+            .iter()
+            .find(|(e, _)| e == expr)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Records the value of `expr`.
+    pub(crate) fn record_value(&mut self, expr: &Expr, value: &Value) {
+        self.values.push((expr.clone(), value.clone()));
+    }
+
+    /// The recorded 64-bit form of `expr`: `Some(None)` when it declined.
+    pub(crate) fn narrow(&self, expr: &Expr) -> Option<Option<crate::narrow::Narrow>> {
+        self.narrow
+            .iter()
+            .find(|(e, _)| e == expr)
+            .map(|(_, n)| n.clone())
+    }
+
+    /// Records the 64-bit form of `expr` (`None`: declined).
+    pub(crate) fn record_narrow(&mut self, expr: &Expr, narrow: &Option<crate::narrow::Narrow>) {
+        self.narrow.push((expr.clone(), narrow.clone()));
     }
 }
 
@@ -259,8 +290,8 @@ pub(crate) fn evaluate_memo(
     if !matches!(expr, Expr::Arithmetic(..) | Expr::Cast(..)) {
         return evaluate(expr, batch);
     }
-    if let Some((_, v)) = memo.0.iter().find(|(e, _)| e == expr) {
-        return Ok(v.clone());
+    if let Some(v) = memo.value(expr) {
+        return Ok(v);
     }
     let value = match expr {
         Expr::Arithmetic(op, l, r) => arithmetic(
@@ -271,7 +302,7 @@ pub(crate) fn evaluate_memo(
         Expr::Cast(e, to) => cast_value(evaluate_memo(e, batch, memo)?, to)?,
         _ => unreachable!("only arithmetic and casts are memoized"),
     };
-    memo.0.push((expr.clone(), value.clone()));
+    memo.record_value(expr, &value);
     Ok(value)
 }
 

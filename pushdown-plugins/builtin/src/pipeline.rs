@@ -212,9 +212,11 @@ fn parse_ipc(
         .collect()
 }
 
-/// Filter: the rows of `batch` where the task's predicate is true (all rows without one).
+/// Filter: the rows of `batch` where the task's predicate is true (all rows without one),
+/// 64-bit decimals the parser kept widened to the 128-bit type SQL gave them, for the
+/// selected rows only.
 fn filter_batch(request: &GuestRequest, batch: RecordBatch) -> Result<RecordBatch, String> {
-    select_batch(request, batch, false).map(|(batch, _)| batch)
+    select_batch(request, batch, false).and_then(|(batch, _)| widen_decimals(batch))
 }
 
 /// Share of a batch's rows (in quarters) the predicate must select for [`select_batch`]
@@ -224,7 +226,9 @@ const MASK_QUARTERS: usize = 3;
 /// The rows of `batch` where the task's predicate is true: as a filtered batch and
 /// `None`, or, when `keep_mask` and at least three quarters but not all rows are
 /// selected, as the whole batch and the mask of the selected rows (a consumer that can
-/// skip rows then saves copying every column; TPC-H Q1 selects 98.6 %).
+/// skip rows then saves copying every column; TPC-H Q1 selects 98.6 %). `Decimal64`
+/// columns stay as the parser read them: [`evaluate`] widens a column it reads, and an
+/// aggregate argument may be computed in 64 bits ([`crate::narrow`]).
 fn select_batch(
     request: &GuestRequest,
     batch: RecordBatch,
@@ -238,9 +242,7 @@ fn select_batch(
         }
         None => (batch, None),
     };
-    // 64-bit decimals the parser kept get the 128-bit type SQL gave them, for the
-    // selected rows only (all of them with a mask).
-    Ok((widen_decimals(batch)?, mask))
+    Ok((batch, mask))
 }
 
 /// The batch and mask of a selection whose rows `mask` (None: all) selects, as
@@ -407,9 +409,10 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
             rows_repaired: 0,
         });
     }
+    // The aggregate reads the selected rows as a task's does, 64-bit decimals as parsed.
     let selected = parsed
         .into_iter()
-        .map(|b| filter_batch(request, b))
+        .map(|b| select_batch(request, b, false).map(|(b, _)| b))
         .collect::<Result<Vec<_>, _>>()?;
     let rows_selected = count(&selected);
     let stats = TaskStats {

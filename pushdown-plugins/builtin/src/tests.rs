@@ -812,3 +812,142 @@ fn comparisons_with_a_constant_equal_arrows_kernels() {
         }
     }
 }
+
+#[test]
+fn aggregates_over_64_bit_decimals_equal_those_over_the_widened_batch() {
+    let decimal = |v: i128, s: i8| {
+        Box::new(Expr::Literal(Literal::Decimal(
+            v.to_string(),
+            DataType::Decimal128(15, s),
+        )))
+    };
+    let arithmetic = |op, l: Box<Expr>, r: Box<Expr>| Box::new(Expr::Arithmetic(op, l, r));
+    // TPC-H Q1's aggregates, and MIN / MAX of a 64-bit column.
+    let disc_price = arithmetic(
+        ArithmeticOp::Mul,
+        col("e"),
+        arithmetic(ArithmeticOp::Sub, decimal(100, 2), col("d")),
+    );
+    let charge = arithmetic(
+        ArithmeticOp::Mul,
+        disc_price.clone(),
+        arithmetic(ArithmeticOp::Add, decimal(100, 2), col("d")),
+    );
+    let double = |e: Box<Expr>| Expr::Cast(e, DataType::Float64);
+    let state = |name: &str, function, argument: Expr, t: DataType| {
+        (
+            name.to_string(),
+            PartialAggregate {
+                function,
+                argument,
+                state_type: t,
+            },
+        )
+    };
+    let aggregates = vec![
+        state(
+            "sq",
+            AggregateFunction::Sum,
+            *col("q"),
+            DataType::Decimal128(25, 2),
+        ),
+        state(
+            "sdp",
+            AggregateFunction::Sum,
+            *disc_price.clone(),
+            DataType::Decimal128(38, 4),
+        ),
+        state(
+            "sc",
+            AggregateFunction::Sum,
+            *charge,
+            DataType::Decimal128(38, 6),
+        ),
+        state(
+            "nq",
+            AggregateFunction::Count,
+            double(col("q")),
+            DataType::Int64,
+        ),
+        state(
+            "fq",
+            AggregateFunction::Sum,
+            double(col("q")),
+            DataType::Float64,
+        ),
+        state(
+            "fdp",
+            AggregateFunction::Sum,
+            double(disc_price),
+            DataType::Float64,
+        ),
+        state(
+            "minq",
+            AggregateFunction::Min,
+            *col("q"),
+            DataType::Decimal128(15, 2),
+        ),
+        state(
+            "maxe",
+            AggregateFunction::Max,
+            *col("e"),
+            DataType::Decimal128(15, 2),
+        ),
+    ];
+    let mut fields = vec![Field::new("k", DataType::Utf8, true)];
+    fields.extend(
+        aggregates
+            .iter()
+            .map(|(n, a)| Field::new(n, a.state_type.clone(), true)),
+    );
+    let schema = Arc::new(Schema::new(fields));
+    let group_by = vec![("k".to_string(), *col("k"))];
+    let n = 100;
+    // Small values (every sum in 64 bits); values near 2^59 (products and sums declined,
+    // 64-bit SUM partials too wide); NULLs or none.
+    for big in [10_000_000i64, (1 << 59) - 1] {
+        for nulls in [false, true] {
+            let column = |f: &dyn Fn(i64) -> i64, null_every: i64| -> ArrayRef {
+                let values: Vec<Option<i64>> = (0..n)
+                    .map(|i| (!nulls || i % null_every != 0).then(|| f(i)))
+                    .collect();
+                Arc::new(
+                    arrow_array::Decimal64Array::from(values)
+                        .with_precision_and_scale(15, 2)
+                        .unwrap(),
+                )
+            };
+            let keys: Vec<&str> = (0..n).map(|i| ["A", "N", "R"][(i % 3) as usize]).collect();
+            let b = RecordBatch::try_from_iter(vec![
+                ("k", Arc::new(StringArray::from(keys)) as ArrayRef),
+                ("q", column(&|i| (i * 7919) % 5000 - 100, 7)),
+                (
+                    "e",
+                    column(&|i| if i % 10 == 3 { big } else { i * 104_729 }, 5),
+                ),
+                ("d", column(&|i| i % 11, 3)),
+            ])
+            .unwrap();
+            let wide = crate::eval::widen_decimals(b.clone()).unwrap();
+            let mask: BooleanArray = (0..n).map(|i| Some(i % 9 != 4)).collect();
+            let run = |batch: &RecordBatch, mask: Option<&BooleanArray>| -> String {
+                let mut agg = GroupedAggregator::try_new(
+                    group_by.clone(),
+                    aggregates.clone(),
+                    schema.clone(),
+                )
+                .unwrap();
+                agg.update_selected(batch, mask).unwrap();
+                let text = pretty_format_batches(&[agg.finish().unwrap()])
+                    .unwrap()
+                    .to_string();
+                let mut lines: Vec<&str> = text.lines().collect();
+                lines.sort_unstable();
+                lines.join("\n")
+            };
+            for mask in [None, Some(&mask)] {
+                assert_eq!(run(&b, mask), run(&wide, mask), "{big}, NULLs {nulls}");
+            }
+        }
+    }
+}
