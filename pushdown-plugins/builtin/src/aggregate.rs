@@ -242,10 +242,7 @@ fn sum_in_lanes<N: ArrowNativeTypeOp>(values: &mut [N], groups: &[u32], data: &[
 /// `slots[groups[i]] += data[i]` for every row (wrapping, as the 128-bit SUM): in 64
 /// bits per batch when no partial sum can overflow them, widened once per group.
 fn sum_narrow(slots: &mut [i128], groups: &[u32], data: &[i64]) {
-    let (min, max) = data
-        .iter()
-        .fold((0i64, 0i64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let bits = 64 - (min.unsigned_abs() | max.unsigned_abs()).leading_zeros();
+    let bits = crate::narrow::significant_bits(data);
     let rows_bits = usize::BITS - data.len().leading_zeros();
     if bits + rows_bits > 63 {
         let wide: Vec<i128> = data.iter().map(|&v| i128::from(v)).collect();

@@ -134,12 +134,14 @@ fn constant(literal: &Literal) -> Option<Narrow> {
     })
 }
 
-/// The most significant bits of any value's magnitude.
-fn significant_bits(values: &[i64]) -> u32 {
-    let (min, max) = values
+/// The most significant bits of any value's magnitude (the highest bit of the OR of the
+/// magnitudes is the largest magnitude's: two SIMD instructions per two values, where a
+/// minimum and maximum of 64-bit lanes have none).
+pub(crate) fn significant_bits(values: &[i64]) -> u32 {
+    64 - values
         .iter()
-        .fold((0i64, 0i64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    64 - (min.unsigned_abs() | max.unsigned_abs()).leading_zeros()
+        .fold(0u64, |bits, v| bits | v.unsigned_abs())
+        .leading_zeros()
 }
 
 /// Significant bits of 10^k, `None` past 10^18.
