@@ -125,7 +125,10 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
             if let (Some(slots), AggregateFunction::Sum, 0) =
                 (slots, &self.function, narrow.null_count())
             {
-                sum_narrow(slots, groups, narrow.values());
+                let DataType::Decimal64(precision, _) = *values.data_type() else {
+                    unreachable!("matched above")
+                };
+                sum_narrow(slots, groups, narrow.values(), precision);
                 for (seen, &n) in self.seen.iter_mut().zip(rows) {
                     *seen |= n > 0;
                 }
@@ -239,12 +242,36 @@ fn sum_in_lanes<N: ArrowNativeTypeOp>(values: &mut [N], groups: &[u32], data: &[
     }
 }
 
+/// The number of rows of each of `slots` slots in `groups`, counted in four lanes as
+/// [`sum_in_lanes`] sums (a count per slot incremented row by row waits on the previous
+/// increment of the same slot).
+fn rows_per_slot(groups: &[u32], slots: usize) -> Vec<i64> {
+    let mut lanes = vec![0u32; 4 * slots];
+    let (l0, rest) = lanes.split_at_mut(slots);
+    let (l1, rest) = rest.split_at_mut(slots);
+    let (l2, l3) = rest.split_at_mut(slots);
+    for k in groups.chunks_exact(4) {
+        l0[k[0] as usize] += 1;
+        l1[k[1] as usize] += 1;
+        l2[k[2] as usize] += 1;
+        l3[k[3] as usize] += 1;
+    }
+    for &k in &groups[groups.len() / 4 * 4..] {
+        l0[k as usize] += 1;
+    }
+    (0..slots)
+        .map(|i| i64::from(l0[i]) + i64::from(l1[i]) + i64::from(l2[i]) + i64::from(l3[i]))
+        .collect()
+}
+
 /// `slots[groups[i]] += data[i]` for every row (wrapping, as the 128-bit SUM): in 64
-/// bits per batch when no partial sum can overflow them, widened once per group.
-fn sum_narrow(slots: &mut [i128], groups: &[u32], data: &[i64]) {
-    let bits = crate::narrow::significant_bits(data);
+/// bits per batch when no partial sum can overflow them (by the values' `precision`, or
+/// failing that their largest magnitude), widened once per group.
+fn sum_narrow(slots: &mut [i128], groups: &[u32], data: &[i64], precision: u8) {
     let rows_bits = usize::BITS - data.len().leading_zeros();
-    if bits + rows_bits > 63 {
+    let fits = |bits: u32| bits + rows_bits <= 63;
+    let by_precision = crate::narrow::precision_bits(precision).is_some_and(fits);
+    if !by_precision && !fits(crate::narrow::significant_bits(data)) {
         let wide: Vec<i128> = data.iter().map(|&v| i128::from(v)).collect();
         for (&g, &v) in groups.iter().zip(&wide) {
             slots[g as usize] = slots[g as usize].wrapping_add(v);
@@ -682,10 +709,7 @@ impl GroupedAggregator {
         }
         // Rows per slot in this batch: every COUNT over values without NULLs is this (TPC-H
         // Q1 has four), and a SUM without NULLs has seen exactly these groups.
-        let mut rows = vec![0i64; slots];
-        for &g in &self.group_ids {
-            rows[g as usize] += 1;
-        }
+        let rows = rows_per_slot(&self.group_ids, slots);
         self.group_rows.resize(self.num_groups, 0);
         for (total, n) in self.group_rows.iter_mut().zip(&rows) {
             *total += n;
@@ -786,6 +810,33 @@ impl GroupedAggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrow_sums_equal_128_bit_sums_row_by_row() {
+        // 47-bit values over 8192 rows: the precision (15 digits, 50 bits) does not prove
+        // the 64-bit partials safe, the largest magnitude does; 2^59 - 1 over 100 rows:
+        // neither, 128-bit sums; small values: the precision does.
+        for (rows, big, precision) in [
+            (8192, (1i64 << 47) - 1, 15),
+            (100, (1 << 59) - 1, 18),
+            (1000, 999, 3),
+        ] {
+            for groups in [1usize, 3, 300] {
+                let ids: Vec<u32> = (0..rows).map(|i| ((i * 7919) % groups) as u32).collect();
+                let data: Vec<i64> = (0..rows)
+                    .map(|i| if i % 3 == 0 { -big } else { big - i as i64 })
+                    .collect();
+                let mut expected = vec![7i128; groups];
+                for (&g, &v) in ids.iter().zip(&data) {
+                    expected[g as usize] += i128::from(v);
+                }
+                let mut got = vec![7i128; groups];
+                sum_narrow(&mut got, &ids, &data, precision);
+                assert_eq!(got, expected, "{rows} rows of {big}, {groups} groups");
+            }
+        }
+        assert_eq!(rows_per_slot(&[0, 2, 2, 1, 2, 0, 2], 4), [2, 1, 4, 0]);
+    }
 
     #[test]
     fn sums_in_lanes_equal_sums_row_by_row() {

@@ -56,7 +56,8 @@ impl Narrow {
 
 /// The value of an aggregate argument computed in 64 bits: a `Decimal64` array (of
 /// `Decimal64(p, s)` where SQL types the expression `Decimal128(q, s)`, holding the same
-/// values) for a decimal expression, a `Float64` array for its cast to DOUBLE. `None` when
+/// values; p is the fewest digits that hold this batch's values, a bound a SUM uses)
+/// for a decimal expression, a `Float64` array for its cast to DOUBLE. `None` when
 /// the expression is not one of those over at least one `Decimal64` column, or a bound
 /// does not prove that its values fit: the caller then evaluates it in 128 bits.
 /// Results are recorded in `memo`, as [`crate::eval::evaluate_memo`] records its own.
@@ -71,7 +72,30 @@ pub(crate) fn evaluate(expr: &Expr, batch: &RecordBatch, memo: &mut Memo) -> Opt
         return Some(v);
     }
     let n = narrow(expr, batch, memo).filter(|n| !n.scalar)?;
-    Some(Value::Array(Arc::new(n.values)))
+    let scale = n.scale();
+    let values = n
+        .values
+        .with_precision_and_scale(digits(n.bits, scale), scale)
+        .ok()?;
+    Some(Value::Array(Arc::new(values)))
+}
+
+/// The fewest decimal digits p (at least the scale, at least 1) with 10^p ≥ 2^`bits`:
+/// every value of at most `bits` significant bits is a valid decimal of precision p
+/// (at most 18 for `bits` ≤ [`MAX_BITS`]).
+fn digits(bits: u32, scale: i8) -> u8 {
+    let mut p = 1u8;
+    while 10_u128.pow(u32::from(p)) < 1_u128 << bits {
+        p += 1;
+    }
+    p.max(u8::try_from(scale).unwrap_or(0))
+}
+
+/// Significant bits of the largest magnitude a decimal of precision `p` holds
+/// (10^p - 1), `None` past 18 digits.
+pub(crate) fn precision_bits(p: u8) -> Option<u32> {
+    let largest = 10_i64.checked_pow(u32::from(p))? - 1;
+    Some(significant_bits(&[largest]))
 }
 
 /// The 64-bit form of `expr`, or `None` (see [`evaluate`]).
@@ -363,6 +387,28 @@ mod tests {
                 assert!(taken < all, "{big}: a bound that should fail held");
             }
         }
+    }
+
+    #[test]
+    fn digits_hold_every_value_of_so_many_bits() {
+        for bits in 0..=MAX_BITS {
+            for scale in [0i8, 2, 6] {
+                let p = digits(bits, scale);
+                assert!(p <= 18 && p >= 1 && p as i8 >= scale);
+                // The largest magnitude of `bits` bits fits p digits; p - 1 digits (when
+                // the scale allows fewer) do not hold it.
+                let largest = (1u128 << bits) - 1;
+                assert!(largest < 10u128.pow(p.into()), "{bits} bits, {p} digits");
+                if p > 1 && p as i8 > scale {
+                    assert!(
+                        largest >= 10u128.pow((p - 1).into()),
+                        "{bits} bits, {p} digits"
+                    );
+                }
+            }
+        }
+        assert_eq!(precision_bits(15), Some(50));
+        assert_eq!(precision_bits(19), None);
     }
 
     #[test]
