@@ -106,6 +106,10 @@ struct Primitive<T: ArrowPrimitiveType> {
     values: Vec<T::Native>,
     seen: Vec<bool>,
     data_type: DataType,
+    /// A DOUBLE SUM of decimals cast to DOUBLE: the decimals' exact sums and their scale,
+    /// added to `values` once per group when finished (see [`Primitive::update`]).
+    exact: Vec<i128>,
+    exact_scale: Option<i8>,
 }
 
 impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
@@ -118,6 +122,45 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
     ) -> Result<(), String> {
         self.values.resize(num_groups, T::Native::default());
         self.seen.resize(num_groups, false);
+        if let (DataType::Decimal64(_, scale), DataType::Float64, AggregateFunction::Sum) =
+            (values.data_type(), &self.data_type, &self.function)
+        {
+            // SUM(CAST(decimal AS DOUBLE)): the decimals are summed exactly and each
+            // group's sum is rounded to a double once, when finished. DataFusion rounds
+            // after every addition, in an order that depends on the partitioning; the
+            // two agree to within that rounding, and this one is the closer to the exact
+            // sum.
+            if self.exact_scale.is_some_and(|s| s != *scale) {
+                // A batch of another scale than the sums so far (the same argument has one
+                // scale, so this does not happen): add it as doubles.
+                let doubles = cast_checked(values, &DataType::Float64)?;
+                return self.update(&doubles, groups, num_groups, rows);
+            }
+            self.exact_scale = Some(*scale);
+            self.exact.resize(num_groups, 0);
+            let decimals = values.as_primitive::<Decimal64Type>();
+            match decimals.nulls().filter(|n| n.null_count() > 0) {
+                None => {
+                    let DataType::Decimal64(precision, _) = *values.data_type() else {
+                        unreachable!("matched above")
+                    };
+                    sum_narrow(&mut self.exact, groups, decimals.values(), precision);
+                    for (seen, &n) in self.seen.iter_mut().zip(rows) {
+                        *seen |= n > 0;
+                    }
+                }
+                Some(nulls) => {
+                    for (i, (&g, &v)) in groups.iter().zip(decimals.values()).enumerate() {
+                        if nulls.is_valid(i) {
+                            let slot = &mut self.exact[g as usize];
+                            *slot = slot.wrapping_add(i128::from(v));
+                            self.seen[g as usize] = true;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
         if let DataType::Decimal64(..) = values.data_type() {
             // The 64-bit values of a Decimal128 state's argument ([`decimal_widens`]).
             let narrow = values.as_primitive::<Decimal64Type>();
@@ -189,6 +232,17 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
     fn finish(&mut self, num_groups: usize) -> Result<ArrayRef, String> {
         self.values.resize(num_groups, T::Native::default());
         self.seen.resize(num_groups, false);
+        if let Some(scale) = self.exact_scale.take() {
+            let doubles = (&mut self.values as &mut dyn std::any::Any)
+                .downcast_mut::<Vec<f64>>()
+                .ok_or("exact sums in a state that is not DOUBLE")?;
+            // As the cast from Decimal128 to DOUBLE computes it: x as f64 / 10^scale.
+            let divisor = 10_f64.powi(i32::from(scale));
+            for (d, &x) in doubles.iter_mut().zip(&self.exact) {
+                *d += x as f64 / divisor;
+            }
+            self.exact.clear();
+        }
         let nulls = NullBuffer::from(std::mem::take(&mut self.seen));
         let array = PrimitiveArray::<T>::new(std::mem::take(&mut self.values).into(), Some(nulls))
             .with_data_type(self.data_type.clone());
@@ -203,6 +257,9 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
         if let (Some(value), Some(seen)) = (self.values.get_mut(g), self.seen.get_mut(g)) {
             *value = T::Native::default();
             *seen = false;
+        }
+        if let Some(exact) = self.exact.get_mut(g) {
+            *exact = 0;
         }
     }
 }
@@ -501,6 +558,8 @@ fn accumulator(
                 values: Vec::new(),
                 seen: Vec::new(),
                 data_type: t.clone(),
+                exact: Vec::new(),
+                exact_scale: None,
             })
         };
     }
@@ -678,9 +737,14 @@ impl GroupedAggregator {
         for (_, aggregate) in &self.aggregates {
             // A decimal argument in 64 bits when its values fit (user plugins get the
             // 128-bit type SQL gives it).
-            let narrow = match aggregate.function {
-                AggregateFunction::Plugin(_) => None,
-                _ => crate::narrow::evaluate(&aggregate.argument, batch, &mut self.memo),
+            let narrow = match (&aggregate.function, &aggregate.state_type) {
+                (AggregateFunction::Plugin(_), _) => None,
+                // A COUNT reads only NULLs, and a SUM of DOUBLEs adds decimals exactly:
+                // both take the decimals under a cast to DOUBLE.
+                (AggregateFunction::Count, _) | (AggregateFunction::Sum, DataType::Float64) => {
+                    crate::narrow::evaluate(&aggregate.argument, batch, &mut self.memo, true)
+                }
+                _ => crate::narrow::evaluate(&aggregate.argument, batch, &mut self.memo, false),
             };
             let value = match narrow {
                 Some(v) => Ok(v),
@@ -691,7 +755,11 @@ impl GroupedAggregator {
                     (AggregateFunction::Count | AggregateFunction::Plugin(_), v) => Ok(v),
                     (_, v) => {
                         let values = v.into_array(n)?;
-                        if decimal_widens(values.data_type(), &aggregate.state_type) {
+                        let exact_double = aggregate.function == AggregateFunction::Sum
+                            && aggregate.state_type == DataType::Float64
+                            && matches!(values.data_type(), DataType::Decimal64(..));
+                        if exact_double || decimal_widens(values.data_type(), &aggregate.state_type)
+                        {
                             // The accumulator reads the same 128-bit values; the state gets
                             // its type when finished.
                             Ok(Value::Array(values))

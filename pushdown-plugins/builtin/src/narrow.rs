@@ -60,8 +60,18 @@ impl Narrow {
 /// for a decimal expression, a `Float64` array for its cast to DOUBLE. `None` when
 /// the expression is not one of those over at least one `Decimal64` column, or a bound
 /// does not prove that its values fit: the caller then evaluates it in 128 bits.
+/// With `decimal_under_cast`, a cast to DOUBLE comes as the decimal values under it
+/// (for a COUNT, which reads only NULLs, and a SUM that adds the decimals exactly).
 /// Results are recorded in `memo`, as [`crate::eval::evaluate_memo`] records its own.
-pub(crate) fn evaluate(expr: &Expr, batch: &RecordBatch, memo: &mut Memo) -> Option<Value> {
+pub(crate) fn evaluate(
+    expr: &Expr,
+    batch: &RecordBatch,
+    memo: &mut Memo,
+    decimal_under_cast: bool,
+) -> Option<Value> {
+    if let (Expr::Cast(inner, DataType::Float64), true) = (expr, decimal_under_cast) {
+        return evaluate(inner, batch, memo, false);
+    }
     if let Expr::Cast(inner, DataType::Float64) = expr {
         if let Some(v) = memo.value(expr) {
             return Some(v);
@@ -372,7 +382,7 @@ mod tests {
                     assert!(n.bits <= MAX_BITS);
                     // As DOUBLE, equal to the cast of the 128-bit values.
                     let cast = Expr::Cast(Box::new(e.clone()), DataType::Float64);
-                    let Some(Value::Array(double)) = evaluate(&cast, &b, &mut memo) else {
+                    let Some(Value::Array(double)) = evaluate(&cast, &b, &mut memo, false) else {
                         panic!("{cast:?} declined")
                     };
                     let expected = evaluate_to_array(&cast, &wide).unwrap();
@@ -422,10 +432,10 @@ mod tests {
             Expr::Cast(col("a"), DataType::Decimal128(25, 3)),
             Expr::Cast(col("a"), DataType::Int64),
         ] {
-            assert!(evaluate(&e, &b, &mut memo).is_none(), "{e:?}");
+            assert!(evaluate(&e, &b, &mut memo, false).is_none(), "{e:?}");
         }
         let mut memo = Memo::default();
         let sum = Expr::Arithmetic(ArithmeticOp::Add, col("a"), col("b"));
-        assert!(evaluate(&sum, &wide, &mut memo).is_none());
+        assert!(evaluate(&sum, &wide, &mut memo, false).is_none());
     }
 }
