@@ -140,7 +140,14 @@ pub fn decode_footer<R: ChunkReader>(file: &R) -> Result<Footer, FooterError> {
         Ok(_) => {}
         Err(message) => return Err(bad(format!("invalid footer: {message}"))),
     }
-    let metadata = match catch_quietly(|| ParquetMetaDataReader::decode_metadata(&raw)) {
+    // Page encoding statistics in full, not reduced to a mask: a task's footer
+    // ([`row_group_footer`]) re-encodes them, and the sandbox reads from them whether a
+    // chunk is all dictionary-encoded (the mask does not encode back).
+    let options =
+        parquet::file::metadata::ParquetMetaDataOptions::new().with_encoding_stats_as_mask(false);
+    let metadata = match catch_quietly(|| {
+        ParquetMetaDataReader::decode_metadata_with_options(&raw, Some(&options))
+    }) {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => return Err(bad(format!("invalid footer: {e}"))),
         Err(_) => return Err(bad("invalid footer: the decoder gave up on it".into())),

@@ -177,3 +177,39 @@ fn a_schema_element_claiming_more_children_than_follow_is_refused() {
         other => panic!("{:?}", other.map(|f| f.len)),
     }
 }
+
+#[test]
+fn a_task_footer_keeps_the_page_encoding_statistics() {
+    use parquet::basic::Encoding;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::metadata::ParquetMetaDataReader;
+    // One string column of three distinct values (dictionary-encoded), in two row groups.
+    let schema = Arc::new(parse_message_type("message m { required binary s (UTF8); }").unwrap());
+    let mut out = Vec::new();
+    let mut writer =
+        SerializedFileWriter::new(&mut out, schema, Arc::new(WriterProperties::new())).unwrap();
+    for _ in 0..2 {
+        let mut rg = writer.next_row_group().unwrap();
+        let mut column = rg.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = (0..300)
+            .map(|i| ByteArray::from(["MAIL", "SHIP", "AIR"][i % 3]))
+            .collect();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, None, None)
+            .unwrap();
+        column.close().unwrap();
+        rg.close().unwrap();
+    }
+    writer.close().unwrap();
+    let footer = decode_footer(&Bytes::from(out)).unwrap();
+    let task = pushdown_footer::row_group_footer(&footer.metadata, 1).unwrap();
+    // Decoded as the sandbox decodes it (the statistics as a mask).
+    let metadata = ParquetMetaDataReader::decode_metadata(&task).unwrap();
+    assert_eq!(metadata.num_row_groups(), 1);
+    let mask = metadata.row_group(0).column(0).page_encoding_stats_mask();
+    assert!(
+        mask.is_some_and(|m| m.is_only(Encoding::RLE_DICTIONARY)),
+        "{mask:?}"
+    );
+}

@@ -100,6 +100,9 @@ fn as_bool(a: &ArrayRef) -> Result<&BooleanArray, String> {
 /// A message when a column is missing, types do not fit a kernel, or a cast or
 /// arithmetic operation fails (overflow in a cast, division by zero).
 pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
+    if let Some(value) = evaluate_on_dictionary(expr, batch)? {
+        return Ok(value);
+    }
     let n = batch.num_rows();
     Ok(match expr {
         Expr::Column(name) => Value::Array(widen_decimal(
@@ -232,6 +235,54 @@ pub fn evaluate(expr: &Expr, batch: &RecordBatch) -> Result<Value, String> {
             )?)
         }
     })
+}
+
+/// The one column of a comparison, `IN` list or `LIKE` whose operands are that column and
+/// constants (`l_shipmode IN ('MAIL', 'SHIP')`): such a predicate has one value per
+/// distinct value of the column, and never fails on one, so it can be evaluated over a
+/// dictionary's values and looked up by each row's key ([`evaluate`] does when the column
+/// is dictionary-encoded; the pipeline reads such columns so).
+pub(crate) fn dictionary_evaluable(expr: &Expr) -> Option<&str> {
+    let operands: Vec<&Expr> = match expr {
+        Expr::Cmp(_, l, r) => vec![l, r],
+        Expr::InList { expr, list, .. } => std::iter::once(expr.as_ref()).chain(list).collect(),
+        Expr::Like { expr, pattern, .. } => vec![expr, pattern],
+        _ => return None,
+    };
+    let mut column = None;
+    for operand in operands {
+        match operand {
+            Expr::Literal(_) => {}
+            Expr::Column(c) if column.is_none_or(|seen| seen == c) => column = Some(c.as_str()),
+            _ => return None,
+        }
+    }
+    column
+}
+
+/// `expr` over a batch where its [`dictionary_evaluable`] column is dictionary-encoded
+/// (Int32 keys): evaluated once per dictionary value, then taken by the rows' keys (a NULL
+/// key gives NULL, as the predicate of a NULL does). `None` when that does not apply.
+fn evaluate_on_dictionary(expr: &Expr, batch: &RecordBatch) -> Result<Option<Value>, String> {
+    let Some(name) = dictionary_evaluable(expr) else {
+        return Ok(None);
+    };
+    let Some(dict) = batch
+        .column_by_name(name)
+        .and_then(|c| c.as_dictionary_opt::<arrow_array::types::Int32Type>())
+    else {
+        return Ok(None);
+    };
+    let values = dict.values();
+    let field = arrow_schema::Field::new(name, values.data_type().clone(), true);
+    let distinct = RecordBatch::try_new(
+        Arc::new(arrow_schema::Schema::new(vec![field])),
+        vec![values.clone()],
+    )
+    .map_err(|e| e.to_string())?;
+    let per_value = evaluate(expr, &distinct)?.into_array(values.len())?;
+    let per_row = take(per_value.as_ref(), dict.keys(), None).map_err(|e| e.to_string())?;
+    Ok(Some(Value::Array(per_row)))
 }
 
 /// Results of the sub-expressions evaluated over one batch, so an expression that several

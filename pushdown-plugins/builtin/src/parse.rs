@@ -66,6 +66,24 @@ impl ChunkReader for Segments {
     }
 }
 
+/// False when the chunk of column `name` has page encoding statistics and they show data
+/// pages that are not dictionary-encoded (true without statistics: the caller's request
+/// stands). The test the `parquet` crate documents for `page_encoding_stats_mask`.
+fn dictionary_encoded(chunks: &[parquet::file::metadata::ColumnChunkMetaData], name: &str) -> bool {
+    use parquet::basic::Encoding;
+    let Some(chunk) = chunks.iter().find(|c| c.column_path().string() == name) else {
+        return true;
+    };
+    match chunk.page_encoding_stats_mask() {
+        None => true,
+        Some(mask) => {
+            chunk.dictionary_page_offset().is_some()
+                && (mask.is_only(Encoding::PLAIN_DICTIONARY)
+                    || mask.is_only(Encoding::RLE_DICTIONARY))
+        }
+    }
+}
+
 /// Decodes one row group.
 ///
 /// `input` is the concatenation of `segments`: the first is the footer's metadata
@@ -75,7 +93,9 @@ impl ChunkReader for Segments {
 ///
 /// With `pages` (from the page index) the column chunk segments hold only the listed
 /// pages and each chunk's dictionary page, and only the selected rows are decoded.
-/// String columns named in `dictionary` come out as `Dictionary(Int32, Utf8)`. With
+/// String columns named in `dictionary` come out as `Dictionary(Int32, Utf8)`, unless the
+/// chunk's page encoding statistics show data pages that are not dictionary-encoded (the
+/// reader would then build a dictionary by hashing every value). With
 /// `narrow_decimals`, decimals of precision at most 18 stored as INT64 come out as
 /// `Decimal64`, the stored values as they are, rather than widened to `Decimal128` (the
 /// type SQL sees); [`crate::eval`] compares them with literals as they are and widens
@@ -158,12 +178,17 @@ pub fn parse_parquet(
         .map_err(|e| format!("schema: {e}"))?;
     let schema = reader_metadata.schema();
     let parquet_fields = reader_metadata.parquet_schema().root_schema().get_fields();
+    let chunks = metadata.row_group(row_group).columns();
     let hint = |f: &Field, stored: Option<&parquet::schema::types::TypePtr>| -> Option<DataType> {
         match f.data_type() {
-            DataType::Utf8 if dictionary.contains(f.name()) => Some(DataType::Dictionary(
-                Box::new(DataType::Int32),
-                Box::new(DataType::Utf8),
-            )),
+            DataType::Utf8
+                if dictionary.contains(f.name()) && dictionary_encoded(chunks, f.name()) =>
+            {
+                Some(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
+            }
             DataType::Decimal128(p, s)
                 if narrow_decimals
                     && *p <= 18

@@ -111,36 +111,63 @@ pub fn run_pipeline(
     Ok((out, stats))
 }
 
-/// Columns used only as plain GROUP BY keys: read dictionary-encoded, they reach the group
-/// index as small keys and are never copied as strings. (Columns a predicate, projection
-/// or aggregate argument reads stay plain.)
-fn dictionary_keys(task: &pushdown_protocol::Task) -> Vec<String> {
-    let Pushdown::PartialAggregate {
-        group_by,
-        aggregates,
-    } = &task.pushdown
-    else {
-        return Vec::new();
+/// Columns to read dictionary-encoded (string columns only; the parser checks that the
+/// chunk is): those used only as plain GROUP BY keys, plain projections (cast to the
+/// output type at the end, selected rows only) and the column of predicates that
+/// [`crate::eval::dictionary_evaluable`] evaluates once per distinct value. Such a
+/// column's strings are never copied row by row before the rows are selected. A column
+/// any other expression reads stays plain.
+pub(crate) fn dictionary_keys(task: &pushdown_protocol::Task) -> Vec<String> {
+    let mut wanted = std::collections::BTreeSet::new();
+    let mut plain = std::collections::BTreeSet::new();
+    let mut bare = |e: &Expr, plain: &mut std::collections::BTreeSet<String>| match e {
+        Expr::Column(c) => {
+            wanted.insert(c.clone());
+        }
+        e => e.collect_columns(plain),
     };
-    let mut elsewhere = std::collections::BTreeSet::new();
-    if let Some(p) = &task.predicate {
-        p.collect_columns(&mut elsewhere);
-    }
-    for (_, a) in aggregates {
-        a.argument.collect_columns(&mut elsewhere);
-    }
-    for (_, e) in group_by {
-        if !matches!(e, Expr::Column(_)) {
-            e.collect_columns(&mut elsewhere);
+    match &task.pushdown {
+        Pushdown::PartialAggregate {
+            group_by,
+            aggregates,
+        } => {
+            for (_, a) in aggregates {
+                a.argument.collect_columns(&mut plain);
+            }
+            for (_, e) in group_by {
+                bare(e, &mut plain);
+            }
+        }
+        Pushdown::Project(exprs) => {
+            for (_, e) in exprs {
+                bare(e, &mut plain);
+            }
         }
     }
-    group_by
-        .iter()
-        .filter_map(|(_, e)| match e {
-            Expr::Column(c) if !elsewhere.contains(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
+    fn predicate(
+        e: &Expr,
+        wanted: &mut std::collections::BTreeSet<String>,
+        plain: &mut std::collections::BTreeSet<String>,
+    ) {
+        match e {
+            Expr::And(operands) | Expr::Or(operands) => {
+                for o in operands {
+                    predicate(o, wanted, plain);
+                }
+            }
+            Expr::Not(o) => predicate(o, wanted, plain),
+            e => match crate::eval::dictionary_evaluable(e) {
+                Some(c) => {
+                    wanted.insert(c.to_string());
+                }
+                None => e.collect_columns(plain),
+            },
+        }
+    }
+    if let Some(p) = &task.predicate {
+        predicate(p, &mut wanted, &mut plain);
+    }
+    wanted.difference(&plain).cloned().collect()
 }
 
 /// Parse: the task's row group or CSV chunk as record batches of the needed columns, and

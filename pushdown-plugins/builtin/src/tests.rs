@@ -986,3 +986,195 @@ fn aggregates_over_64_bit_decimals_equal_those_over_the_widened_batch() {
         }
     }
 }
+
+#[test]
+fn predicates_over_a_dictionary_column_equal_those_over_its_strings() {
+    use arrow_array::types::Int32Type;
+    use arrow_array::DictionaryArray;
+    // NULL keys, a NULL dictionary value, values no row uses.
+    let values = StringArray::from(vec![
+        Some("MAIL"),
+        Some("SHIP"),
+        None,
+        Some("AIR"),
+        Some("RAIL"),
+    ]);
+    let keys = arrow_array::Int32Array::from(vec![
+        Some(0),
+        Some(1),
+        None,
+        Some(2),
+        Some(0),
+        Some(3),
+        Some(1),
+        None,
+    ]);
+    let dict: ArrayRef =
+        Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).unwrap());
+    let plain = arrow_cast::cast(&dict, &DataType::Utf8).unwrap();
+    let b = RecordBatch::try_from_iter(vec![("m", dict)]).unwrap();
+    let p = RecordBatch::try_from_iter(vec![("m", plain)]).unwrap();
+    let text = |s: &str| Box::new(Expr::Literal(Literal::Utf8(s.into(), DataType::Utf8)));
+    let list = |negated| Expr::InList {
+        expr: col("m"),
+        list: vec![*text("MAIL"), *text("SHIP")],
+        negated,
+    };
+    let like = |pattern: &str, negated| Expr::Like {
+        expr: col("m"),
+        pattern: text(pattern),
+        negated,
+        case_insensitive: false,
+    };
+    let mut predicates = vec![
+        list(false),
+        list(true),
+        like("%AI%", false),
+        like("S%", true),
+    ];
+    for op in ALL_CMP_OPS {
+        predicates.push(Expr::Cmp(op, col("m"), text("RAIL")));
+        predicates.push(Expr::Cmp(op, text("MAIL"), col("m")));
+    }
+    predicates.push(Expr::Not(Box::new(list(false))));
+    predicates.push(Expr::Or(vec![list(false), like("A%", false)]));
+    for e in &predicates {
+        let top = match e {
+            Expr::Not(x) => x.as_ref(),
+            Expr::Or(v) => &v[0],
+            e => e,
+        };
+        assert_eq!(crate::eval::dictionary_evaluable(top), Some("m"), "{e:?}");
+        let on_dictionary = evaluate_to_array(e, &b).unwrap();
+        let on_strings = evaluate_to_array(e, &p).unwrap();
+        assert_eq!(on_dictionary.as_ref(), on_strings.as_ref(), "{e:?}");
+    }
+    // Two columns, or an expression over the column: not evaluated per distinct value.
+    let two = Expr::Cmp(CmpOp::Eq, col("m"), col("n"));
+    let cast = Expr::Cmp(
+        CmpOp::Eq,
+        Box::new(Expr::Cast(col("m"), DataType::Int64)),
+        int(1),
+    );
+    assert_eq!(crate::eval::dictionary_evaluable(&two), None);
+    assert_eq!(crate::eval::dictionary_evaluable(&cast), None);
+}
+
+#[test]
+fn columns_read_as_dictionaries_are_those_every_use_of_which_takes_one() {
+    use pushdown_protocol::{FileFormat, Pushdown, Task, TaskUnit};
+    let text = |s: &str| Expr::Literal(Literal::Utf8(s.into(), DataType::Utf8));
+    let in_list = |c: &str| Expr::InList {
+        expr: col(c),
+        list: vec![text("MAIL"), text("SHIP")],
+        negated: false,
+    };
+    // TPC-H Q12's lineitem scan: l_shipmode in the predicate and the projection;
+    // l_comment compared with another column stays plain, as does a column under a cast.
+    let task = Task {
+        file: "lineitem.parquet".into(),
+        format: FileFormat::Parquet,
+        unit: TaskUnit::RowGroup(0),
+        predicate: Some(Expr::And(vec![
+            in_list("l_shipmode"),
+            Expr::Not(Box::new(in_list("l_shipinstruct"))),
+            Expr::Cmp(CmpOp::Eq, col("l_comment"), col("l_returnflag")),
+            Expr::Cmp(
+                CmpOp::Eq,
+                Box::new(Expr::Cast(col("l_linestatus"), DataType::Utf8)),
+                Box::new(text("F")),
+            ),
+        ])),
+        pushdown: Pushdown::Project(vec![
+            ("l_shipmode".into(), *col("l_shipmode")),
+            ("l_orderkey".into(), *col("l_orderkey")),
+        ]),
+        output_schema: Schema::new(vec![
+            Field::new("l_shipmode", DataType::Utf8, true),
+            Field::new("l_orderkey", DataType::Int64, true),
+        ]),
+        limit: None,
+        fold: None,
+    };
+    assert_eq!(
+        crate::pipeline::dictionary_keys(&task),
+        ["l_orderkey", "l_shipinstruct", "l_shipmode"]
+    );
+    // A projected expression over the column (not the bare column) keeps it plain.
+    let mut task = task;
+    task.pushdown = Pushdown::Project(vec![(
+        "m".into(),
+        Expr::Like {
+            expr: col("l_shipmode"),
+            pattern: Box::new(text("M%")),
+            negated: false,
+            case_insensitive: false,
+        },
+    )]);
+    assert_eq!(crate::pipeline::dictionary_keys(&task), ["l_shipinstruct"]);
+}
+
+#[test]
+fn string_columns_come_out_as_dictionaries_only_from_dictionary_encoded_chunks() {
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+    use pushdown_protocol::ByteRange;
+    // "few": 3 distinct values, every page dictionary-encoded; "many": 4000 distinct
+    // values against a 1 KiB dictionary page limit, so the writer falls back to PLAIN.
+    let n = 4000;
+    let few: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| ["MAIL", "SHIP", "AIR"][i % 3]),
+    ));
+    let many: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| format!("comment {i}")),
+    ));
+    let batch = RecordBatch::try_from_iter(vec![("few", few), ("many", many)]).unwrap();
+    let properties = WriterProperties::builder()
+        .set_dictionary_page_size_limit(1024)
+        .build();
+    let mut file = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(properties)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    // The footer, then the whole data section, as the storage node sends a task's input.
+    let len = file.len() as u64;
+    let metadata_len = u64::from(u32::from_le_bytes(
+        file[file.len() - 8..file.len() - 4].try_into().unwrap(),
+    ));
+    let footer_start = len - 8 - metadata_len;
+    let mut input = file[footer_start as usize..file.len() - 8].to_vec();
+    input.extend_from_slice(&file[..footer_start as usize]);
+    let segments = [
+        ByteRange {
+            start: footer_start,
+            end: len - 8,
+        },
+        ByteRange {
+            start: 0,
+            end: footer_start,
+        },
+    ];
+    let columns = ["few".to_string(), "many".to_string()];
+    let parsed = crate::parse_parquet(
+        bytes::Bytes::from(input),
+        &segments,
+        len,
+        0,
+        &columns,
+        8192,
+        None,
+        &columns,
+        true,
+    )
+    .unwrap();
+    let schema = parsed[0].schema();
+    assert!(matches!(
+        schema.field(0).data_type(),
+        DataType::Dictionary(..)
+    ));
+    assert_eq!(schema.field(1).data_type(), &DataType::Utf8);
+    // The values either way.
+    let few = arrow_cast::cast(parsed[0].column(0), &DataType::Utf8).unwrap();
+    assert_eq!(few.as_ref(), batch.column(0).as_ref());
+    assert_eq!(parsed[0].column(1).as_ref(), batch.column(1).as_ref());
+}
