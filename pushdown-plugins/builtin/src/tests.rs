@@ -498,6 +498,19 @@ fn the_integer_set_holds_exactly_its_keys_extremes_and_duplicates_included() {
     let set = crate::eval::IntegerSet::new(&many);
     assert!((0..2000i64).all(|i| set.contains(i << 20) == (i < 1000)));
     assert!(!set.contains(1));
+    // Keys within a small range (held as a bitmap), negative ones and the range's edges
+    // included: exact inside, outside and around the range, near the wrapping edges.
+    for base in [-70i64, 0, 1 << 40, i64::MIN + 5, i64::MAX - 300] {
+        let keys: Vec<i64> = (0..40).map(|i| base.wrapping_add(i * i % 257)).collect();
+        let set = crate::eval::IntegerSet::new(&keys);
+        for d in -400i64..700 {
+            let k = base.wrapping_add(d);
+            assert_eq!(set.contains(k), keys.contains(&k), "{base} + {d}");
+        }
+        for k in [i64::MIN, i64::MAX, 0, -1] {
+            assert_eq!(set.contains(k), keys.contains(&k), "{k}");
+        }
+    }
 }
 
 #[test]
