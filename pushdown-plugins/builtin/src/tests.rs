@@ -619,6 +619,23 @@ fn the_inlined_xxhash64_of_an_i64_is_the_libraries() {
     }
 }
 
+/// A named partial aggregate of `function(argument)` with state type `t`.
+fn named_state(
+    name: &str,
+    function: AggregateFunction,
+    argument: Expr,
+    t: DataType,
+) -> (String, PartialAggregate) {
+    (
+        name.to_string(),
+        PartialAggregate {
+            function,
+            argument,
+            state_type: t,
+        },
+    )
+}
+
 /// Partial aggregates of `batch` through `mask` and of the filtered batch, each of its
 /// first two rows and then of all, as text with the lines sorted (or the error).
 fn masked_and_filtered(
@@ -659,32 +676,22 @@ fn masked_and_filtered(
 #[test]
 fn an_aggregate_through_a_mask_equals_the_aggregate_of_the_filtered_rows() {
     let b = batch();
-    let state = |name: &str, function, argument: Expr, t: DataType| {
-        (
-            name.to_string(),
-            PartialAggregate {
-                function,
-                argument,
-                state_type: t,
-            },
-        )
-    };
     let primitive = vec![
-        state("n", AggregateFunction::Count, *int(1), DataType::Int64),
-        state("nx", AggregateFunction::Count, *col("x"), DataType::Int64),
-        state("sx", AggregateFunction::Sum, *col("x"), DataType::Int64),
-        state(
+        named_state("n", AggregateFunction::Count, *int(1), DataType::Int64),
+        named_state("nx", AggregateFunction::Count, *col("x"), DataType::Int64),
+        named_state("sx", AggregateFunction::Sum, *col("x"), DataType::Int64),
+        named_state(
             "sp",
             AggregateFunction::Sum,
             *col("p"),
             DataType::Decimal128(25, 2),
         ),
-        state("mind", AggregateFunction::Min, *col("d"), DataType::Date32),
-        state("maxf", AggregateFunction::Max, *col("f"), DataType::Float64),
+        named_state("mind", AggregateFunction::Min, *col("d"), DataType::Date32),
+        named_state("maxf", AggregateFunction::Max, *col("f"), DataType::Float64),
     ];
     // MAX over strings takes no mask: the batch is filtered first.
     let mut with_strings = primitive.clone();
-    with_strings.push(state(
+    with_strings.push(named_state(
         "maxk",
         AggregateFunction::Max,
         *col("k"),
@@ -709,7 +716,7 @@ fn an_aggregate_through_a_mask_equals_the_aggregate_of_the_filtered_rows() {
         ("x", Arc::new(Int64Array::from(vec![0, 1, 2])) as ArrayRef),
     ])
     .unwrap();
-    let ratio = vec![state(
+    let ratio = vec![named_state(
         "s",
         AggregateFunction::Sum,
         Expr::Arithmetic(ArithmeticOp::Div, int(10), col("x")),
@@ -849,60 +856,50 @@ fn aggregates_over_64_bit_decimals_equal_those_over_the_widened_batch() {
         arithmetic(ArithmeticOp::Add, decimal(100, 2), col("d")),
     );
     let double = |e: Box<Expr>| Expr::Cast(e, DataType::Float64);
-    let state = |name: &str, function, argument: Expr, t: DataType| {
-        (
-            name.to_string(),
-            PartialAggregate {
-                function,
-                argument,
-                state_type: t,
-            },
-        )
-    };
     let aggregates = vec![
-        state(
+        named_state(
             "sq",
             AggregateFunction::Sum,
             *col("q"),
             DataType::Decimal128(25, 2),
         ),
-        state(
+        named_state(
             "sdp",
             AggregateFunction::Sum,
             *disc_price.clone(),
             DataType::Decimal128(38, 4),
         ),
-        state(
+        named_state(
             "sc",
             AggregateFunction::Sum,
             *charge,
             DataType::Decimal128(38, 6),
         ),
-        state(
+        named_state(
             "nq",
             AggregateFunction::Count,
             double(col("q")),
             DataType::Int64,
         ),
-        state(
+        named_state(
             "fq",
             AggregateFunction::Sum,
             double(col("q")),
             DataType::Float64,
         ),
-        state(
+        named_state(
             "fdp",
             AggregateFunction::Sum,
             double(disc_price),
             DataType::Float64,
         ),
-        state(
+        named_state(
             "minq",
             AggregateFunction::Min,
             *col("q"),
             DataType::Decimal128(15, 2),
         ),
-        state(
+        named_state(
             "maxe",
             AggregateFunction::Max,
             *col("e"),
