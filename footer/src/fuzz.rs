@@ -9,7 +9,7 @@ use pushdown_protocol::{CmpOp, Expr, Literal};
 
 use crate::plan::page_segments;
 use crate::prune::{prune_row_group, Verdict};
-use crate::{decode_footer, row_group_footer};
+use crate::{decode_footer, row_group_footer, row_group_metadata};
 
 /// Row groups and columns looked at per input, so one input stays fast.
 const MAX_PLANNED: usize = 64;
@@ -25,9 +25,10 @@ pub fn parquet_footer(data: &[u8]) {
     }
 }
 
-/// Target `page_plan`: decodes the footer, then for each row group runs every pruning step
-/// (statistics, Bloom filters, page index, as `prune_row_group` does for the storage node,
-/// panics in arrow-rs caught) and the page planning of a task over all leaf
+/// Target `page_plan`: decodes the footer, then for each row group reads its page index
+/// ([`row_group_metadata`]) and runs every pruning step (statistics, Bloom filters, page
+/// index, as `prune_row_group` does for the storage node, panics in arrow-rs caught) and
+/// the page planning of a task over all leaf
 /// columns, for predicates on each column (`<`, `>`, `=` and `IN` against a literal of the
 /// column's type).
 pub fn page_plan(data: &[u8]) {
@@ -63,15 +64,18 @@ pub fn page_plan(data: &[u8]) {
         .take(MAX_PLANNED)
         .collect();
     for rg in 0..metadata.num_row_groups().min(MAX_PLANNED) {
-        let num_rows = usize::try_from(metadata.row_group(rg).num_rows()).unwrap_or(0);
+        let Some((one, _)) = row_group_metadata(metadata, rg, Some(&file)) else {
+            continue;
+        };
+        let num_rows = usize::try_from(one.row_group(0).num_rows()).unwrap_or(0);
         for predicate in &predicates {
             // As the storage node runs it: a panic inside arrow-rs's statistics readers
             // keeps the rows (see `prune_row_group`).
             let open = || Ok::<_, ()>(file.clone());
             if let Ok((Verdict::Rows(selection), _)) =
-                prune_row_group(predicate, metadata, &footer.schema, rg, open)
+                prune_row_group(predicate, &one, &footer.schema, 0, open)
             {
-                let _ = page_segments(metadata, rg, &leaves, &selection);
+                let _ = page_segments(&one, 0, &leaves, &selection);
             }
         }
         // A selection of every other thousand rows, as a selective page index gives.
@@ -84,7 +88,7 @@ pub fn page_plan(data: &[u8]) {
             }
         });
         let selection = RowSelection::from(runs.collect::<Vec<_>>());
-        let _ = page_segments(metadata, rg, &leaves, &selection);
+        let _ = page_segments(&one, 0, &leaves, &selection);
     }
 }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_schema::{Schema, SchemaRef};
-use bytes::Bytes;
 use parquet::file::metadata::ParquetMetaData;
 use pushdown_footer::FooterError;
 use pushdown_protocol::{ByteRange, CsvDialect, FileFormat, PluginRef, TaskUnit};
@@ -38,11 +37,12 @@ pub struct TableSource {
 /// A Parquet file's footer, read and decoded once.
 #[derive(Debug)]
 pub struct ParquetFooter {
-    /// The decoded metadata (schema, row groups, column chunk statistics).
+    /// The decoded metadata (schema, row groups, column chunk statistics), without the page
+    /// index: a task reads its row group's ([`pushdown_footer::row_group_metadata`]), so
+    /// what the catalog holds grows with the row groups, not the pages.
     pub metadata: Arc<ParquetMetaData>,
-    /// The raw Thrift `FileMetaData` bytes, handed to the sandbox with every task.
-    pub raw: Bytes,
-    /// Where `raw` sits in the file.
+    /// Where the Thrift `FileMetaData` sits in the file (a task whose one-row-group footer
+    /// does not encode reads it from there).
     pub range: ByteRange,
 }
 
@@ -247,7 +247,6 @@ pub fn read_parquet_footer_within(
     };
     let parquet_footer = ParquetFooter {
         metadata: footer.metadata,
-        raw: footer.raw,
         range: footer.range,
     };
     Ok((footer.len, parquet_footer, footer.schema))

@@ -27,8 +27,8 @@ use crate::registry::Registry;
 use crate::result_cache::{self, CacheStats, ResultCache};
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
 use pushdown_footer::plan::page_segments;
-use pushdown_footer::prune::{plugin_skip_checks, prune_row_group, Verdict};
-use pushdown_footer::row_group_footer;
+use pushdown_footer::prune::{plugin_skip_checks, prune_row_group, row_group_may_match, Verdict};
+use pushdown_footer::{row_group_footer, row_group_metadata};
 
 /// The built-in pipeline module, built for `wasm32-wasip1` by `build.rs`.
 pub static BUILTIN_WASM: &[u8] = include_bytes!(env!("PUSHDOWN_BUILTIN_WASM_PATH"));
@@ -544,11 +544,11 @@ impl StorageNode {
         let mut footer_bytes = None;
         let segments: Vec<ByteRange> = match (&task.unit, &file.footer) {
             (TaskUnit::RowGroup(rg), Some(footer)) => {
-                let metadata = &footer.metadata;
-                if *rg >= metadata.num_row_groups() {
+                let file_metadata = &footer.metadata;
+                if *rg >= file_metadata.num_row_groups() {
                     return Err(Error::Internal(format!("row group {rg} does not exist")));
                 }
-                let descr = metadata.file_metadata().schema_descr();
+                let descr = file_metadata.file_metadata().schema_descr();
                 let roots: Vec<usize> = columns
                     .iter()
                     .filter_map(|c| file.schema.index_of(c).ok())
@@ -556,29 +556,47 @@ impl StorageNode {
                 let leaves: Vec<usize> = (0..descr.num_columns())
                     .filter(|&leaf| roots.contains(&descr.get_column_root_idx(leaf)))
                     .collect();
+                let open = || {
+                    std::fs::File::open(&file.abs_path).map_err(|error| Error::Io {
+                        path: file.path.clone(),
+                        error,
+                    })
+                };
+                // The row group alone, as index 0, with its page index when a predicate
+                // the statistics did not rule out may use it.
+                let (metadata, index_bytes) = match &task.predicate {
+                    Some(p) => {
+                        let may_match =
+                            pushdown_footer::catch_quietly(std::panic::AssertUnwindSafe(|| {
+                                row_group_may_match(p, file_metadata, &file.schema, *rg)
+                            }))
+                            .unwrap_or(true);
+                        if !may_match {
+                            return Ok(Planned::Pruned(pruning));
+                        }
+                        row_group_metadata(file_metadata, *rg, Some(&open()?))
+                    }
+                    None => row_group_metadata::<std::fs::File>(file_metadata, *rg, None),
+                }
+                .ok_or_else(|| Error::Internal(format!("row group {rg} does not exist")))?;
+                pruning.index_bytes += index_bytes;
                 let mut selection = None;
                 if let Some(p) = &task.predicate {
-                    let open = || {
-                        std::fs::File::open(&file.abs_path).map_err(|error| Error::Io {
-                            path: file.path.clone(),
-                            error,
-                        })
-                    };
                     let (verdict, index_bytes) =
-                        prune_row_group(p, metadata, &file.schema, *rg, open)?;
+                        prune_row_group(p, &metadata, &file.schema, 0, open)?;
                     pruning.index_bytes += index_bytes;
                     match verdict {
                         Verdict::NoRows => return Ok(Planned::Pruned(pruning)),
                         Verdict::Rows(s) => selection = Some(s),
                         Verdict::AllRows => {}
                     }
-                    if self.plugin_can_skip(task, p, metadata, &file.schema, *rg)? {
+                    if self.plugin_can_skip(task, p, &metadata, &file.schema, 0)? {
                         pruning.by_plugin = true;
                         return Ok(Planned::Pruned(pruning));
                     }
                 }
                 // The guest decodes the footer of every task: hand it one row group's.
-                let task_footer = row_group_footer(metadata, *rg);
+                let task_footer = row_group_footer(&metadata, 0);
                 let footer_range = match &task_footer {
                     Some(bytes) => {
                         footer_row_group = Some(0);
@@ -591,14 +609,14 @@ impl StorageNode {
                 };
                 footer_bytes = task_footer.map(Bytes::from);
                 let mut segments = vec![footer_range];
-                match selection.and_then(|s| page_segments(metadata, *rg, &leaves, &s)) {
+                match selection.and_then(|s| page_segments(&metadata, 0, &leaves, &s)) {
                     Some((selection, chunks, skipped)) => {
                         pruning.pages_skipped = skipped;
                         segments.extend(chunks);
                         pages = Some(selection);
                     }
                     None => {
-                        let row_group = metadata.row_group(*rg);
+                        let row_group = metadata.row_group(0);
                         segments.extend(leaves.iter().map(|&leaf| {
                             let (start, len) = row_group.column(leaf).byte_range();
                             ByteRange {
@@ -1084,14 +1102,15 @@ enum Planned {
 struct Pruning {
     /// True when a plugin's `pushdown_can_skip` ruled the row group out.
     by_plugin: bool,
-    /// Bytes of Bloom filters read.
+    /// Bytes of Bloom filters and page index read.
     index_bytes: u64,
     /// Data pages of the projected column chunks not read.
     pages_skipped: u64,
 }
 
 /// Reads the task's segments from the file straight into the guest's input buffer (the
-/// first segment of a Parquet task is the footer, from memory).
+/// first segment of a Parquet task is its one-row-group footer, from memory, or the
+/// file's footer when that did not encode).
 fn fill_input(planned: &PlannedInput, slot: &mut [u8]) -> Result<()> {
     let file = &planned.file;
     let io = |error| Error::Io {
@@ -1103,9 +1122,8 @@ fn fill_input(planned: &PlannedInput, slot: &mut [u8]) -> Result<()> {
     for (i, s) in planned.segments.iter().enumerate() {
         let len = s.len() as usize;
         let dest = &mut slot[at..at + len];
-        match (&planned.footer, &file.footer, i) {
-            (Some(task_footer), _, 0) => dest.copy_from_slice(task_footer),
-            (None, Some(footer), 0) => dest.copy_from_slice(&footer.raw),
+        match (&planned.footer, i) {
+            (Some(task_footer), 0) => dest.copy_from_slice(task_footer),
             _ => handle.read_exact_at(dest, s.start).map_err(io)?,
         }
         at += len;

@@ -213,3 +213,61 @@ fn a_task_footer_keeps_the_page_encoding_statistics() {
         "{mask:?}"
     );
 }
+
+#[test]
+fn a_row_groups_page_index_is_read_for_that_row_group_alone() {
+    use parquet::data_type::Int64Type;
+    use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+    use pushdown_footer::row_group_metadata;
+    // Three row groups of 3000 rows, pages of at most 1000 rows, values rising by row.
+    let schema = Arc::new(parse_message_type("message m { required int64 v; }").unwrap());
+    let props = WriterProperties::builder()
+        .set_data_page_row_count_limit(1000)
+        .set_write_batch_size(100)
+        .build();
+    let mut out = Vec::new();
+    let mut writer = SerializedFileWriter::new(&mut out, schema, Arc::new(props)).unwrap();
+    for rg in 0..3i64 {
+        let mut row_group = writer.next_row_group().unwrap();
+        let mut column = row_group.next_column().unwrap().unwrap();
+        let values: Vec<i64> = (rg * 3000..(rg + 1) * 3000).collect();
+        column
+            .typed::<Int64Type>()
+            .write_batch(&values, None, None)
+            .unwrap();
+        column.close().unwrap();
+        row_group.close().unwrap();
+    }
+    writer.close().unwrap();
+    let file = Bytes::from(out);
+    let footer = decode_footer(&file).unwrap();
+    assert!(
+        footer.metadata.offset_index().is_none(),
+        "the catalog holds no page index"
+    );
+    let whole = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Required)
+        .parse_and_finish(&file)
+        .unwrap();
+
+    let (one, bytes) = row_group_metadata(&footer.metadata, 2, Some(&file)).unwrap();
+    assert_eq!(one.num_row_groups(), 1);
+    assert_eq!(one.row_group(0).num_rows(), 3000);
+    let pages = one.offset_index().unwrap()[0][0].page_locations();
+    assert!(pages.len() >= 3, "{} pages", pages.len());
+    assert_eq!(pages, whole.offset_index().unwrap()[2][0].page_locations());
+    assert_eq!(one.column_index().unwrap().len(), 1);
+    let chunk = whole.row_group(2).column(0);
+    let expected = chunk.column_index_length().unwrap() + chunk.offset_index_length().unwrap();
+    assert_eq!(bytes, expected as u64);
+
+    // Without the file, or with a page index that is not there any more, no index.
+    let (bare, bytes) = row_group_metadata::<Bytes>(&footer.metadata, 0, None).unwrap();
+    assert!(bare.offset_index().is_none() && bytes == 0);
+    let index_start = whole.row_group(0).column(0).column_index_offset().unwrap() as usize;
+    let truncated = file.slice(..index_start);
+    let (bare, bytes) = row_group_metadata(&footer.metadata, 1, Some(&truncated)).unwrap();
+    assert!(bare.offset_index().is_none() && bytes == 0);
+    assert_eq!(bare.row_group(0).num_rows(), 3000);
+    assert!(row_group_metadata::<Bytes>(&footer.metadata, 3, None).is_none());
+}
