@@ -769,6 +769,13 @@ impl Query {
                     get(&m.rows_in).saturating_sub(get(&m.rows_selected))
                 );
             }
+            let from_footer = get(&m.tasks_from_footer);
+            if from_footer > 0 {
+                let _ = writeln!(
+                    out,
+                    "  row groups counted from the footer (COUNT(*) with no predicate: nothing read or run): {from_footer}"
+                );
+            }
             let by_plugins = get(&m.tasks_pruned_by_plugins);
             if by_plugins > 0 {
                 let _ = writeln!(

@@ -82,6 +82,8 @@ pub struct ScanMetrics {
     pub tasks_from_checkpoint: AtomicU64,
     /// Fold jobs drained (one per scan partition and storage node).
     pub folds_finished: AtomicU64,
+    /// Tasks that only counted a row group's rows, answered from its footer (nothing read).
+    pub tasks_from_footer: AtomicU64,
 }
 
 impl ScanMetrics {
@@ -114,6 +116,8 @@ impl ScanMetrics {
             .fetch_add(u64::from(m.folded), Ordering::Relaxed);
         self.tasks_from_checkpoint
             .fetch_add(u64::from(m.from_checkpoint), Ordering::Relaxed);
+        self.tasks_from_footer
+            .fetch_add(u64::from(m.from_footer), Ordering::Relaxed);
     }
 
     /// A drained fold job's result: its rows and bytes, not a task.
@@ -965,6 +969,7 @@ impl ExecutionPlan for PushdownScanExec {
             ("tasks", &m.tasks),
             ("tasks_pruned", &m.tasks_pruned),
             ("tasks_cached", &m.tasks_cached),
+            ("tasks_from_footer", &m.tasks_from_footer),
             ("pages_skipped", &m.pages_skipped),
             ("bytes_read", &m.bytes_read),
             ("bytes_returned", &m.bytes_returned),

@@ -141,6 +141,10 @@ pub struct TaskMetrics {
     /// before the node restarted: it was not run again.
     #[serde(default)]
     pub from_checkpoint: bool,
+    /// True when the task only counted the rows of a whole row group and the footer's row
+    /// count answered it: nothing was read or run.
+    #[serde(default)]
+    pub from_footer: bool,
 }
 
 /// The result of one task.
@@ -548,6 +552,12 @@ impl StorageNode {
                 if *rg >= file_metadata.num_row_groups() {
                     return Err(Error::Internal(format!("row group {rg} does not exist")));
                 }
+                if stage.is_none() && counts_rows_only(task) {
+                    let rows = file_metadata.row_group(*rg).num_rows();
+                    if let Ok(rows) = u64::try_from(rows) {
+                        return Ok(Planned::Counted(rows));
+                    }
+                }
                 let descr = file_metadata.file_metadata().schema_descr();
                 let roots: Vec<usize> = columns
                     .iter()
@@ -822,6 +832,21 @@ impl StorageNode {
                     passthrough_reason: None,
                 });
             }
+            Planned::Counted(rows) => {
+                let batch = count_batch(&task.output_schema, rows)?;
+                return Ok(TaskOutput {
+                    batches: vec![batch],
+                    metrics: TaskMetrics {
+                        rows_in: rows,
+                        rows_selected: rows,
+                        rows_out: 1,
+                        from_footer: true,
+                        ..Default::default()
+                    },
+                    passthrough: None,
+                    passthrough_reason: None,
+                });
+            }
         };
         let (request, input_len, pruning) = (&planned.request, planned.input_len, planned.pruning);
         let cache_key = self.result_cache.as_ref().and_then(|cache| {
@@ -975,6 +1000,7 @@ impl StorageNode {
             passed_through: false,
             folded: false,
             from_checkpoint: false,
+            from_footer: false,
         };
         if let Some((cache, key)) = cache_key {
             cache.insert(key, &batches, metrics);
@@ -1000,7 +1026,7 @@ impl StorageNode {
             .map_err(|e| e.context(task_context(task)))?
         {
             Planned::Run(planned) => planned,
-            Planned::Pruned(_) => return self.run_task(task),
+            Planned::Pruned(_) | Planned::Counted(_) => return self.run_task(task),
         };
         self.raw_output(task, &planned, reason.to_string())
             .map_err(|e| e.context(task_context(task)))
@@ -1094,6 +1120,8 @@ struct PlannedInput {
 /// A task's input, or the proof that it has no row to read.
 enum Planned {
     Pruned(Pruning),
+    /// A `COUNT(*)` of the whole row group, answered from the footer: its row count.
+    Counted(u64),
     Run(PlannedInput),
 }
 
@@ -1106,6 +1134,52 @@ struct Pruning {
     index_bytes: u64,
     /// Data pages of the projected column chunks not read.
     pages_skipped: u64,
+}
+
+/// True when `task` is a global partial aggregate whose every state is `COUNT` of a
+/// non-null constant (`COUNT(*)`, `COUNT(1)`) over all rows: no predicate, no `LIMIT`,
+/// nothing grouped. The footer's row count of the row group is then its answer, as
+/// DataFusion's `AggregateStatistics` rule answers it from exact statistics.
+fn counts_rows_only(task: &Task) -> bool {
+    use pushdown_protocol::{AggregateFunction, Expr, Literal};
+    let Pushdown::PartialAggregate {
+        group_by,
+        aggregates,
+    } = &task.pushdown
+    else {
+        return false;
+    };
+    task.predicate.is_none()
+        && task.limit.is_none()
+        && group_by.is_empty()
+        && !aggregates.is_empty()
+        && aggregates.iter().all(|(_, a)| {
+            a.function == AggregateFunction::Count
+                && matches!(&a.argument, Expr::Literal(l) if !matches!(l, Literal::Null(_)))
+        })
+        && task.output_schema.fields().len() == aggregates.len()
+        && task
+            .output_schema
+            .fields()
+            .iter()
+            .all(|f| f.data_type() == &arrow_schema::DataType::Int64)
+}
+
+/// The one-row partial result of a [`counts_rows_only`] task over `rows` rows: each
+/// column of `schema` (all `Int64`) holds `rows`.
+///
+/// # Errors
+/// [`Error::Internal`] when the count does not fit an `Int64` or the batch does not build.
+fn count_batch(schema: &arrow_schema::Schema, rows: u64) -> Result<RecordBatch> {
+    let rows = i64::try_from(rows)
+        .map_err(|_| Error::Internal(format!("{rows} rows do not fit an Int64 count")))?;
+    let columns: Vec<arrow_array::ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|_| Arc::new(arrow_array::Int64Array::from(vec![rows])) as arrow_array::ArrayRef)
+        .collect();
+    RecordBatch::try_new(Arc::new(schema.clone()), columns)
+        .map_err(|e| Error::Internal(format!("count from the footer: {e}")))
 }
 
 /// Reads the task's segments from the file straight into the guest's input buffer (the

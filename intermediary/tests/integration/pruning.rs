@@ -139,3 +139,48 @@ async fn bloom_filters_prune_row_groups_that_statistics_cannot() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_count_of_all_rows_is_answered_from_the_footers() {
+    let dir = tpch().join("parquet");
+    let tables = BTreeMap::from([(
+        "lineitem".to_string(),
+        (dir.join("lineitem.parquet"), "parquet"),
+    )]);
+    // COUNT(*) and COUNT(1) of a whole table: every row group from its footer, nothing read.
+    let report = run(&dir, &tables, "SELECT count(*), count(1) FROM lineitem").await;
+    let tasks = figure(&report, "(of ");
+    assert!(tasks >= 2, "{report}");
+    assert_eq!(
+        figure(
+            &report,
+            "counted from the footer (COUNT(*) with no predicate: nothing read or run): "
+        ),
+        tasks,
+        "{report}"
+    );
+    assert_eq!(figure(&report, "bytes read from storage "), 0, "{report}");
+    // In a scalar subquery next to a scan of the same table that does read.
+    run(
+        &dir,
+        &tables,
+        "SELECT (SELECT count(*) FROM lineitem) AS n, count(*) FROM lineitem WHERE l_quantity < 5",
+    )
+    .await;
+    // A predicate, a counted column (NULLs are not counted) or a grouping needs the rows.
+    for sql in [
+        "SELECT count(*) FROM lineitem WHERE l_quantity < 10",
+        "SELECT count(l_comment) FROM lineitem",
+        "SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag ORDER BY 1",
+    ] {
+        let report = run(&dir, &tables, sql).await;
+        assert!(
+            !report.contains("counted from the footer"),
+            "{sql}: {report}"
+        );
+        assert!(
+            figure(&report, "bytes read from storage ") > 0,
+            "{sql}: {report}"
+        );
+    }
+}
