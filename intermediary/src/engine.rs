@@ -187,7 +187,9 @@ impl Engine {
         let engine_ctx: Arc<std::sync::OnceLock<SessionContext>> = Arc::default();
         let mut worker = None;
         if tier.is_none() {
-            builder = builder.with_physical_optimizer_rule(Arc::new(crate::BloomJoinFilters));
+            builder = builder
+                .with_physical_optimizer_rule(Arc::new(crate::BloomJoinFilters))
+                .with_physical_optimizer_rule(Arc::new(crate::SharedSubplans));
         }
         if let Some(tier) = tier {
             use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
@@ -636,11 +638,20 @@ impl Query {
         Ok(collect(self.plan.clone(), self.ctx.task_ctx()).await?)
     }
 
+    /// The plan's scans, each once: a subplan several consumers share
+    /// ([`crate::SharedExec`]) is looked into at its first consumer only.
     fn scans(&self) -> Vec<PushdownScanExec> {
         let mut scans = Vec::new();
+        let mut shared: Vec<crate::SharedExec> = Vec::new();
         let _ = self.plan.apply(|node| {
             if let Some(scan) = node.downcast_ref::<PushdownScanExec>() {
                 scans.push(scan.clone());
+            }
+            if let Some(s) = node.downcast_ref::<crate::SharedExec>() {
+                if shared.iter().any(|seen| seen.same_run(s)) {
+                    return Ok(TreeNodeRecursion::Jump);
+                }
+                shared.push(s.clone());
             }
             Ok(TreeNodeRecursion::Continue)
         });

@@ -626,6 +626,36 @@ impl PushdownScanExec {
         &self.pushdown
     }
 
+    /// What decides this scan's output, as text: two scans of one plan with the same key
+    /// return the same rows ([`crate::SharedSubplans`]), but for the rows their join
+    /// filters remove, which the joins above them would drop anyway. `None` for a scan
+    /// decoded from a peer's plan.
+    pub(crate) fn share_key(&self) -> Option<String> {
+        if self.from_peer {
+            return None;
+        }
+        Some(format!(
+            "{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
+            self.table.name,
+            self.predicate,
+            self.pushdown,
+            self.limit,
+            self.selection,
+            self.partitions,
+            self.properties.eq_properties.schema()
+        ))
+    }
+
+    /// This scan without join filters, and with counters of its own: the rows of the
+    /// table that pass its predicate, for every consumer of a shared subplan.
+    pub(crate) fn without_join_filters(&self) -> Self {
+        Self {
+            join_filters: Vec::new(),
+            metrics: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// The scan's counters (shared by clones).
     pub fn metrics(&self) -> &ScanMetrics {
         &self.metrics

@@ -347,3 +347,36 @@ async fn the_scan_reports_the_footers_row_count_min_and_max() {
     let twice = &stats.column_statistics[2];
     assert_eq!(twice.min_value, Precision::Absent, "{stats:?}");
 }
+
+/// Q15 reads its view `revenue0` twice: in `FROM` and in the `max` subquery. The two
+/// subplans are the same, so they run once (`SharedExec`) and lineitem is scanned once;
+/// the answer is DuckDB's, with one thread and with several. Two uses of one aggregate,
+/// each on the probe side of a join with supplier (a join filter in each scan), share too:
+/// the shared run has no join filter, and the joins drop the rows it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_used_twice_runs_once() {
+    let q15 = include_str!("../../../datasets/queries/tpch/q15.sql");
+    let self_join = "SELECT a.k, a.s, a.n, b.s, b.n FROM \
+         (SELECT l_suppkey AS k, sum(l_quantity) AS s, count(*) AS n FROM lineitem \
+          WHERE l_shipmode = 'AIR' GROUP BY l_suppkey) a \
+         JOIN supplier ON s_suppkey = a.k AND s_acctbal > 9000 \
+         JOIN (SELECT l_suppkey AS k, sum(l_quantity) AS s, count(*) AS n FROM lineitem \
+          WHERE l_shipmode = 'AIR' GROUP BY l_suppkey) b ON a.k = b.k \
+         ORDER BY a.k";
+    for (name, sql) in [("Q15", q15), ("self join", self_join)] {
+        for (threads, _engine, query) in answers_as_duckdb(name, sql).await {
+            let split = query.explain_split();
+            assert_eq!(
+                split.matches("SharedExec: subplan=1, consumers=2").count(),
+                2,
+                "{name}, {threads} thread(s): {split}"
+            );
+            let report = query.run_report();
+            assert_eq!(
+                report.matches("table lineitem:").count(),
+                1,
+                "{name}, {threads} thread(s): lineitem is scanned once: {report}"
+            );
+        }
+    }
+}
