@@ -85,7 +85,8 @@ pub enum Expr {
 }
 
 /// The bitset of an [`Expr::BloomFilter`]: a power of two of bytes, at least 32 (one block)
-/// and at most [`BloomBits::MAX_BYTES`]; base64 in JSON.
+/// and at most [`BloomBits::MAX_BYTES`]; base64 in JSON. In a [`crate::GuestRequest`] with
+/// [`blobs`](crate::GuestRequest::blobs) it is empty (`""`): its bytes follow the input.
 #[derive(Clone, PartialEq)]
 pub struct BloomBits(pub Vec<u8>);
 
@@ -127,6 +128,11 @@ impl<'de> Deserialize<'de> for BloomBits {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use base64::Engine as _;
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if text.is_empty() {
+            // A bitset moved out of a guest request's JSON (`GuestRequest::blobs`); one
+            // left empty fails where it is probed, naming its size.
+            return Ok(BloomBits(Vec::new()));
+        }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text.as_bytes())
             .map_err(serde::de::Error::custom)?;
@@ -271,6 +277,37 @@ impl Expr {
                 out.insert(plugin.clone());
                 args.iter().for_each(|e| e.collect_plugins(out));
             }
+        }
+    }
+
+    /// The bitsets of the expression's [`Expr::BloomFilter`]s, depth first in operand
+    /// order (the order [`GuestRequest::blobs`](crate::GuestRequest::blobs) lists them in).
+    pub fn bloom_bitsets_mut<'a>(&'a mut self, out: &mut Vec<&'a mut BloomBits>) {
+        match self {
+            Expr::Column(_) | Expr::Literal(_) => {}
+            Expr::Cmp(_, l, r) | Expr::Arithmetic(_, l, r) => {
+                l.bloom_bitsets_mut(out);
+                r.bloom_bitsets_mut(out);
+            }
+            Expr::And(items) | Expr::Or(items) => {
+                items.iter_mut().for_each(|e| e.bloom_bitsets_mut(out))
+            }
+            Expr::Not(e) | Expr::Cast(e, _) | Expr::IsNull { expr: e, .. } => {
+                e.bloom_bitsets_mut(out)
+            }
+            Expr::BloomFilter { expr, bitset } => {
+                expr.bloom_bitsets_mut(out);
+                out.push(bitset);
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.bloom_bitsets_mut(out);
+                list.iter_mut().for_each(|e| e.bloom_bitsets_mut(out));
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.bloom_bitsets_mut(out);
+                pattern.bloom_bitsets_mut(out);
+            }
+            Expr::Call { args, .. } => args.iter_mut().for_each(|e| e.bloom_bitsets_mut(out)),
         }
     }
 

@@ -311,6 +311,76 @@ pub struct GuestRequest {
     /// in that footer. Absent: the task's own row group index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footer_row_group: Option<usize>,
+    /// The byte lengths of the Bloom filter bitsets of `task.predicate`, in the order of
+    /// [`Expr::bloom_bitsets_mut`], when they travel as raw bytes after the segments'
+    /// bytes in the input instead of as base64 in this JSON (where they are then `""`).
+    /// A bitset of 512 KiB is decoded from base64 by every task otherwise. Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<u64>,
+}
+
+impl GuestRequest {
+    /// Moves the Bloom filter bitsets of `task.predicate` out of the request, into
+    /// [`GuestRequest::blobs`] (their lengths) and the returned bytes, which go after the
+    /// segments' bytes in the input. Returns no bytes when the predicate has no bitset.
+    pub fn take_blobs(&mut self) -> Vec<Vec<u8>> {
+        let mut bitsets = Vec::new();
+        if let Some(p) = &mut self.task.predicate {
+            p.bloom_bitsets_mut(&mut bitsets);
+        }
+        let blobs: Vec<Vec<u8>> = bitsets
+            .into_iter()
+            .map(|b| std::mem::take(&mut b.0))
+            .collect();
+        self.blobs = blobs.iter().map(|b| b.len() as u64).collect();
+        blobs
+    }
+
+    /// Puts the bitsets that follow the segments in `input` back into `task.predicate`
+    /// (the inverse of [`GuestRequest::take_blobs`]) and truncates `input` to the segments'
+    /// bytes. Does nothing without [`GuestRequest::blobs`].
+    ///
+    /// # Errors
+    /// A one-line message when the input is shorter than the blobs or the predicate has
+    /// another number of Bloom filters.
+    pub fn restore_blobs(&mut self, input: &mut Vec<u8>) -> Result<(), String> {
+        if self.blobs.is_empty() {
+            return Ok(());
+        }
+        let total = self
+            .blobs
+            .iter()
+            .try_fold(0u64, |a, &b| a.checked_add(b))
+            .and_then(|t| usize::try_from(t).ok())
+            .filter(|&t| t <= input.len())
+            .ok_or_else(|| {
+                format!(
+                    "the request's {} Bloom filter bitsets do not fit the {}-byte input",
+                    self.blobs.len(),
+                    input.len()
+                )
+            })?;
+        let mut bitsets = Vec::new();
+        if let Some(p) = &mut self.task.predicate {
+            p.bloom_bitsets_mut(&mut bitsets);
+        }
+        if bitsets.len() != self.blobs.len() {
+            return Err(format!(
+                "the request lists {} Bloom filter bitsets, its predicate has {}",
+                self.blobs.len(),
+                bitsets.len()
+            ));
+        }
+        let mut at = input.len() - total;
+        for (bitset, &len) in bitsets.into_iter().zip(&self.blobs) {
+            let len = len as usize;
+            bitset.0 = input[at..at + len].to_vec();
+            at += len;
+        }
+        input.truncate(input.len() - total);
+        self.blobs.clear();
+        Ok(())
+    }
 }
 
 /// The rows and pages of one row group a task reads, from the Parquet page index
@@ -408,4 +478,98 @@ pub fn decode_request(bytes: &[u8]) -> Result<GuestRequest, String> {
         ));
     }
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::{BloomBits, CmpOp, Literal};
+    use arrow_schema::{DataType, Field};
+
+    fn bloom(column: &str, fill: u8, bytes: usize) -> Expr {
+        Expr::BloomFilter {
+            expr: Box::new(Expr::Column(column.into())),
+            bitset: BloomBits(vec![fill; bytes]),
+        }
+    }
+
+    fn request(predicate: Option<Expr>) -> GuestRequest {
+        let schema = Schema::new(vec![Field::new("k", DataType::Int64, false)]);
+        GuestRequest {
+            version: PROTOCOL_VERSION,
+            task: Task {
+                file: "t.parquet".into(),
+                format: FileFormat::Parquet,
+                unit: TaskUnit::RowGroup(0),
+                predicate,
+                pushdown: Pushdown::Project(vec![("k".into(), Expr::Column("k".into()))]),
+                output_schema: schema.clone(),
+                limit: None,
+                fold: None,
+            },
+            file_schema: schema,
+            segments: vec![ByteRange { start: 4, end: 10 }],
+            file_len: 20,
+            batch_size: 1024,
+            csv_all_varchar: false,
+            csv: CsvDialect::default(),
+            stage: None,
+            pages: None,
+            footer_row_group: None,
+            blobs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn bloom_bitsets_travel_after_the_input_and_come_back_in_order() {
+        // Two filters, one nested under an OR, of different sizes and contents.
+        let predicate = Expr::And(vec![
+            bloom("k", 1, 64),
+            Expr::Or(vec![
+                Expr::Cmp(
+                    CmpOp::Lt,
+                    Box::new(Expr::Column("k".into())),
+                    Box::new(Expr::Literal(Literal::Int(3, DataType::Int64))),
+                ),
+                bloom("k", 2, 32),
+            ]),
+        ]);
+        let original = request(Some(predicate));
+        let mut sent = original.clone();
+        let blobs = sent.take_blobs();
+        assert_eq!(blobs, vec![vec![1; 64], vec![2; 32]]);
+        assert_eq!(sent.blobs, vec![64, 32]);
+        let json = encode_request(&sent);
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert_eq!(text.matches(r#""bitset":"""#).count(), 2, "{text}");
+
+        let segments = b"abcdef".to_vec();
+        let mut input = segments.clone();
+        blobs.iter().for_each(|b| input.extend_from_slice(b));
+        let mut received = decode_request(&json).unwrap();
+        received.restore_blobs(&mut input).unwrap();
+        assert_eq!(input, segments, "the input is the segments' bytes again");
+        assert_eq!(received, original);
+
+        // The blobs must fit the input, one per Bloom filter.
+        let mut short = vec![0; 95];
+        assert!(decode_request(&json)
+            .unwrap()
+            .restore_blobs(&mut short)
+            .unwrap_err()
+            .contains("do not fit"));
+        let mut other = decode_request(&json).unwrap();
+        other.blobs.push(8);
+        let mut long = vec![0; 200];
+        assert!(other
+            .restore_blobs(&mut long)
+            .unwrap_err()
+            .contains("lists 3"));
+        // Without blobs nothing moves; a request without a Bloom filter has none.
+        let mut plain = request(None);
+        assert!(plain.take_blobs().is_empty() && plain.blobs.is_empty());
+        let mut bytes = b"xyz".to_vec();
+        plain.restore_blobs(&mut bytes).unwrap();
+        assert_eq!(bytes, b"xyz");
+    }
 }

@@ -652,7 +652,7 @@ impl StorageNode {
             }
         };
         let input_len: u64 = segments.iter().map(ByteRange::len).sum();
-        let request = GuestRequest {
+        let mut request = GuestRequest {
             version: PROTOCOL_VERSION,
             task: task.clone(),
             file_schema: file.schema.as_ref().clone(),
@@ -664,15 +664,24 @@ impl StorageNode {
             stage,
             pages,
             footer_row_group,
+            blobs: Vec::new(),
+        };
+        // Bloom filter bitsets go raw after the segments, not as base64 in the JSON (a
+        // parser plugin reads the whole input, so its tasks keep them in the JSON).
+        let blobs = match task.format {
+            FileFormat::Plugin(_) => Vec::new(),
+            _ => request.take_blobs(),
         };
         let request = encode_request(&request);
-        let input_len =
-            usize::try_from(input_len).map_err(|_| Error::Internal("input too large".into()))?;
+        let blob_len: u64 = blobs.iter().map(|b| b.len() as u64).sum();
+        let input_len = usize::try_from(input_len + blob_len)
+            .map_err(|_| Error::Internal("input too large".into()))?;
         Ok(Planned::Run(PlannedInput {
             file,
             footer: footer_bytes,
             segments,
             request,
+            blobs,
             input_len,
             pruning,
         }))
@@ -858,6 +867,7 @@ impl StorageNode {
                 env!("PUSHDOWN_BUILTIN_WASM_SHA256"),
                 &shas,
                 request,
+                &planned.blobs,
             )?;
             Some((cache, key))
         });
@@ -986,7 +996,7 @@ impl StorageNode {
         let rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
         let metrics = TaskMetrics {
             pruned: false,
-            bytes_read: input_len as u64 + pruning.index_bytes,
+            bytes_read: planned.bytes_read(),
             pages_skipped: pruning.pages_skipped,
             bytes_returned: ipc_len,
             rows_in,
@@ -1045,7 +1055,7 @@ impl StorageNode {
             batches: Vec::new(),
             metrics: TaskMetrics {
                 passed_through: true,
-                bytes_read: planned.input_len as u64 + planned.pruning.index_bytes,
+                bytes_read: planned.bytes_read(),
                 pages_skipped: planned.pruning.pages_skipped,
                 ..Default::default()
             },
@@ -1113,6 +1123,9 @@ struct PlannedInput {
     footer: Option<Bytes>,
     segments: Vec<ByteRange>,
     request: Vec<u8>,
+    /// Bloom filter bitsets, after the segments in the input ([`GuestRequest::blobs`]).
+    blobs: Vec<Vec<u8>>,
+    /// The segments' bytes and the blobs.
     input_len: usize,
     pruning: Pruning,
 }
@@ -1202,7 +1215,19 @@ fn fill_input(planned: &PlannedInput, slot: &mut [u8]) -> Result<()> {
         }
         at += len;
     }
+    for blob in &planned.blobs {
+        slot[at..at + blob.len()].copy_from_slice(blob);
+        at += blob.len();
+    }
     Ok(())
+}
+
+impl PlannedInput {
+    /// Bytes read from storage: the segments (not the blobs) and the indexes pruning read.
+    fn bytes_read(&self) -> u64 {
+        let blobs: usize = self.blobs.iter().map(Vec::len).sum();
+        (self.input_len - blobs) as u64 + self.pruning.index_bytes
+    }
 }
 
 /// Decodes the payload of a successful `pushdown_run` (ABI v1): `rows_in` and

@@ -30,17 +30,20 @@ use crate::node::TaskMetrics;
 pub type Key = [u8; 32];
 
 /// The key of a task over the file at `path` (as `stat` reports it now), run by the
-/// pipeline `builtin_sha256` with the user plugins `plugin_sha256s` and the encoded
-/// `request`. `None` when the file cannot be read: such a task is not cached.
+/// pipeline `builtin_sha256` with the user plugins `plugin_sha256s`, the encoded `request`
+/// and the bytes that follow its segments in the input (`blobs`, the Bloom filter bitsets
+/// of `GuestRequest::blobs`). `None` when the file cannot be read: such a task is not
+/// cached.
 pub fn key(
     path: &Path,
     builtin_sha256: &str,
     plugin_sha256s: &[&str],
     request: &[u8],
+    blobs: &[Vec<u8>],
 ) -> Option<Key> {
     let m = std::fs::metadata(path).ok()?;
     let mut h = Sha256::new();
-    h.update(b"pushdown result cache v1\0");
+    h.update(b"pushdown result cache v2\0");
     h.update(path.as_os_str().as_encoded_bytes());
     h.update([0]);
     h.update(crate::sandbox::file_stamp(&m));
@@ -53,6 +56,10 @@ pub fn key(
     }
     h.update((request.len() as u64).to_le_bytes());
     h.update(request);
+    for blob in blobs {
+        h.update((blob.len() as u64).to_le_bytes());
+        h.update(blob);
+    }
     Some(h.finalize().into())
 }
 
@@ -214,15 +221,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.csv");
         std::fs::write(&path, "x\n1\n").unwrap();
-        let before = key(&path, "b", &["p"], b"req").unwrap();
-        assert_eq!(before, key(&path, "b", &["p"], b"req").unwrap());
-        assert_ne!(before, key(&path, "b", &["q"], b"req").unwrap());
-        assert_ne!(before, key(&path, "c", &["p"], b"req").unwrap());
-        assert_ne!(before, key(&path, "b", &["p"], b"req2").unwrap());
+        let before = key(&path, "b", &["p"], b"req", &[]).unwrap();
+        assert_eq!(before, key(&path, "b", &["p"], b"req", &[]).unwrap());
+        assert_ne!(before, key(&path, "b", &["q"], b"req", &[]).unwrap());
+        assert_ne!(before, key(&path, "c", &["p"], b"req", &[]).unwrap());
+        assert_ne!(before, key(&path, "b", &["p"], b"req2", &[]).unwrap());
+        // The same request with another Bloom filter bitset after its input.
+        assert_ne!(
+            before,
+            key(&path, "b", &["p"], b"req", &[vec![1; 32]]).unwrap()
+        );
+        assert_ne!(
+            key(&path, "b", &["p"], b"req", &[vec![1; 32]]),
+            key(&path, "b", &["p"], b"req", &[vec![2; 32]])
+        );
         // Same size, same content even: the status-change time moves.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "x\n1\n").unwrap();
-        assert_ne!(before, key(&path, "b", &["p"], b"req").unwrap());
-        assert!(key(&dir.path().join("gone.csv"), "b", &[], b"req").is_none());
+        assert_ne!(before, key(&path, "b", &["p"], b"req", &[]).unwrap());
+        assert!(key(&dir.path().join("gone.csv"), "b", &[], b"req", &[]).is_none());
     }
 }

@@ -103,9 +103,12 @@ pub fn parquet_file(data: &[u8]) {
     }
 }
 
-/// Decodes `data` as a pushdown request, and when it decodes, runs it over empty input.
+/// Decodes `data` as a pushdown request, and when it decodes (and its blobs, if it lists
+/// any, fit the empty input), runs it over empty input.
 pub fn task_request(data: &[u8]) {
-    if let Ok(request) = pushdown_protocol::decode_request(data) {
-        let _ = crate::run_pipeline(&request, Bytes::new());
+    if let Ok(mut request) = pushdown_protocol::decode_request(data) {
+        if request.restore_blobs(&mut Vec::new()).is_ok() {
+            let _ = crate::run_pipeline(&request, Bytes::new());
+        }
     }
 }

@@ -504,8 +504,9 @@ pub fn encode_ipc(
 ///
 /// # Errors
 /// A one-line message when the request is malformed or any stage fails.
-pub fn run_task(request: &[u8], input: Vec<u8>) -> Result<Vec<u8>, String> {
-    let request = decode_request(request)?;
+pub fn run_task(request: &[u8], mut input: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut request = decode_request(request)?;
+    request.restore_blobs(&mut input)?;
     if let Some(run) = request.stage {
         let stats = run_stage(&request, Bytes::from(input), run)?;
         let mut out = Vec::with_capacity(16);
