@@ -13,10 +13,14 @@
 //! key is surely absent. This is Oracle Exadata's Bloom join filter offload, and the Bloom
 //! filter a distributed join sends to its probe side's scans (Spark's runtime filters).
 //!
-//! Applies to a hash join with one integer key whose probe side holds the join's dynamic
+//! Applies to a hash join with an integer key whose probe side holds the join's dynamic
 //! filter in a [`crate::PushdownScanExec`] over Parquet or CSV: DataFusion then already
 //! filters that scan by membership in the build side, and a Bloom filter only lets through
-//! a superset of those rows. A filter is used only when complete and when it fits
+//! a superset of those rows. A join on several keys gets a filter on its first integer key
+//! alone (a row whose key is not among the build side's cannot match on all keys): TPC-H
+//! Q20's lineitem aggregate meets partsupp on `(partkey, suppkey)`, and DataFusion's filter
+//! for two keys holds, besides their ranges, an `IN` list of pairs the sandbox cannot
+//! evaluate. A filter is used only when complete and when it fits
 //! [`MAX_BITSET_BYTES`] at [`FALSE_POSITIVE_RATE`] (about 430 000 keys) and its keys are
 //! sparse in their range (see [`bitset`]); a build side of up to 1024 keys needs none
 //! (DataFusion's filter holds them as an `IN` list).
@@ -355,12 +359,16 @@ fn add_bloom_filter(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn 
     let Some(id) = produced.first().and_then(|d| d.expression_id()) else {
         return Ok(Transformed::no(node));
     };
-    let [(build_key, _)] = join.on() else {
+    let build_schema = join.left().schema();
+    let Some((key_index, (build_key, _))) = join
+        .on()
+        .iter()
+        .enumerate()
+        .find(|(_, (k, _))| k.data_type(&build_schema).is_ok_and(|t| integer_key(&t)))
+    else {
         return Ok(Transformed::no(node));
     };
-    if join.null_equality() != NullEquality::NullEqualsNothing
-        || !integer_key(&build_key.data_type(&join.left().schema())?)
-    {
+    if join.null_equality() != NullEquality::NullEqualsNothing {
         return Ok(Transformed::no(node));
     }
     let slot = Arc::new(BloomSlot::new(
@@ -370,7 +378,7 @@ fn add_bloom_filter(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn 
         let Some(scan) = n.downcast_ref::<PushdownScanExec>() else {
             return Ok(Transformed::no(n));
         };
-        Ok(match scan.with_bloom(id, &slot) {
+        Ok(match scan.with_bloom(id, key_index, &slot) {
             Some(scan) => Transformed::new(Arc::new(scan), true, TreeNodeRecursion::Stop),
             None => Transformed::no(n),
         })

@@ -485,15 +485,19 @@ impl PushdownScanExec {
     /// `id` (DataFusion's `PhysicalExpr::expression_id` of the join's dynamic filter);
     /// `None` when the scan holds no such filter or its probe key is not one integer
     /// expression the sandbox evaluates.
-    pub(crate) fn with_bloom(&self, id: u64, slot: &Arc<crate::bloom::BloomSlot>) -> Option<Self> {
+    pub(crate) fn with_bloom(
+        &self,
+        id: u64,
+        key_index: usize,
+        slot: &Arc<crate::bloom::BloomSlot>,
+    ) -> Option<Self> {
         let mut scan = self.clone();
         let filter = scan
             .join_filters
             .iter_mut()
             .find(|j| j.filter.expression_id() == Some(id))?;
-        let [key] = filter.filter.children()[..] else {
-            return None;
-        };
+        // The dynamic filter's children are the probe-side keys, in the join's `on` order.
+        let key = *filter.filter.children().get(key_index)?;
         let integer = crate::bloom::integer_key(&key.data_type(&filter.schema).ok()?);
         if !integer {
             return None;

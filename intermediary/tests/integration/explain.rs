@@ -380,3 +380,30 @@ async fn a_view_used_twice_runs_once() {
         }
     }
 }
+
+/// Q20 meets its lineitem aggregate with partsupp on two keys, `(partkey, suppkey)`.
+/// DataFusion's filter for two keys holds their ranges and `IN` pairs the sandbox cannot
+/// evaluate; the Bloom filter of the first key, `l_partkey`, reaches the lineitem scan, so
+/// only the rows of the few parts named `forest%` come back. The answer is DuckDB's, with
+/// one thread and with several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_two_keys_sends_a_bloom_filter_of_its_first_key() {
+    use crate::support::figure;
+    let q20 = include_str!("../../../datasets/queries/tpch/q20.sql");
+    for (threads, _engine, query) in answers_as_duckdb("Q20", q20).await {
+        let report = query.run_report();
+        let lineitem = table_report(&report, "lineitem");
+        assert!(
+            lineitem.contains("l_partkey IN bloom_filter("),
+            "{threads} thread(s): {lineitem}"
+        );
+        let (rows_in, selected) = (
+            figure(&lineitem, "rows in "),
+            figure(&lineitem, "selected "),
+        );
+        assert!(
+            selected * 20 < rows_in,
+            "{threads} thread(s): the filter keeps under 5 % of lineitem: {lineitem}"
+        );
+    }
+}
