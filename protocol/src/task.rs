@@ -87,6 +87,25 @@ pub enum Pushdown {
     },
 }
 
+impl Pushdown {
+    /// Adds the names of the columns the projection, or the aggregate's group keys and
+    /// arguments, read to `out`.
+    pub fn collect_columns(&self, out: &mut std::collections::BTreeSet<String>) {
+        match self {
+            Pushdown::Project(exprs) => exprs.iter().for_each(|(_, e)| e.collect_columns(out)),
+            Pushdown::PartialAggregate {
+                group_by,
+                aggregates,
+            } => {
+                group_by.iter().for_each(|(_, e)| e.collect_columns(out));
+                aggregates
+                    .iter()
+                    .for_each(|(_, a)| a.argument.collect_columns(out));
+            }
+        }
+    }
+}
+
 /// One pushdown task, the unit the intermediary sends to a storage node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -239,22 +258,7 @@ pub fn needed_columns(
     if let Some(p) = predicate {
         p.collect_columns(&mut names);
     }
-    match pushdown {
-        Pushdown::Project(exprs) => exprs
-            .iter()
-            .for_each(|(_, e)| e.collect_columns(&mut names)),
-        Pushdown::PartialAggregate {
-            group_by,
-            aggregates,
-        } => {
-            group_by
-                .iter()
-                .for_each(|(_, e)| e.collect_columns(&mut names));
-            aggregates
-                .iter()
-                .for_each(|(_, a)| a.argument.collect_columns(&mut names));
-        }
-    }
+    pushdown.collect_columns(&mut names);
     let mut ordered: Vec<String> = file_schema
         .fields()
         .iter()

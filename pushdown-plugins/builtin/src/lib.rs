@@ -30,6 +30,7 @@ pub mod fold;
 pub mod fuzz;
 mod groups;
 mod host;
+mod mem;
 mod narrow;
 mod parse;
 mod pipeline;

@@ -262,10 +262,12 @@ fn select_batch(
     keep_mask: bool,
 ) -> Result<(RecordBatch, Option<BooleanArray>), String> {
     let (batch, mask) = match &request.task.predicate {
-        Some(Expr::And(conjuncts)) => select_conjuncts(conjuncts, batch, keep_mask)?,
+        Some(Expr::And(conjuncts)) => {
+            select_conjuncts(conjuncts, batch, keep_mask, Some(&request.task.pushdown))?
+        }
         Some(p) => {
             let mask = predicate_mask(p, &batch)?;
-            finish_selection(batch, Some(mask), keep_mask)?
+            finish_selection(batch, Some(mask), keep_mask, Some(&request.task.pushdown))?
         }
         None => (batch, None),
     };
@@ -278,6 +280,7 @@ fn finish_selection(
     batch: RecordBatch,
     mask: Option<BooleanArray>,
     keep_mask: bool,
+    pushdown: Option<&Pushdown>,
 ) -> Result<(RecordBatch, Option<BooleanArray>), String> {
     let n = batch.num_rows();
     match mask {
@@ -285,6 +288,7 @@ fn finish_selection(
             if keep_mask && mask.true_count() * 4 >= n * MASK_QUARTERS {
                 Ok((batch, Some(mask)))
             } else {
+                let batch = read_later(batch, &[], pushdown)?;
                 let batch = filter_record_batch(&batch, &mask).map_err(|e| e.to_string())?;
                 Ok((batch, None))
             }
@@ -293,13 +297,50 @@ fn finish_selection(
     }
 }
 
+/// `batch` cut down, before a filter copies its rows, to the columns that the `later`
+/// conjuncts or `pushdown` read (a column only an earlier conjunct read is not copied:
+/// TPC-H Q6's `l_shipdate` after its range, `l_quantity` after `< 24`). Unchanged when
+/// `pushdown` is `None` (the caller keeps every column) or every column is still read; at
+/// least one column is kept, for the row count.
+///
+/// # Errors
+/// None in practice: the indices come from the batch's own schema.
+fn read_later(
+    batch: RecordBatch,
+    later: &[Expr],
+    pushdown: Option<&Pushdown>,
+) -> Result<RecordBatch, String> {
+    let Some(pushdown) = pushdown else {
+        return Ok(batch);
+    };
+    let mut names = std::collections::BTreeSet::new();
+    later.iter().for_each(|e| e.collect_columns(&mut names));
+    pushdown.collect_columns(&mut names);
+    let mut keep: Vec<usize> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| names.contains(f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    if keep.len() == batch.num_columns() {
+        return Ok(batch);
+    }
+    if keep.is_empty() {
+        keep.push(0);
+    }
+    batch.project(&keep).map_err(|e| e.to_string())
+}
+
 /// The rows of `batch` where every conjunct is true (test access to [`select_conjuncts`]).
 #[cfg(test)]
 pub(crate) fn filter_conjuncts(
     conjuncts: &[Expr],
     batch: RecordBatch,
+    pushdown: Option<&Pushdown>,
 ) -> Result<RecordBatch, String> {
-    select_conjuncts(conjuncts, batch, false).map(|(batch, _)| batch)
+    select_conjuncts(conjuncts, batch, false, pushdown).map(|(batch, _)| batch)
 }
 
 /// The rows of `batch` where every conjunct is true, evaluated in order: once the rows
@@ -313,9 +354,10 @@ fn select_conjuncts(
     conjuncts: &[Expr],
     mut batch: RecordBatch,
     keep_mask: bool,
+    pushdown: Option<&Pushdown>,
 ) -> Result<(RecordBatch, Option<BooleanArray>), String> {
     let mut pending: Option<BooleanArray> = None;
-    for conjunct in conjuncts {
+    for (i, conjunct) in conjuncts.iter().enumerate() {
         if batch.num_rows() == 0 {
             return Ok((batch, None));
         }
@@ -327,12 +369,13 @@ fn select_conjuncts(
             None => mask,
         };
         if mask.true_count() * 2 <= batch.num_rows() {
+            batch = read_later(batch, &conjuncts[i + 1..], pushdown)?;
             batch = filter_record_batch(&batch, &mask).map_err(|e| e.to_string())?;
         } else {
             pending = Some(mask);
         }
     }
-    finish_selection(batch, pending, keep_mask)
+    finish_selection(batch, pending, keep_mask, pushdown)
 }
 
 /// The task's partial aggregator, or an error naming `stage` when the task has none.

@@ -543,13 +543,18 @@ fn conjuncts_filtered_in_turn_select_the_rows_the_whole_and_selects() {
     for order in [conjuncts.clone(), conjuncts.iter().rev().cloned().collect()] {
         let whole = predicate_mask(&Expr::And(order.clone()), &b).unwrap();
         let expected = arrow_select::filter::filter_record_batch(&b, &whole).unwrap();
-        let got = crate::pipeline::filter_conjuncts(&order, b.clone()).unwrap();
+        let got = crate::pipeline::filter_conjuncts(&order, b.clone(), None).unwrap();
         assert_eq!(got, expected);
         assert!(
             got.num_rows() > 0 && got.num_rows() < 200,
             "{}",
             got.num_rows()
         );
+        // With a pushdown that reads only `y`, the filters stop copying `x` once no later
+        // conjunct reads it: the same rows of `y` come out.
+        let reads_y = pushdown_protocol::Pushdown::Project(vec![("y".into(), *col("y"))]);
+        let got = crate::pipeline::filter_conjuncts(&order, b.clone(), Some(&reads_y)).unwrap();
+        assert_eq!(got, expected.project(&[1]).unwrap());
     }
 }
 
