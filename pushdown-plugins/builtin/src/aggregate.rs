@@ -44,6 +44,18 @@ trait Accumulator {
     }
     /// Resets slot `g` to the state of a group that has seen no row.
     fn clear_slot(&mut self, _g: usize) {}
+    /// The exact per-slot sums the last [`Accumulator::update`] added, when it summed
+    /// `Decimal64` values without NULLs of this scale (see [`sum_narrow`]).
+    fn batch_sums(&self) -> Option<(&[i128], i8)> {
+        None
+    }
+    /// Adds per-slot sums another accumulator computed from the same values
+    /// ([`Accumulator::batch_sums`]) instead of summing them again: TPC-H Q1's
+    /// `SUM(l_quantity)` and `AVG(l_quantity)`'s sum. False (nothing changed) when this
+    /// accumulator would not have summed them exactly at that scale.
+    fn add_batch_sums(&mut self, _sums: &[i128], _scale: i8, _rows: &[i64]) -> bool {
+        false
+    }
 }
 
 struct Count {
@@ -110,6 +122,9 @@ struct Primitive<T: ArrowPrimitiveType> {
     /// added to `values` once per group when finished (see [`Primitive::update`]).
     exact: Vec<i128>,
     exact_scale: Option<i8>,
+    /// [`Accumulator::batch_sums`]: the last batch's sums per slot and their scale.
+    batch_sums: Vec<i128>,
+    batch_scale: Option<i8>,
 }
 
 impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
@@ -122,6 +137,7 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
     ) -> Result<(), String> {
         self.values.resize(num_groups, T::Native::default());
         self.seen.resize(num_groups, false);
+        self.batch_scale = None;
         if let (DataType::Decimal64(_, scale), DataType::Float64, AggregateFunction::Sum) =
             (values.data_type(), &self.data_type, &self.function)
         {
@@ -144,7 +160,14 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
                     let DataType::Decimal64(precision, _) = *values.data_type() else {
                         unreachable!("matched above")
                     };
-                    sum_narrow(&mut self.exact, groups, decimals.values(), precision);
+                    sum_narrow(
+                        &mut self.exact,
+                        &mut self.batch_sums,
+                        groups,
+                        decimals.values(),
+                        precision,
+                    );
+                    self.batch_scale = Some(*scale);
                     for (seen, &n) in self.seen.iter_mut().zip(rows) {
                         *seen |= n > 0;
                     }
@@ -168,10 +191,17 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
             if let (Some(slots), AggregateFunction::Sum, 0) =
                 (slots, &self.function, narrow.null_count())
             {
-                let DataType::Decimal64(precision, _) = *values.data_type() else {
+                let DataType::Decimal64(precision, scale) = *values.data_type() else {
                     unreachable!("matched above")
                 };
-                sum_narrow(slots, groups, narrow.values(), precision);
+                sum_narrow(
+                    slots,
+                    &mut self.batch_sums,
+                    groups,
+                    narrow.values(),
+                    precision,
+                );
+                self.batch_scale = Some(scale);
                 for (seen, &n) in self.seen.iter_mut().zip(rows) {
                     *seen |= n > 0;
                 }
@@ -262,6 +292,47 @@ impl<T: ArrowPrimitiveType> Accumulator for Primitive<T> {
             *exact = 0;
         }
     }
+
+    fn batch_sums(&self) -> Option<(&[i128], i8)> {
+        self.batch_scale
+            .map(|scale| (self.batch_sums.as_slice(), scale))
+    }
+
+    fn add_batch_sums(&mut self, sums: &[i128], scale: i8, rows: &[i64]) -> bool {
+        if self.function != AggregateFunction::Sum {
+            return false;
+        }
+        let slots = sums.len();
+        let target = match &self.data_type {
+            // The exact sums of a DOUBLE SUM of decimals, as `update` keeps them.
+            DataType::Float64 if self.exact_scale.is_none_or(|s| s == scale) => {
+                self.exact_scale = Some(scale);
+                self.exact.resize(slots, 0);
+                &mut self.exact
+            }
+            // A Decimal128 SUM of the same scale ([`decimal_widens`]).
+            DataType::Decimal128(_, s) if *s == scale => {
+                match (&mut self.values as &mut dyn std::any::Any).downcast_mut::<Vec<i128>>() {
+                    Some(values) => {
+                        values.resize(slots, 0);
+                        values
+                    }
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+        for (slot, &sum) in target.iter_mut().zip(sums) {
+            *slot = slot.wrapping_add(sum);
+        }
+        self.values.resize(slots, T::Native::default());
+        self.seen.resize(slots, false);
+        for (seen, &n) in self.seen.iter_mut().zip(rows) {
+            *seen |= n > 0;
+        }
+        self.batch_scale = None;
+        true
+    }
 }
 
 /// Most groups for which [`sum_in_lanes`] is used.
@@ -323,28 +394,39 @@ fn rows_per_slot(groups: &[u32], slots: usize) -> Vec<i64> {
 
 /// `slots[groups[i]] += data[i]` for every row (wrapping, as the 128-bit SUM): in 64
 /// bits per batch when no partial sum can overflow them (by the values' `precision`, or
-/// failing that their largest magnitude), widened once per group.
-fn sum_narrow(slots: &mut [i128], groups: &[u32], data: &[i64], precision: u8) {
+/// failing that their largest magnitude), widened once per group. `batch` gets what was
+/// added to each slot.
+fn sum_narrow(
+    slots: &mut [i128],
+    batch: &mut Vec<i128>,
+    groups: &[u32],
+    data: &[i64],
+    precision: u8,
+) {
+    batch.clear();
+    batch.resize(slots.len(), 0);
     let rows_bits = usize::BITS - data.len().leading_zeros();
     let fits = |bits: u32| bits + rows_bits <= 63;
     let by_precision = crate::narrow::precision_bits(precision).is_some_and(fits);
     if !by_precision && !fits(crate::narrow::significant_bits(data)) {
-        let wide: Vec<i128> = data.iter().map(|&v| i128::from(v)).collect();
-        for (&g, &v) in groups.iter().zip(&wide) {
-            slots[g as usize] = slots[g as usize].wrapping_add(v);
-        }
-        return;
-    }
-    let mut partial = vec![0i64; slots.len()];
-    if slots.len() <= LANE_GROUPS && groups.len() >= 4 * slots.len() {
-        sum_in_lanes(&mut partial, groups, data);
-    } else {
         for (&g, &v) in groups.iter().zip(data) {
-            partial[g as usize] += v;
+            batch[g as usize] = batch[g as usize].wrapping_add(i128::from(v));
+        }
+    } else {
+        let mut partial = vec![0i64; slots.len()];
+        if slots.len() <= LANE_GROUPS && groups.len() >= 4 * slots.len() {
+            sum_in_lanes(&mut partial, groups, data);
+        } else {
+            for (&g, &v) in groups.iter().zip(data) {
+                partial[g as usize] += v;
+            }
+        }
+        for (b, p) in batch.iter_mut().zip(partial) {
+            *b = i128::from(p);
         }
     }
-    for (slot, p) in slots.iter_mut().zip(partial) {
-        *slot = slot.wrapping_add(i128::from(p));
+    for (slot, &b) in slots.iter_mut().zip(batch.iter()) {
+        *slot = slot.wrapping_add(b);
     }
 }
 
@@ -560,6 +642,8 @@ fn accumulator(
                 data_type: t.clone(),
                 exact: Vec::new(),
                 exact_scale: None,
+                batch_sums: Vec::new(),
+                batch_scale: None,
             })
         };
     }
@@ -782,19 +866,41 @@ impl GroupedAggregator {
         for (total, n) in self.group_rows.iter_mut().zip(&rows) {
             *total += n;
         }
-        for ((aggregate, acc), value) in self
+        // The accumulators that summed each `Decimal64` argument array (by its buffer), whose
+        // sums a later SUM of the same array adds instead of summing again.
+        let mut summed: Vec<((usize, usize, i8), usize)> = Vec::new();
+        for (i, (aggregate, value)) in self
             .aggregates
             .iter()
             .map(|(_, a)| a)
-            .zip(self.accumulators.iter_mut())
             .zip(arguments)
+            .enumerate()
         {
             let no_nulls = match &value {
                 Value::Scalar(s) => s.is_valid(0),
                 Value::Array(a) => a.logical_null_count() == 0,
             };
+            let (earlier, rest) = self.accumulators.split_at_mut(i);
+            let acc = &mut rest[0];
             if aggregate.function == AggregateFunction::Count && no_nulls && acc.add_rows(&rows) {
                 continue;
+            }
+            let buffer = match &value {
+                Value::Array(a) if aggregate.function == AggregateFunction::Sum && no_nulls => a
+                    .as_primitive_opt::<Decimal64Type>()
+                    .map(|d| (d.values().as_ptr() as usize, d.len(), d.scale())),
+                _ => None,
+            };
+            if let Some(key) = buffer {
+                let shared = summed
+                    .iter()
+                    .filter(|(k, _)| *k == key)
+                    .find_map(|&(_, j)| earlier[j].batch_sums());
+                if let Some((sums, scale)) = shared {
+                    if scale == key.2 && acc.add_batch_sums(sums, scale, &rows) {
+                        continue;
+                    }
+                }
             }
             match (&aggregate.function, value) {
                 (AggregateFunction::Count, Value::Scalar(s)) => {
@@ -808,6 +914,9 @@ impl GroupedAggregator {
                     }
                 }
                 (_, value) => acc.update(&value.into_array(n)?, &self.group_ids, slots, &rows)?,
+            }
+            if let Some(key) = buffer {
+                summed.push((key, i));
             }
         }
         if mask.is_some() {
@@ -899,8 +1008,11 @@ mod tests {
                     expected[g as usize] += i128::from(v);
                 }
                 let mut got = vec![7i128; groups];
-                sum_narrow(&mut got, &ids, &data, precision);
+                let mut batch = Vec::new();
+                sum_narrow(&mut got, &mut batch, &ids, &data, precision);
                 assert_eq!(got, expected, "{rows} rows of {big}, {groups} groups");
+                let added: Vec<i128> = expected.iter().map(|e| e - 7).collect();
+                assert_eq!(batch, added);
             }
         }
         assert_eq!(rows_per_slot(&[0, 2, 2, 1, 2, 0, 2], 4), [2, 1, 4, 0]);

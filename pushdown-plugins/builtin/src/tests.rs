@@ -741,6 +741,91 @@ fn an_aggregate_through_a_mask_equals_the_aggregate_of_the_filtered_rows() {
     assert!(masked.is_err() && filtered.is_err());
 }
 
+/// SUMs of one `Decimal64` column (as `SUM(x)` and `AVG(x)`'s `SUM(CAST(x AS DOUBLE))`
+/// in TPC-H Q1) add the sums the first computed: the states equal those of each aggregate
+/// alone, through a mask or not, across batches, with large values summed in 128 bits.
+#[test]
+fn sums_of_one_decimal_column_equal_each_sum_alone() {
+    let m = |values: Vec<i64>| -> ArrayRef {
+        Arc::new(
+            arrow_array::Decimal64Array::from(values)
+                .with_precision_and_scale(15, 2)
+                .unwrap(),
+        )
+    };
+    let keys = |n: usize| -> ArrayRef {
+        Arc::new(StringArray::from(
+            (0..n)
+                .map(|i| ["a", "b", "c"][i * 7 % 3])
+                .collect::<Vec<_>>(),
+        ))
+    };
+    let small: Vec<i64> = (0..40).map(|i| i * 1_013 - 17_000).collect();
+    // Over 2^59: the 64-bit partial sums could overflow, so the sums are 128-bit.
+    let large: Vec<i64> = (0..40).map(|i| (1 << 59) + i * 3).collect();
+    let as_double = Expr::Cast(col("m"), DataType::Float64);
+    let aggregates = vec![
+        named_state(
+            "s1",
+            AggregateFunction::Sum,
+            *col("m"),
+            DataType::Decimal128(25, 2),
+        ),
+        named_state(
+            "c",
+            AggregateFunction::Count,
+            as_double.clone(),
+            DataType::Int64,
+        ),
+        named_state("d", AggregateFunction::Sum, as_double, DataType::Float64),
+        named_state(
+            "s2",
+            AggregateFunction::Sum,
+            *col("m"),
+            DataType::Decimal128(38, 2),
+        ),
+        named_state(
+            "mx",
+            AggregateFunction::Max,
+            *col("m"),
+            DataType::Decimal128(15, 2),
+        ),
+    ];
+    for values in [small, large] {
+        let n = values.len();
+        let b = RecordBatch::try_from_iter(vec![("k", keys(n)), ("m", m(values))]).unwrap();
+        for mask in [
+            BooleanArray::from(vec![true; n]),
+            (0..n).map(|i| Some(i % 5 != 1)).collect(),
+        ] {
+            let (together, _) = masked_and_filtered(&aggregates, &b, &mask);
+            let together = together.unwrap();
+            // Each state column of the aggregate alone, as the same lines of text.
+            for (i, aggregate) in aggregates.iter().enumerate() {
+                let (alone, _) = masked_and_filtered(&[aggregate.clone()], &b, &mask);
+                let column = |text: &str| -> Vec<String> {
+                    text.lines()
+                        .filter(|l| l.starts_with("| "))
+                        .map(|l| {
+                            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                            format!("{} {}", cells[1], cells[cells.len() - 2])
+                        })
+                        .collect()
+                };
+                let picked: Vec<String> = together
+                    .lines()
+                    .filter(|l| l.starts_with("| "))
+                    .map(|l| {
+                        let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                        format!("{} {}", cells[1], cells[2 + i])
+                    })
+                    .collect();
+                assert_eq!(picked, column(&alone.unwrap()), "{}", aggregate.0);
+            }
+        }
+    }
+}
+
 #[test]
 fn a_64_bit_decimal_column_compares_and_widens_as_its_128_bit_type() {
     let narrow: ArrayRef = Arc::new(
