@@ -800,27 +800,21 @@ fn sums_of_one_decimal_column_equal_each_sum_alone() {
         ] {
             let (together, _) = masked_and_filtered(&aggregates, &b, &mask);
             let together = together.unwrap();
-            // Each state column of the aggregate alone, as the same lines of text.
-            for (i, aggregate) in aggregates.iter().enumerate() {
-                let (alone, _) = masked_and_filtered(&[aggregate.clone()], &b, &mask);
-                let column = |text: &str| -> Vec<String> {
-                    text.lines()
-                        .filter(|l| l.starts_with("| "))
-                        .map(|l| {
-                            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-                            format!("{} {}", cells[1], cells[cells.len() - 2])
-                        })
-                        .collect()
-                };
-                let picked: Vec<String> = together
-                    .lines()
+            // Each state column of the aggregate alone, as the same lines of text: the
+            // group key and state `c` (counted from the key) of each table row.
+            let column = |text: &str, c: usize| -> Vec<String> {
+                text.lines()
                     .filter(|l| l.starts_with("| "))
                     .map(|l| {
                         let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-                        format!("{} {}", cells[1], cells[2 + i])
+                        format!("{} {}", cells[1], cells[2 + c])
                     })
-                    .collect();
-                assert_eq!(picked, column(&alone.unwrap()), "{}", aggregate.0);
+                    .collect()
+            };
+            for (i, aggregate) in aggregates.iter().enumerate() {
+                let (alone, _) = masked_and_filtered(&[aggregate.clone()], &b, &mask);
+                let picked = column(&together, i);
+                assert_eq!(picked, column(&alone.unwrap(), 0), "{}", aggregate.0);
             }
         }
     }
