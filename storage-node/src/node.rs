@@ -215,11 +215,7 @@ impl StorageNode {
             }
         }
         let sandbox = Sandbox::new(options.sandbox.clone())?;
-        let builtin = sandbox.load_hashed(
-            BUILTIN_PLUGIN,
-            BUILTIN_WASM,
-            env!("PUSHDOWN_BUILTIN_WASM_SHA256").to_string(),
-        )?;
+        let builtin = sandbox.load_builtin()?;
         let registry = options.registry.as_ref().map(Registry::open).transpose()?;
         let mut parser_schemas = BTreeMap::new();
         for (table, parser) in &options.formats {

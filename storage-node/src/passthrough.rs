@@ -26,7 +26,7 @@ use pushdown_protocol::plugin::EXPORT_PARSE;
 use pushdown_protocol::{FileFormat, PluginRef, Task, TaskUnit};
 
 use crate::error::{Error, Result};
-use crate::node::{decode_output, TaskMetrics, TaskOutput, BUILTIN_PLUGIN, BUILTIN_WASM};
+use crate::node::{decode_output, TaskMetrics, TaskOutput};
 use crate::sandbox::{PluginModule, Sandbox, SandboxConfig};
 
 /// When a node passes tasks through instead of running them.
@@ -103,11 +103,7 @@ impl PassthroughRunner {
         if let Some(b) = self.builtin.get() {
             return Ok(b);
         }
-        let module = self.sandbox.load_hashed(
-            BUILTIN_PLUGIN,
-            BUILTIN_WASM,
-            env!("PUSHDOWN_BUILTIN_WASM_SHA256").to_string(),
-        )?;
+        let module = self.sandbox.load_builtin()?;
         Ok(self.builtin.get_or_init(|| module))
     }
 

@@ -75,6 +75,7 @@ pub fn fold(request: &[u8], partial: &[u8]) -> Result<Vec<u8>, String> {
             return Err("the partial aggregate's columns differ from the fold's".to_string());
         }
         for batch in reader {
+            crate::host::check_deadline();
             let batch = batch.map_err(|e| format!("malformed partial aggregate: {e}"))?;
             let batch = batch
                 .with_schema(std::sync::Arc::new(folded.output_schema.clone()))

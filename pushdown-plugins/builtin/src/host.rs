@@ -81,6 +81,25 @@ fn call_raw(name: &str, op: PluginOp, input: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Checks the call's deadline: in Wasm the host import `pushdown.check_deadline`, which
+/// traps (`trapped: deadline of ... exceeded`) once it has passed, as epoch interruption
+/// would in a module compiled with it; natively nothing. The built-in module runs without
+/// epoch checks, so the pipeline calls this between record batches (ABI.md).
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn check_deadline() {
+    #[link(wasm_import_module = "pushdown")]
+    extern "C" {
+        #[link_name = "check_deadline"]
+        fn host_check_deadline();
+    }
+    // SAFETY: the import takes no arguments and touches no guest memory.
+    unsafe { host_check_deadline() }
+}
+
+/// Checks the call's deadline (natively, nothing: see the Wasm build).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn check_deadline() {}
+
 /// Encodes `columns` (all of length `num_rows`) as an IPC stream of one batch, with
 /// `metadata` on the schema.
 pub(crate) fn encode(

@@ -248,7 +248,12 @@ pub fn parse_parquet(
         builder = builder.with_row_selection(selection);
     }
     let reader = builder.build().map_err(|e| e.to_string())?;
-    reader.map(|b| b.map_err(|e| e.to_string())).collect()
+    reader
+        .map(|b| {
+            crate::host::check_deadline();
+            b.map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// `metadata` with the offset index of `row_group`'s listed column chunks, so the reader
@@ -407,6 +412,7 @@ pub fn parse_csv(
     let mut batches = Vec::new();
     let mut first_line = 1;
     for batch in fast_or_slow {
+        crate::host::check_deadline();
         let batch = batch?;
         let rows = batch.num_rows();
         batches.push(if conversions.iter().all(Option::is_none) {

@@ -62,6 +62,7 @@ pub fn run_pipeline(
         if wanted == 0 {
             break;
         }
+        crate::host::check_deadline();
         stats.rows_in += batch.num_rows() as u64;
         // An aggregate over most of the batch reads the selected rows through a mask
         // rather than a filtered copy of every column.
@@ -469,6 +470,7 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
         for _ in 0..run.repeat {
             let mut selected = 0;
             for batch in &parsed {
+                crate::host::check_deadline();
                 selected += filter_batch(request, batch.clone())?.num_rows() as u64;
             }
             rows_selected = selected;
@@ -494,6 +496,7 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
         for _ in 0..run.repeat {
             let mut aggregator = partial_aggregator(request, run.stage)?;
             for batch in &selected {
+                crate::host::check_deadline();
                 aggregator.update(batch)?;
             }
             aggregator.finish()?;
@@ -512,6 +515,7 @@ pub fn run_stage(request: &GuestRequest, input: Bytes, run: StageRun) -> Result<
     for _ in 0..run.repeat {
         let mut merger = merge_aggregator(&request.task.pushdown, &request.task.output_schema)?;
         for partial in &partials {
+            crate::host::check_deadline();
             merger.update(partial)?;
         }
         merger.finish()?;

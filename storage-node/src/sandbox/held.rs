@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use wasmtime::{Extern, Mutability, Val, ValType};
 
-use super::{deadline_ticks, Live, PluginModule};
+use super::{Live, PluginModule};
 use crate::error::{Error, Result};
 
 /// Linear-memory page size of WebAssembly 1.0, in bytes.
@@ -192,8 +192,7 @@ impl HeldInstance {
     ) -> Result<Vec<u8>> {
         let module = &self.module;
         let live = &mut self.live;
-        live.store
-            .set_epoch_deadline(deadline_ticks(module.limits.deadline));
+        module.arm_deadline(&mut live.store);
         live.store.data_mut().plugins = plugins;
         let result = (|| -> wasmtime::Result<Result<(Vec<u8>, u32, u32)>> {
             let packed = match inputs {

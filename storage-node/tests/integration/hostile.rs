@@ -57,23 +57,9 @@ fn node() -> (
 
 /// `SELECT a FROM t WHERE b = 3` as one task over the whole file; returns sum(a).
 fn normal_task(node: &StorageNode) -> i64 {
-    let table = node.table("t").unwrap().unwrap();
-    let file = &table.files[0];
-    let task = Task {
-        file: file.path.clone(),
-        format: FileFormat::Csv,
-        unit: file.units[0].clone(),
-        predicate: Some(Expr::Cmp(
-            CmpOp::Eq,
-            Box::new(Expr::Column("b".into())),
-            Box::new(Expr::Literal(Literal::Int(3, DataType::Int64))),
-        )),
-        pushdown: Pushdown::Project(vec![("a".into(), Expr::Column("a".into()))]),
-        output_schema: Schema::new(vec![Field::new("a", DataType::Int64, true)]),
-        limit: None,
-        fold: None,
-    };
-    let out = node.run_task(&task).expect("a normal task succeeds");
+    let out = node
+        .run_task(&normal_request(node))
+        .expect("a normal task succeeds");
     out.batches
         .iter()
         .map(|b: &RecordBatch| {
@@ -86,6 +72,26 @@ fn normal_task(node: &StorageNode) -> i64 {
                 .sum::<i64>()
         })
         .sum()
+}
+
+/// The task of [`normal_task`].
+fn normal_request(node: &StorageNode) -> Task {
+    let table = node.table("t").unwrap().unwrap();
+    let file = &table.files[0];
+    Task {
+        file: file.path.clone(),
+        format: FileFormat::Csv,
+        unit: file.units[0].clone(),
+        predicate: Some(Expr::Cmp(
+            CmpOp::Eq,
+            Box::new(Expr::Column("b".into())),
+            Box::new(Expr::Literal(Literal::Int(3, DataType::Int64))),
+        )),
+        pushdown: Pushdown::Project(vec![("a".into(), Expr::Column("a".into()))]),
+        output_schema: Schema::new(vec![Field::new("a", DataType::Int64, true)]),
+        limit: None,
+        fold: None,
+    }
 }
 
 fn expected_sum() -> i64 {
@@ -308,6 +314,35 @@ fn plugins_see_a_frozen_clock_and_a_fixed_random_stream() {
             .all(|b| pushdown_storage_node::RANDOM_STREAM.contains(b)),
         "{seen:?}"
     );
+}
+
+/// The built-in module runs without epoch checks and checks its deadline between record
+/// batches (`pushdown.check_deadline`): a deadline that has passed by its first batch
+/// fails the task with the epoch trap's message; the node then runs tasks as before.
+#[test]
+fn the_builtin_module_stops_at_its_deadline() {
+    let (_serial, dir, node) = node();
+    let expired = StorageNode::open(
+        dir.path(),
+        NodeOptions {
+            sandbox: SandboxConfig {
+                deadline: Duration::from_nanos(1),
+                ..node.sandbox().config().clone()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = expired
+        .run_task(&normal_request(&expired))
+        .err()
+        .expect("a task past its deadline fails")
+        .to_string();
+    assert_contains(
+        &err,
+        &["plugin pushdown-builtin: trapped: deadline of 1ns exceeded"],
+    );
+    assert_eq!(normal_task(&node), expected_sum());
 }
 
 #[test]
