@@ -228,15 +228,110 @@ pub fn row_group_metadata<R: ChunkReader>(
         return Some((one, 0));
     }
     let with_index = catch_quietly(std::panic::AssertUnwindSafe(|| {
-        let mut reader = ParquetMetaDataReader::new_with_metadata(one.clone())
-            .with_page_index_policy(PageIndexPolicy::Optional);
-        reader.read_page_indexes(file)?;
-        reader.finish()
+        match page_index_relocated(&one, file) {
+            Some(Ok((relocated, bytes))) => {
+                let mut reader = ParquetMetaDataReader::new_with_metadata(relocated)
+                    .with_page_index_policy(PageIndexPolicy::Optional);
+                reader.read_page_indexes(&bytes)?;
+                let read = reader.finish()?;
+                // The row group's own offsets again, with the index read at the new ones.
+                Ok(one
+                    .clone()
+                    .into_builder()
+                    .set_column_index(read.column_index().cloned())
+                    .set_offset_index(read.offset_index().cloned())
+                    .build())
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                let mut reader = ParquetMetaDataReader::new_with_metadata(one.clone())
+                    .with_page_index_policy(PageIndexPolicy::Optional);
+                reader.read_page_indexes(file)?;
+                reader.finish()
+            }
+        }
     }));
     Some(match with_index {
         Ok(Ok(m)) if m.offset_index().is_some() => (m, index_bytes as u64),
         _ => (one, 0),
     })
+}
+
+/// The page index of `one`'s single row group read as two ranges of `file`, its column
+/// indexes and its offset indexes, and `one` with the chunks' index offsets moved to
+/// where those ranges sit in the returned buffer (column indexes first).
+///
+/// arrow-rs reads the page index as one range, from the first index of the row group to
+/// its last. Writers put every row group's column indexes before all offset indexes, so
+/// that range spans the indexes of about half the file's row groups: 0.87 MB per task
+/// for 3.5 KB of index in a TPC-H SF 10 lineitem of 489 row groups. `None` when either
+/// kind is missing or the two ranges overlap (the caller then reads arrow-rs's range).
+///
+/// # Errors
+/// When `file` cannot give the bytes.
+fn page_index_relocated<R: ChunkReader>(
+    one: &ParquetMetaData,
+    file: &R,
+) -> Option<parquet::errors::Result<(ParquetMetaData, Bytes)>> {
+    let columns = one.row_groups().first()?.columns();
+    let span =
+        |part: &dyn Fn(&parquet::file::metadata::ColumnChunkMetaData) -> Option<(i64, i32)>| {
+            columns
+                .iter()
+                .try_fold(None::<std::ops::Range<u64>>, |acc, c| {
+                    let (offset, len) = part(c)?;
+                    let start = u64::try_from(offset).ok()?;
+                    let end = start.checked_add(u64::try_from(len).ok()?)?;
+                    Some(Some(match acc {
+                        Some(r) => r.start.min(start)..r.end.max(end),
+                        None => start..end,
+                    }))
+                })?
+        };
+    let column = span(&|c| Some((c.column_index_offset()?, c.column_index_length()?)))?;
+    let offset = span(&|c| Some((c.offset_index_offset()?, c.offset_index_length()?)))?;
+    if column.start < offset.end && offset.start < column.end {
+        return None;
+    }
+    let read = |r: &std::ops::Range<u64>| file.get_bytes(r.start, (r.end - r.start) as usize);
+    let (column_bytes, offset_bytes) = match (read(&column), read(&offset)) {
+        (Ok(c), Ok(o)) => (c, o),
+        (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
+    };
+    let shift = column_bytes.len() as u64;
+    let row_group = one.row_groups()[0].clone();
+    let moved = row_group
+        .columns()
+        .iter()
+        .map(|c| {
+            let mut b = c.clone().into_builder();
+            if let Some(o) = c.column_index_offset() {
+                b = b.set_column_index_offset(Some(o - column.start as i64));
+            }
+            if let Some(o) = c.offset_index_offset() {
+                b = b.set_offset_index_offset(Some(o - offset.start as i64 + shift as i64));
+            }
+            b.build()
+        })
+        .collect::<parquet::errors::Result<Vec<_>>>();
+    let moved = match moved {
+        Ok(m) => m,
+        Err(e) => return Some(Err(e)),
+    };
+    let row_group = match row_group.into_builder().set_column_metadata(moved).build() {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    let relocated = ParquetMetaDataBuilder::new(one.file_metadata().clone())
+        .add_row_group(row_group)
+        .build();
+    // arrow-rs wants the index to end before the end of its "file" (a footer follows it
+    // in a real one): eight bytes of padding stand for the footer's length and magic.
+    let mut buffer = Vec::with_capacity(column_bytes.len() + offset_bytes.len() + 8);
+    buffer.extend_from_slice(&column_bytes);
+    buffer.extend_from_slice(&offset_bytes);
+    buffer.extend_from_slice(&[0; 8]);
+    Some(Ok((relocated, Bytes::from(buffer))))
 }
 
 /// The footer of a task on row group `rg`: the file's metadata with only that row group

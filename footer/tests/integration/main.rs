@@ -260,6 +260,28 @@ fn a_row_groups_page_index_is_read_for_that_row_group_alone() {
     let chunk = whole.row_group(2).column(0);
     let expected = chunk.column_index_length().unwrap() + chunk.offset_index_length().unwrap();
     assert_eq!(bytes, expected as u64);
+    // Read as its two ranges: only the row group's own column and offset indexes, not
+    // the span from its column index to its offset index (row group 0's spans the other
+    // row groups' column indexes).
+    let counting = Counting(file.clone(), Default::default());
+    let (first, _) = row_group_metadata(&footer.metadata, 0, Some(&counting)).unwrap();
+    assert_eq!(
+        first.offset_index().unwrap()[0][0].page_locations(),
+        whole.offset_index().unwrap()[0][0].page_locations()
+    );
+    let chunk = whole.row_group(0).column(0);
+    let own = chunk.column_index_length().unwrap() + chunk.offset_index_length().unwrap();
+    let span = chunk.offset_index_offset().unwrap()
+        + i64::from(chunk.offset_index_length().unwrap())
+        - chunk.column_index_offset().unwrap();
+    assert!(
+        span > i64::from(own),
+        "the test file spreads the indexes apart"
+    );
+    assert_eq!(
+        counting.1.load(std::sync::atomic::Ordering::Relaxed),
+        own as u64
+    );
 
     // Without the file, or with a page index that is not there any more, no index.
     let (bare, bytes) = row_group_metadata::<Bytes>(&footer.metadata, 0, None).unwrap();
@@ -270,4 +292,27 @@ fn a_row_groups_page_index_is_read_for_that_row_group_alone() {
     assert!(bare.offset_index().is_none() && bytes == 0);
     assert_eq!(bare.row_group(0).num_rows(), 3000);
     assert!(row_group_metadata::<Bytes>(&footer.metadata, 3, None).is_none());
+}
+
+/// A file in memory that counts the bytes read from it with `get_bytes`.
+struct Counting(Bytes, std::sync::atomic::AtomicU64);
+
+impl parquet::file::reader::Length for Counting {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Counting {
+    type T = <Bytes as parquet::file::reader::ChunkReader>::T;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        self.0.get_read(start)
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.1
+            .fetch_add(length as u64, std::sync::atomic::Ordering::Relaxed);
+        self.0.get_bytes(start, length)
+    }
 }
