@@ -294,21 +294,12 @@ impl Sandbox {
     /// `bytes` is a binary `.wasm` module or WebAssembly text. The module must export
     /// `memory`, `pushdown_abi_version() -> i32` returning [`ABI_VERSION`], `pushdown_alloc`
     /// and `pushdown_run`, and import nothing but WASI preview 1 and the host calls of
-    /// module `pushdown` (`call_plugin`, `take_result`).
+    /// module `pushdown` (`call_plugin`, `take_result`, `check_deadline`).
     ///
     /// # Errors
     /// [`Error::Plugin`] when it does not compile, lacks an export, or has another ABI version.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PluginModule> {
-        self.load_hashed(name, bytes, cache::sha256_hex(bytes))
-    }
-
-    /// [`Sandbox::load`] for bytes whose SHA-256 (lowercase hex) is already known, such as
-    /// the embedded built-in module, hashed when it was built.
-    ///
-    /// # Errors
-    /// As [`Sandbox::load`].
-    pub fn load_hashed(&self, name: &str, bytes: &[u8], sha256: String) -> Result<PluginModule> {
-        self.load_pipeline(name, bytes, sha256, false)
+        self.load_pipeline(name, bytes, cache::sha256_hex(bytes), false)
     }
 
     /// Loads the built-in pipeline module embedded in this binary
